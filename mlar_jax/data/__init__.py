@@ -1,0 +1,1 @@
+"""Data sources, clip sampling, augmentation and grain pipelines."""

@@ -1,0 +1,68 @@
+"""What every video data source provides, and the label statistics built on it.
+
+A source is a grain random-access data source (`__len__`, `__getitem__`) of
+*records*: small picklable dicts describing one video (its id, multi-hot
+labels, frame count and whatever the source needs to produce frames). Frames
+are produced separately by `load_frames(record, indices)`, so the pipeline
+samples the frame indices first and only those frames are decoded or
+rendered.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, Sequence
+
+import numpy as np
+
+Record = dict[str, Any]
+
+
+class VideoSource(abc.ABC):
+  """A split of a multi-label video dataset.
+
+  Records hold at least:
+    id: str, the video id (used in predictions and reports).
+    labels: [C] int32 multi-hot video-level labels.
+    num_frames: int, frames available in the video.
+  """
+
+  split: str
+
+  @abc.abstractmethod
+  def __len__(self) -> int:
+    ...
+
+  @abc.abstractmethod
+  def __getitem__(self, index: int) -> Record:
+    ...
+
+  @property
+  @abc.abstractmethod
+  def class_names(self) -> Sequence[str]:
+    ...
+
+  @abc.abstractmethod
+  def load_frames(self, record: Record, indices: np.ndarray) -> np.ndarray:
+    """Returns uint8 frames [len(indices), H, W, 3] of the record's video."""
+
+  @abc.abstractmethod
+  def label_matrix(self) -> np.ndarray:
+    """Returns the labels of every video of the split, int32 [N, C]."""
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+  def class_counts(self) -> np.ndarray:
+    """Videos per class, int64 [C]."""
+    return self.label_matrix().sum(axis=0, dtype=np.int64)
+
+  def cooccurrence(self) -> np.ndarray:
+    """`N[j, k]`: videos labelled with both j and k, int64 [C, C].
+
+    The diagonal is `N[j, j] = class_counts()[j]`, so `N / diag(N)[:, None]` is
+    the conditional `P(k | j)` used by the MLAR correlation mask (eq. 10).
+    """
+    labels = self.label_matrix().astype(np.int64)
+    return labels.T @ labels

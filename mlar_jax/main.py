@@ -1,0 +1,38 @@
+"""Entry point: `python -m mlar_jax.main --config configs/NAME.py[:ARGS] --workdir DIR`.
+
+Overrides: `--config.KEY=VALUE` (unknown keys are errors). Modes: train,
+eval (latest or `--config.eval.step` checkpoint) or train_and_eval.
+"""
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from mlar_jax import config_lib
+from mlar_jax import train
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
+flags.DEFINE_enum("mode", "train_and_eval", ["train", "eval", "train_and_eval"],
+                  "What to run.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _quiet_orbax(record) -> bool:
+  # orbax logs every save step at INFO; keep its warnings and errors only.
+  return "/orbax/" not in record.pathname or record.levelno >= logging.WARNING
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(_quiet_orbax)
+  config_lib.validate(FLAGS.config)
+  logging.info("Config:\n%s", FLAGS.config)
+  train.train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.mode)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,1 @@
+"""Backbones, heads and the registry that builds a model from config."""

@@ -1,0 +1,50 @@
+"""optax optimizers and learning-rate schedules from config."""
+
+from __future__ import annotations
+
+import jax
+import ml_collections
+import optax
+
+
+def make_schedule(cfg: ml_collections.ConfigDict, num_train_steps: int) -> optax.Schedule:
+  """Linear warmup from 0 to `cfg.base_lr`, then cosine decay to
+  `cfg.base_lr * cfg.end_lr_factor` at `num_train_steps`.
+
+  Args:
+    cfg: `config.schedule` (base_lr, warmup_steps, end_lr_factor).
+    num_train_steps: total steps; the cosine ends there.
+  """
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=cfg.base_lr, warmup_steps=cfg.warmup_steps,
+      decay_steps=max(num_train_steps, cfg.warmup_steps + 1),
+      end_value=cfg.base_lr * cfg.end_lr_factor)
+
+
+def _decay_mask(params):
+  # No weight decay on biases and batch-norm scales/offsets (1-D leaves).
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict, schedule: optax.Schedule
+                   ) -> optax.GradientTransformation:
+  """SGD with momentum (or AdamW) with decoupled-from-BN weight decay.
+
+  Args:
+    cfg: `config.optimizer` (name, momentum, nesterov, weight_decay,
+      grad_clip_norm; 0 disables clipping).
+    schedule: learning rate per step.
+  """
+  parts = []
+  if cfg.grad_clip_norm > 0:
+    parts.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
+  if cfg.name == "sgd":
+    if cfg.weight_decay > 0:
+      # L2 added to the gradient, as torch.optim.SGD and PySlowFast do.
+      parts.append(optax.add_decayed_weights(cfg.weight_decay, _decay_mask))
+    parts.append(optax.sgd(schedule, momentum=cfg.momentum, nesterov=cfg.nesterov))
+  elif cfg.name == "adamw":
+    parts.append(optax.adamw(schedule, weight_decay=cfg.weight_decay, mask=_decay_mask))
+  else:
+    raise ValueError(f"config.optimizer.name must be sgd|adamw, got {cfg.name!r}")
+  return optax.chain(*parts)
