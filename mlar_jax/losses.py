@@ -57,17 +57,26 @@ def _prepare(logits, labels, class_weights):
   return x, y, w, num_pos
 
 
-def _masked_logsumexp(a: Array, mask: Array) -> Array:
-  """logsumexp of `a` over the last axis where `mask`, -inf where none.
+def _masked_lse_parts(a: Array, mask: Array) -> tuple[Array, Array]:
+  """(m, log s) with logsumexp(a[mask]) = m + log s over the last axis.
 
-  Safe in both directions: masked entries never reach exp (no inf * 0 in the
-  backward pass), and a row with no entry gives -inf with zero gradient.
+  m is the masked max (0 for an empty row, where log s = -inf). Keeping the
+  two parts apart lets callers subtract m from nearby values first, which is
+  exact in float32 for close values (Sterbenz), so |logits| ~ 1e4 lose
+  nothing. Masked entries never reach exp (no inf * 0 in the backward pass),
+  and an empty row has zero gradient.
   """
   any_ = jnp.any(mask, axis=-1)
   m = jax.lax.stop_gradient(jnp.max(jnp.where(mask, a, -jnp.inf), axis=-1))
   m = jnp.where(any_, m, 0.0)
   s = jnp.sum(jnp.exp(jnp.where(mask, a - m[..., None], -jnp.inf)), axis=-1)
-  return jnp.where(any_, m + jnp.log(jnp.where(any_, s, 1.0)), -jnp.inf)
+  return m, jnp.where(any_, jnp.log(jnp.where(any_, s, 1.0)), -jnp.inf)
+
+
+def _masked_logsumexp(a: Array, mask: Array) -> Array:
+  """logsumexp of `a` over the last axis where `mask`; -inf where none."""
+  m, log_s = _masked_lse_parts(a, mask)
+  return m + log_s
 
 
 @LOSSES.register("bce")
@@ -100,12 +109,14 @@ def warp(logits: Array, labels: Array, class_weights: Array | None = None) -> Ar
   search = jnp.vectorize(lambda a, t: jnp.searchsorted(a, t, side="right"),
                          signature="(c),(c)->(c)")
   rank = c - search(jax.lax.stop_gradient(asc), thresh)
-  # csum[k] = sum of the k largest negatives.
+  # csum[k] = sum of (x_j - m) over the k largest negatives, m the largest
+  # (a constant): offsets from m keep float32 exact for huge close logits.
   desc = jnp.flip(asc, axis=-1)
-  csum = jnp.cumsum(jnp.where(jnp.isfinite(desc), desc, 0.0), axis=-1)
+  m = jax.lax.stop_gradient(jnp.where(jnp.isfinite(desc[..., :1]), desc[..., :1], 0.0))
+  csum = jnp.cumsum(jnp.where(jnp.isfinite(desc), desc - m, 0.0), axis=-1)
   csum = jnp.concatenate([jnp.zeros_like(csum[..., :1]), csum], axis=-1)
-  # sum_{j in top R_i} (1 + x_j - x_i) = R_i (1 - x_i) + sum of the top R_i.
-  hinge = rank * (1.0 - x) + jnp.take_along_axis(csum, rank, axis=-1)
+  # sum_{j in top R_i} (1 + x_j - x_i) = R_i (1 + m - x_i) + csum[R_i].
+  hinge = rank * (1.0 + (m - x)) + jnp.take_along_axis(csum, rank, axis=-1)
   per_pos = w * jax.lax.stop_gradient(harmonic(rank)) * hinge
   total = jnp.sum(jnp.where(pos, per_pos, 0.0), axis=-1)
   return total / jnp.maximum(num_pos, 1.0)
@@ -116,9 +127,11 @@ def lsep(logits: Array, labels: Array, class_weights: Array | None = None) -> Ar
   """LSEP (eq. 3), normalised by |Y|, in O(C) per example. Returns [B]."""
   x, y, w, num_pos = _prepare(logits, labels, class_weights)
   pos, neg = y > 0, y <= 0
-  # log sum_{i in Y} w_i e^{-x_i} + log sum_{j not in Y} e^{x_j}
-  log_pairs = (_masked_logsumexp(jnp.log(w) - x, pos & (w > 0))
-               + _masked_logsumexp(x, neg))
+  # log sum_{i in Y} w_i e^{-x_i} + log sum_{j not in Y} e^{x_j}, with the
+  # two maxima combined first: (max_neg x) - (min_pos x) is exact in float32.
+  m_pos, log_pos = _masked_lse_parts(jnp.log(w) - x, pos & (w > 0))
+  m_neg, log_neg = _masked_lse_parts(x, neg)
+  log_pairs = (m_neg + m_pos) + (log_pos + log_neg)
   return jax.nn.softplus(log_pairs) / jnp.maximum(num_pos, 1.0)
 
 
@@ -127,8 +140,9 @@ def wlsep(logits: Array, labels: Array, class_weights: Array | None = None) -> A
   """Weighted LSEP (eq. 4) in O(C) per example. Returns [B]."""
   x, y, w, num_pos = _prepare(logits, labels, class_weights)
   pos, neg = y > 0, y <= 0
-  lse_neg = _masked_logsumexp(x, neg)[..., None]             # [B, 1]
-  per_pos = w * jax.nn.softplus(lse_neg - x)                  # [B, C]
+  m, log_s = _masked_lse_parts(x, neg)                        # [B], [B]
+  # (m - x_i) first: exact for close values, so huge logits lose nothing.
+  per_pos = w * jax.nn.softplus((m[..., None] - x) + log_s[..., None])  # [B, C]
   total = jnp.sum(jnp.where(pos, per_pos, 0.0), axis=-1)
   return total / jnp.maximum(num_pos, 1.0)
 

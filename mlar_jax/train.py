@@ -98,8 +98,9 @@ def _class_statistics(source) -> dict[str, np.ndarray]:
 
 def _log_line(step: int, total: int, metrics: dict[str, float], steps_per_sec: float) -> str:
   eta = (total - step) / steps_per_sec if steps_per_sec > 0 else float("nan")
-  extra = " ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())
-                   if k.startswith("loss_"))
+  per_output = {k: v for k, v in metrics.items() if k.startswith("loss_")}
+  extra = " ".join(f"{k}={v:.4f}" for k, v in sorted(per_output.items())
+                   ) if len(per_output) > 1 else ""
   return (f"step {step}/{total} | loss {metrics['loss']:.4f} | "
           f"lr {metrics['learning_rate']:.5f} | {steps_per_sec:.2f} steps/s | "
           f"ETA {int(eta // 60)}m{int(eta % 60):02d}s" + (f" | {extra}" if extra else ""))

@@ -1,0 +1,55 @@
+"""Layers and models: the CPU conv path equals XLA's 3D convolution."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from mlar_jax import config_lib
+from mlar_jax.models import layers
+from mlar_jax.models import registry
+
+
+@pytest.mark.parametrize("kernel,strides,t", [((3, 3, 3), (1, 1, 1), 8),
+                                              ((3, 5, 5), (1, 2, 2), 7),
+                                              ((5, 1, 1), (2, 1, 1), 9),
+                                              ((1, 3, 3), (2, 2, 2), 4)])
+def test_folded_conv_equals_native(kernel, strides, t):
+  x = jax.random.normal(jax.random.key(0), (2, t, 9, 10, 5))
+  native = layers.Conv3D(6, kernel, strides, use_bias=True, impl="native")
+  folded = layers.Conv3D(6, kernel, strides, use_bias=True, impl="folded")
+  params = native.init(jax.random.key(1), x)
+  params = jax.tree.map(lambda p: p + 0.1, params)  # non-zero bias too
+  want = native.apply(params, x)
+  got = folded.apply(params, x)
+  assert got.shape == want.shape
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-4)
+  # The native kernel layout is flax.linen.Conv's, so checkpoints interchange.
+  flax_conv = jax.lax.conv_general_dilated(
+      x, params["params"]["kernel"], strides, "SAME",
+      dimension_numbers=("NDHWC", "DHWIO", "NDHWC")) + params["params"]["bias"]
+  np.testing.assert_allclose(np.asarray(want), np.asarray(flax_conv), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backbone", registry.BACKBONES.names())
+def test_every_backbone_builds_and_maps_video_to_logits(backbone):
+  cfg = config_lib.base_config().model
+  cfg.backbone = backbone
+  model = registry.build_model(cfg, num_classes=5)
+  x = jax.ShapeDtypeStruct((2, 8, 32, 32, 3), jnp.float32)
+  variables = jax.eval_shape(
+      lambda: model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)},
+                         jnp.zeros(x.shape), train=False))
+  out = jax.eval_shape(lambda v: model.apply(v, jnp.zeros(x.shape), train=False), variables)
+  assert out["logits"].shape == (2, 5) and out["logits"].dtype == jnp.float32
+
+
+def test_bfloat16_compute_keeps_float32_params_and_logits():
+  cfg = config_lib.base_config().model
+  cfg.dtype = "bfloat16"
+  model = registry.build_model(cfg, num_classes=3)
+  x = jnp.ones((1, 4, 16, 16, 3))
+  variables = model.init({"params": jax.random.key(0)}, x, train=False)
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables["params"]))
+  assert model.apply(variables, x, train=False)["logits"].dtype == jnp.float32
