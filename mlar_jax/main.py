@@ -29,7 +29,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
     return FLAGS(argv)
   except (AttributeError, KeyError, TypeError, ValueError, flags.Error) as e:
     bad = [a for a in argv[1:] if a.startswith("--config.")]
-    message = " ".join(str(e).replace("\\n", "\n").replace("'", "").split())
+    message = " ".join(str(e).replace("\\n", " ").replace("\\", "").replace("'", "").split())
     sys.exit(f"Invalid config override among {bad or argv[1:]}: {message}")
 
 
