@@ -9,6 +9,7 @@ uninterrupted run.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import grain
@@ -28,7 +29,9 @@ def make_manager(workdir: str, cfg: ml_collections.ConfigDict) -> ocp.Checkpoint
   options = ocp.CheckpointManagerOptions(
       max_to_keep=cfg.keep, create=True,
       enable_async_checkpointing=cfg.async_save)
-  return ocp.CheckpointManager(epath.Path(workdir) / "checkpoints", options=options)
+  # orbax needs an absolute path; a relative --workdir is relative to the cwd.
+  directory = epath.Path(os.path.abspath(os.fspath(workdir))) / "checkpoints"
+  return ocp.CheckpointManager(directory, options=options)
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any,

@@ -77,6 +77,9 @@ def base_config() -> ml_collections.ConfigDict:
       "model": {
           "backbone": "resnet3d_tiny", "head": "linear", "dropout_rate": 0.5,
           "dtype": "float32", "frozen_bn": False, "conv_impl": "auto",
+          # MLAR head (model.head = "mlar"); paper defaults K=64, n=32, C'=128.
+          "mlar": {"num_observations": 64, "groups": 32, "features": 128,
+                   "use_activity_specific": True, "use_correlation": True},
       },
       "loss": {"name": "bce", "class_weights": "none"},
       "optimizer": {"name": "sgd", "momentum": 0.9, "nesterov": True,
@@ -147,6 +150,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _fail("data.std", d.std, "mean and std need 3 channels, std > 0")
   if d.num_workers < 0 or d.num_threads <= 0:
     _fail("data.num_workers", d.num_workers, "workers >= 0 and threads > 0")
+  m = config.model.mlar
+  _positive(config, "model.mlar.num_observations", "model.mlar.groups",
+            "model.mlar.features")
+  if m.features % m.groups:
+    _fail("model.mlar.features", m.features, f"must be divisible by model.mlar.groups={m.groups}")
   if not 0.0 <= config.model.dropout_rate < 1.0:
     _fail("model.dropout_rate", config.model.dropout_rate, "must be in [0, 1)")
   s = config.schedule

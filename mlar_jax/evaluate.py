@@ -36,8 +36,8 @@ def make_eval_step(model: nn.Module, config: ml_collections.ConfigDict, mesh: Me
 
   def eval_step(state, batch):
     video = transforms.normalize(batch["video"], config.data.mean, config.data.std)
-    outputs = model.apply({"params": state.params, "batch_stats": state.batch_stats},
-                          video, train=False)
+    outputs = model.apply({"params": state.params, **state.model_state}, video,
+                          train=False)
     return {"scores": {k: jax.nn.sigmoid(v) for k, v in outputs.items()},
             "labels": batch["labels"], "mask": batch["mask"], "index": batch["index"]}
 

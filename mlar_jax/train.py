@@ -34,7 +34,11 @@ class TrainState:
   """Everything a training step changes; a pytree that orbax saves as is."""
   step: jax.Array        # [] int32, number of updates applied
   params: Any
-  batch_stats: Any
+  # Non-trainable model variables by collection: "batch_stats" (updated by
+  # the forward pass in training) and "constants" (fixed at init from the
+  # training labels, e.g. the MLAR correlation mask; saved so that
+  # evaluation uses the same values).
+  model_state: Any
   opt_state: Any
 
 
@@ -44,10 +48,9 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation,
   params_rng, dropout_rng = jax.random.split(rng)
   variables = model.init({"params": params_rng, "dropout": dropout_rng},
                          jnp.zeros(input_shape, jnp.float32), train=False)
-  params = variables["params"]
+  params = variables.pop("params")
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    batch_stats=variables.get("batch_stats", {}),
-                    opt_state=tx.init(params))
+                    model_state=dict(variables), opt_state=tx.init(params))
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
@@ -70,18 +73,18 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
 
     def loss_of(params):
       outputs, updates = model.apply(
-          {"params": params, "batch_stats": state.batch_stats}, video, train=True,
+          {"params": params, **state.model_state}, video, train=True,
           mutable=["batch_stats"], rngs={"dropout": rng})
       per_output = {k: jnp.mean(loss_fn(v, labels, weights)) for k, v in outputs.items()}
       total = sum(per_output.values())
-      return total, (per_output, updates.get("batch_stats", state.batch_stats))
+      return total, (per_output, {**state.model_state, **updates})
 
-    (loss, (per_output, batch_stats)), grads = jax.value_and_grad(
+    (loss, (per_output, model_state)), grads = jax.value_and_grad(
         loss_of, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(step=state.step + 1, params=params,
-                              batch_stats=batch_stats, opt_state=opt_state)
+                              model_state=model_state, opt_state=opt_state)
     metrics = {"loss": loss, "learning_rate": schedule(state.step),
                "grad_norm": optax.global_norm(grads),
                **{f"loss_{k}": v for k, v in per_output.items()}}

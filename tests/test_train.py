@@ -82,7 +82,7 @@ def test_eight_device_step_matches_one_device(batch16, devices, params_sharding)
     gbatch = sharding.to_global(batch, sharding.batch_sharding(mesh))
     for _ in range(3):
       state, m = step(state, gbatch)
-    results.append((jax.device_get(state.params), jax.device_get(state.batch_stats),
+    results.append((jax.device_get(state.params), jax.device_get(state.model_state),
                     float(m["loss"])))
   (p1, bs1, l1), (p8, bs8, l8) = results
   np.testing.assert_allclose(l1, l8, rtol=1e-5)
@@ -115,13 +115,15 @@ def test_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_path):
   assert "6" in json.dumps(state)
 
 
-def test_eval_mode_reads_a_checkpoint_and_writes_results(tmp_path):
+def test_eval_mode_reads_a_checkpoint_and_writes_results(tmp_path, monkeypatch):
+  # A relative --workdir, as `make demo` passes (orbax itself needs absolute).
+  monkeypatch.chdir(tmp_path)
   config = _config(num_train_steps=4)
   config.checkpoint.every_steps = 2
-  train.train_and_evaluate(config, str(tmp_path), mode="train")
+  train.train_and_evaluate(config, "run", mode="train")
   config.eval.step = 2
-  results = train.train_and_evaluate(config, str(tmp_path), mode="eval")
-  on_disk = json.loads((tmp_path / "eval_results.json").read_text())
+  results = train.train_and_evaluate(config, "run", mode="eval")
+  on_disk = json.loads((tmp_path / "run" / "eval_results.json").read_text())
   assert on_disk == json.loads(json.dumps(results))
   assert on_disk["step"] == 2 and on_disk["num_videos"] == config.data.synthetic.num_test
   assert set(on_disk["per_class_ap"]) == set(pipeline.make_source(config.data, "test").class_names)
@@ -129,4 +131,4 @@ def test_eval_mode_reads_a_checkpoint_and_writes_results(tmp_path):
     assert 0.0 <= on_disk[key] <= 1.0
   config.eval.step = 3
   with pytest.raises(FileNotFoundError, match="No checkpoint 3"):
-    train.train_and_evaluate(config, str(tmp_path), mode="eval")
+    train.train_and_evaluate(config, "run", mode="eval")

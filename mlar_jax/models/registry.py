@@ -57,6 +57,19 @@ def _linear(cfg, num_classes, class_stats):
   return heads.LinearHead(num_classes, dropout_rate=cfg.dropout_rate)
 
 
+@HEADS.register("mlar")
+def _mlar(cfg, num_classes, class_stats):
+  """The MLAR head; its correlation mask comes from the training labels."""
+  m = cfg.mlar
+  mask = None
+  if class_stats is not None:
+    mask = heads.correlation_mask(class_stats["cooccurrence"])
+  return heads.MLARHead(
+      num_classes, num_observations=m.num_observations, groups=m.groups,
+      features=m.features, use_activity_specific=m.use_activity_specific,
+      use_correlation=m.use_correlation, dropout_rate=cfg.dropout_rate, mask=mask)
+
+
 class VideoClassifier(nn.Module):
   """Backbone then head: [B, T, H, W, 3] -> dict of [B, A] logits."""
   backbone: nn.Module
