@@ -4,14 +4,19 @@ synthetic dataset (`mlar_jax/data/synthetic.py`), BCE loss.
   python -m mlar_jax.main --config configs/synthetic.py --workdir runs/demo
   python -m mlar_jax.main --config configs/synthetic.py:runlocal --workdir /tmp/x
 
-Arguments: `runlocal` (seconds on a laptop CPU: tiny data, few steps).
+Arguments (comma-separated):
+  runlocal      seconds on a laptop CPU: tiny data, few steps.
+  head=NAME     "linear" (default) or "mlar" (sized for the tiny backbone's
+                64 channels: K=16 observations, n=8 groups, C'=64).
+  backbone=NAME any registered backbone (default resnet3d_tiny).
 """
 
 from mlar_jax import config_lib
 
 
 def get_config(arg=None):
-  args = config_lib.parse_arg(arg, runlocal=False)
+  args = config_lib.parse_arg(arg, runlocal=False, head="linear",
+                              backbone="resnet3d_tiny")
   config = config_lib.base_config()
 
   d = config.data
@@ -24,9 +29,10 @@ def get_config(arg=None):
   d.min_short_side, d.max_short_side, d.crop_size, d.eval_short_side = 32, 36, 32, 32
   d.flip = False  # Flips would swap move_left and move_right.
 
-  config.model.backbone = "resnet3d_tiny"
-  config.model.head = "linear"
+  config.model.backbone = args.backbone
+  config.model.head = args.head
   config.model.dropout_rate = 0.2
+  config.model.mlar.update(num_observations=16, groups=8, features=64)
   config.batch_size = 32
   config.num_train_steps = 900
   config.schedule.update(base_lr=0.1, warmup_steps=50)
@@ -45,4 +51,5 @@ def get_config(arg=None):
     config.schedule.warmup_steps = 2
     config.log_every_steps = 2
     config.checkpoint.every_steps = 3
+    config.model.mlar.update(num_observations=4, groups=4, features=16)
   return config

@@ -47,7 +47,12 @@ def main(argv):
   except ValueError as e:
     sys.exit(f"Invalid config: {e}")
   logging.info("Config:\n%s", FLAGS.config)
-  train.train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.mode)
+  results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.mode)
+  if results is not None:
+    print(f"{results['split']} macro mAP {results['macro_map']:.4f} | constant predictor "
+          f"{results['chance_macro_map']:.4f} | ratio {results['map_over_chance']:.2f} | "
+          f"step {results['step']} | {results['num_videos']} videos | "
+          f"{FLAGS.workdir}/eval_results.json")
 
 
 if __name__ == "__main__":

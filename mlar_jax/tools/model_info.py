@@ -1,0 +1,89 @@
+"""Parameters and compute of the model a config builds, without training it.
+
+  python -m mlar_jax.tools.model_info --config configs/synthetic.py:head=mlar [--json]
+
+Parameter counts come from `jax.eval_shape` (nothing is allocated); GFLOPs
+from XLA's cost analysis of the compiled forward pass of one view (batch 1,
+`config.data.num_frames` x `crop_size`^2), so full-size models can be checked
+on a CPU. XLA counts a multiply-add as 2 FLOPs; `*_gmacs` halves that, the
+convention of the papers' "GFLOPs" columns (fvcore counts MACs).
+
+JSON keys: backbone_params, head_params, gflops_per_view, head_gflops,
+gmacs_per_view, head_gmacs, feature_map (the head's input shape).
+"""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from mlar_jax import config_lib
+from mlar_jax.data import pipeline
+from mlar_jax.models import registry
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
+flags.mark_flags_as_required(["config"])
+
+
+def _count(tree) -> int:
+  return int(sum(x.size for x in jax.tree.leaves(tree)))
+
+
+def _gflops(fn, *args) -> float:
+  cost = jax.jit(fn).lower(*args).cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get("flops", 0.0)) / 1e9
+
+
+def model_info(config: ml_collections.ConfigDict) -> dict:
+  """Parameter counts and per-view GFLOPs of `config`'s model."""
+  num_classes = pipeline.make_source(config.data, "train").num_classes
+  # The head's shapes do not depend on the label statistics, only its mask
+  # values do; an identity co-occurrence keeps this independent of the data.
+  stats = {"cooccurrence": jnp.eye(num_classes)}
+  model = registry.build_model(config.model, num_classes, stats)
+  s = config.data.crop_size
+  video = jax.ShapeDtypeStruct((1, config.data.num_frames, s, s, 3), jnp.float32)
+  variables = jax.eval_shape(
+      lambda x: model.init({"params": jax.random.key(0), "dropout": jax.random.key(0)},
+                           x, train=False), video)
+  params = variables["params"]
+  fmap = jax.eval_shape(
+      lambda v, x: model.apply(v, x, train=False, method=lambda m, x, train: m.backbone(x, train=train)),
+      variables, video)
+  head_vars = {col: tree["head"] for col, tree in variables.items() if "head" in tree}
+  total = _gflops(lambda v, x: model.apply(v, x, train=False), variables, video)
+  head = _gflops(lambda v, f: model.head.apply(v, f, train=False), head_vars, fmap)
+  return {
+      "backbone": config.model.backbone, "head": config.model.head,
+      "backbone_params": _count(params["backbone"]), "head_params": _count(params["head"]),
+      "gflops_per_view": total, "head_gflops": head,
+      "gmacs_per_view": total / 2, "head_gmacs": head / 2,
+      "feature_map": list(fmap.shape),
+  }
+
+
+def main(argv):
+  del argv
+  try:
+    config_lib.validate(FLAGS.config)
+  except ValueError as e:
+    raise app.UsageError(f"Invalid config: {e}")
+  info = model_info(FLAGS.config)
+  if FLAGS.json:
+    print(json.dumps(info))
+    return
+  for key, value in info.items():
+    print(f"{key:16s} {value:,.4f}" if isinstance(value, float) else f"{key:16s} {value}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,146 @@
+"""The MLAR head against a literal implementation of its equations."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.linalg import block_diag
+
+from mlar_jax import config_lib
+from mlar_jax.models import heads
+from mlar_jax.models import registry
+
+
+def _softmax(x):
+  e = np.exp(x - x.max(-1, keepdims=True))
+  return e / e.sum(-1, keepdims=True)
+
+
+def _dense(grouped_kernel):
+  """[n, C/n, C'/n] grouped weights -> the [C, C'] block-diagonal matrix."""
+  return block_diag(*np.asarray(grouped_kernel, np.float64))
+
+
+def literal_mlar(params, mask, features):
+  """Eqs. 2-13 written as in the paper, one observation and activity at a time."""
+  b, t, h, w, c = features.shape
+  ff = np.asarray(features, np.float64).reshape(b, t * h * w, c)
+  k = params["obs_alpha"].shape[0]
+  d = params["activity_queries"].shape[1]
+  scale = 1 / np.sqrt(d)
+  out, out_act = [], []
+  for i in range(b):
+    obs = []
+    for j in range(k):
+      g_a = ff[i] @ _dense(params["obs_alpha"][j])       # g^alpha_k(F_f): [P, C']
+      g_b = ff[i] @ _dense(params["obs_beta"][j])
+      g_g = ff[i] @ _dense(params["obs_gamma"][j])
+      attn = _softmax(g_g @ g_b[-1] * scale)            # eq. 6, last row query
+      obs.append(attn @ g_a)                             # eq. 2
+    obs = np.stack(obs)                                  # [K, C']
+    keys = obs @ _dense(params["activity_keys"]["kernel"])
+    f_a = np.stack([_softmax(keys @ q * scale) @ obs for q in params["activity_queries"]])
+    qc = f_a @ _dense(params["corr_beta"]["kernel"])
+    kc = f_a @ _dense(params["corr_gamma"]["kernel"])
+    corr = _softmax(qc @ kc.T * scale) + mask            # eq. 9
+    f_ac = corr @ f_a                                    # eq. 8
+    out_act.append(f_a @ params["out_activity_kernel"] + params["out_activity_bias"])
+    out.append(f_ac @ params["out_corr_kernel"] + params["out_corr_bias"])
+  return np.stack(out), np.stack(out_act)
+
+
+def test_matches_the_literal_equations():
+  a, c = 5, 16
+  labels = np.random.default_rng(0).random((40, a)) < 0.4
+  mask = heads.correlation_mask(labels.T.astype(int) @ labels.astype(int))
+  head = heads.MLARHead(a, num_observations=3, groups=4, features=8, mask=mask)
+  x = jax.random.normal(jax.random.key(0), (2, 2, 3, 3, c))
+  variables = head.init(jax.random.key(1), x, train=False)
+  params = jax.tree.map(np.asarray, variables["params"])
+  params["out_corr_bias"] = np.arange(a, dtype=np.float32) * 0.1
+  got = head.apply({**variables, "params": params}, x, train=False)
+  want, want_act = literal_mlar(params, mask, x)
+  np.testing.assert_allclose(np.asarray(got["logits"]), want, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(got["logits_activity"]), want_act, rtol=1e-4, atol=1e-5)
+
+
+def test_mask_matches_a_hand_count_and_survives_absent_classes():
+  labels = np.array([[1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 0], [0, 1, 1, 0]])
+  n = labels.T @ labels
+  mask = heads.correlation_mask(n)
+  for j, k in itertools.product(range(4), range(4)):
+    nj = sum(labels[:, j])
+    njk = sum(1 for row in labels if row[j] and row[k])
+    assert mask[j, k] == pytest.approx(njk / nj if nj else 0.0)
+  assert np.isfinite(mask).all() and (mask[3] == 0).all()  # class 3 never occurs
+  head = heads.MLARHead(4, num_observations=2, groups=2, features=4, mask=mask)
+  x = jax.random.normal(jax.random.key(0), (2, 1, 2, 2, 4))
+  variables = head.init(jax.random.key(1), x, train=False)
+  np.testing.assert_array_equal(variables["constants"]["correlation_mask"], mask)
+  out = head.apply(variables, x, train=False)
+  assert all(np.isfinite(np.asarray(v)).all() for v in out.values())
+
+
+@pytest.mark.parametrize("specific,corr", itertools.product([True, False], repeat=2))
+def test_shapes_attention_and_gradients_for_every_switch(specific, corr):
+  a, k = 6, 4
+  head = heads.MLARHead(a, num_observations=k, groups=2, features=8,
+                        use_activity_specific=specific, use_correlation=corr,
+                        dropout_rate=0.5, mask=np.eye(a, dtype=np.float32))
+  x = jax.random.normal(jax.random.key(0), (3, 2, 3, 3, 8))
+  variables = head.init({"params": jax.random.key(1), "dropout": jax.random.key(2)}, x,
+                        train=False)
+  out, inter = head.apply(variables, x, train=False, mutable=["intermediates"])
+  assert set(out) == {"logits", "logits_activity"}
+  assert all(v.shape == (3, a) for v in out.values())
+  maps = {name: v[0] for name, v in inter["intermediates"].items()}
+  assert maps["attn_obs"].shape == (3, k, 2, 3, 3)
+  np.testing.assert_allclose(maps["attn_obs"].sum(axis=(2, 3, 4)), 1.0, rtol=1e-5)
+  assert ("attn_activity" in maps) == specific and ("attn_corr" in maps) == corr
+  if specific:
+    assert maps["attn_activity"].shape == (3, a, k)
+    np.testing.assert_allclose(maps["attn_activity"].sum(-1), 1.0, rtol=1e-5)
+  if corr:
+    assert maps["attn_corr"].shape == (3, a, a)
+    np.testing.assert_allclose(maps["attn_corr"].sum(-1), 1.0, rtol=1e-5)
+
+  def loss(params):
+    o = head.apply({**variables, "params": params}, x, train=True,
+                   rngs={"dropout": jax.random.key(3)})
+    return sum(jnp.sum(jnp.sin(v)) for v in o.values())
+
+  grads = jax.grad(loss)(variables["params"])
+  for path, g in jax.tree_util.tree_leaves_with_path(grads):
+    assert np.abs(np.asarray(g)).sum() > 0, f"no gradient reaches {jax.tree_util.keystr(path)}"
+
+
+PAPER_PARAMS = {  # Table 3a/3b and Table 4: (A, K, n) -> parameters
+    (157, 64, 1): 50.4e6, (157, 64, 8): 6.3e6, (157, 64, 32): 1.6e6, (157, 64, 64): 0.8e6,
+    (157, 16, 32): 0.4e6, (157, 32, 32): 0.8e6, (157, 128, 32): 3.2e6,
+    (1024, 64, 32): 1.7e6,
+}
+
+
+@pytest.mark.parametrize("a,k,n", sorted(PAPER_PARAMS))
+def test_parameter_counts_match_the_paper(a, k, n):
+  head = heads.MLARHead(a, num_observations=k, groups=n, features=128)
+  x = jnp.zeros((1, 4, 7, 7, 2048))
+  shapes = jax.eval_shape(lambda: head.init(jax.random.key(0), x, train=False))
+  count = sum(p.size for p in jax.tree.leaves(shapes["params"]))
+  assert abs(count - PAPER_PARAMS[(a, k, n)]) / PAPER_PARAMS[(a, k, n)] < 0.10
+
+
+@pytest.mark.parametrize("backbone", registry.BACKBONES.names())
+def test_mlar_head_plugs_onto_every_backbone(backbone):
+  cfg = config_lib.base_config().model
+  cfg.backbone, cfg.head = backbone, "mlar"
+  cfg.mlar.update(num_observations=8, groups=8, features=32)
+  stats = {"cooccurrence": np.eye(5, dtype=np.int64) * 3}
+  model = registry.build_model(cfg, 5, stats)
+  x = jnp.zeros((2, 8, 32, 32, 3))
+  variables = jax.eval_shape(lambda: model.init(
+      {"params": jax.random.key(0), "dropout": jax.random.key(1)}, x, train=False))
+  out = jax.eval_shape(lambda v: model.apply(v, x, train=False), variables)
+  assert out["logits"].shape == (2, 5) and out["logits_activity"].shape == (2, 5)
