@@ -10,6 +10,7 @@ uninterrupted run.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import grain
@@ -17,6 +18,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
+from flax import traverse_util
 
 
 def make_manager(workdir: str, cfg: ml_collections.ConfigDict) -> ocp.CheckpointManager:
@@ -48,6 +50,63 @@ def abstract_with_shardings(abstract_state: Any, shardings: Any) -> Any:
   return jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
       abstract_state, shardings)
+
+
+def load_variables(path: str) -> dict[str, Any]:
+  """{"params", "model_state"} as host arrays from another run's checkpoint.
+
+  Args:
+    path: a workdir, its `checkpoints` folder (the latest step is used), or a
+      `checkpoints/STEP` folder.
+  """
+  root = epath.Path(os.path.abspath(os.fspath(path)))
+  if not (root / "state").exists():
+    directory = root / "checkpoints" if (root / "checkpoints").exists() else root
+    with ocp.CheckpointManager(directory) as manager:
+      step = manager.latest_step()
+      if step is None:
+        raise FileNotFoundError(f"init_from={path}: no checkpoint in {directory}")
+    root = directory / str(step)
+  restored = ocp.StandardCheckpointer().restore(root / "state")
+  return {"params": restored["params"], "model_state": restored.get("model_state", {})}
+
+
+def merge_variables(fresh: Any, loaded: Any, skip: str = "") -> tuple[Any, list[str]]:
+  """`fresh` with every leaf replaced by `loaded`'s at the same path.
+
+  Args:
+    fresh: the new model's tree (arrays or ShapeDtypeStructs).
+    loaded: the checkpoint's tree.
+    skip: regex of paths ("head/out_corr_bias") kept from `fresh`.
+
+  Returns:
+    (merged tree, the skipped paths).
+
+  Raises:
+    ValueError listing every path that is missing on either side or differs in
+    shape, with the shapes, unless `skip` matches it.
+  """
+  regex = re.compile(skip) if skip else None
+  new = traverse_util.flatten_dict(fresh, sep="/")
+  old = traverse_util.flatten_dict(loaded, sep="/")
+  merged, skipped, problems = {}, [], []
+  for key, value in new.items():
+    if regex is not None and regex.search(key):
+      merged[key] = value
+      skipped.append(key)
+    elif key not in old:
+      problems.append(f"  {key}: {tuple(value.shape)} not in the checkpoint")
+    elif tuple(old[key].shape) != tuple(value.shape):
+      problems.append(f"  {key}: model {tuple(value.shape)} != checkpoint {tuple(old[key].shape)}")
+    else:
+      merged[key] = old[key]
+  for key in old:
+    if key not in new and not (regex is not None and regex.search(key)):
+      problems.append(f"  {key}: {tuple(old[key].shape)} in the checkpoint, not in the model")
+  if problems:
+    raise ValueError("Checkpoint does not match the model (set init_from_skip to keep "
+                     "fresh values for some paths):\n" + "\n".join(sorted(problems)))
+  return traverse_util.unflatten_dict(merged, sep="/"), skipped
 
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any,

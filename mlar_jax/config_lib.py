@@ -8,6 +8,8 @@ the values, naming the offending key.
 
 from __future__ import annotations
 
+import re
+
 import jax
 import ml_collections
 
@@ -47,11 +49,10 @@ def data_config() -> ml_collections.ConfigDict:
       "num_frames": 8,              # T, frames per clip
       "rates": (4,),                # training downsampling rates to draw from
       "rate_probs": (),             # their probabilities; () = uniform
-      "eval_rate": 4,               # rate of the evaluation clip
       "min_short_side": 256,        # training short-side scale jitter range
       "max_short_side": 320,
       "crop_size": 224,             # training and evaluation crop
-      "eval_short_side": 256,
+      "eval_short_side": 256,       # evaluation resize before the crops
       "flip": True,
       "mean": (0.45, 0.45, 0.45),
       "std": (0.225, 0.225, 0.225),
@@ -83,10 +84,32 @@ def base_config() -> ml_collections.ConfigDict:
       },
       "loss": {"name": "bce", "class_weights": "none"},
       "optimizer": {"name": "sgd", "momentum": 0.9, "nesterov": True,
-                    "weight_decay": 1e-4, "grad_clip_norm": 0.0},
+                    "weight_decay": 1e-4, "grad_clip_norm": 0.0,
+                    "freeze": ""},           # regex of parameter paths not updated
+      # Initialise params and model state from another run's checkpoint (a
+      # workdir, its checkpoints/ folder, or one checkpoints/STEP folder) when
+      # the workdir has no checkpoint yet. Leaves whose path matches
+      # init_from_skip (a regex, e.g. "^head/" for a new head) keep their
+      # fresh initialisation; every other leaf must match in path and shape.
+      "init_from": "",
+      "init_from_skip": "",
+      # Speed-invariant tuning (MLAR section 3.5), run by
+      # `python -m mlar_jax.tools.speed_invariant`: stage 1 is this config;
+      # stage 2 starts from it, freezes the parameters matching `freeze` (the
+      # backbone's 3D convolution kernels) and the batch-norm statistics, and
+      # fine-tunes the rest on clips of rates drawn from `rates`.
+      "stage2": {"num_train_steps": 300, "rates": (2, 4, 8), "rate_probs": (),
+                 "base_lr": 0.01, "warmup_steps": 0,
+                 "freeze": "^backbone/.*kernel$", "frozen_bn": True},
       "schedule": {"base_lr": 0.1, "warmup_steps": 50, "end_lr_factor": 0.0},
       "checkpoint": {"every_steps": 200, "keep": 3, "async_save": True},
-      "eval": {"split": "test", "batch_size": 64, "step": -1, "output": "logits"},
+      "eval": {
+          "split": "test", "batch_size": 64, "step": -1, "output": "logits",
+          # The view plan: (rate, temporal positions) x spatial_crops; the
+          # default is the papers' 30-view test (12 at rate 4, 9 at 8, 9 at 2).
+          "views": ((4, 4), (8, 3), (2, 3)), "spatial_crops": 3,
+          "aggregate": "sum",           # per-video: sum | mean | max of sigmoids
+      },
       "mesh": {"data": -1, "fsdp": 1},
       "sharding": {"params": "replicated", "fsdp_min_size": 2**18},
   })
@@ -113,7 +136,7 @@ def _get(config, dotted: str):
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks every value the loop uses; raises ValueError naming the key."""
   _positive(config, "batch_size", "num_train_steps", "log_every_steps",
-            "data.num_frames", "data.crop_size", "data.eval_rate",
+            "data.num_frames", "data.crop_size", "eval.spatial_crops",
             "data.min_short_side", "data.max_short_side", "data.eval_short_side",
             "checkpoint.every_steps", "checkpoint.keep", "eval.batch_size")
   if config.eval_every_steps < 0:
@@ -127,7 +150,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
              "loss.class_weights": losses.CLASS_WEIGHT_MODES,
              "optimizer.name": ("sgd", "adamw"),
              "sharding.params": ("replicated", "fsdp"),
-             "eval.split": ("train", "val", "test")}
+             "eval.split": ("train", "val", "test"),
+             "eval.aggregate": ("sum", "mean", "max")}
   for key, allowed in choices.items():
     if _get(config, key) not in allowed:
       _fail(key, _get(config, key), f"must be one of {list(allowed)}")
@@ -144,12 +168,23 @@ def validate(config: ml_collections.ConfigDict) -> None:
           f"exceeds data.max_short_side={d.max_short_side}")
   if d.crop_size > d.min_short_side:
     _fail("data.crop_size", d.crop_size, f"exceeds data.min_short_side={d.min_short_side}")
+  views = config.eval.views
+  if (not views or any(len(v) != 2 or not all(isinstance(x, int) and x > 0 for x in v)
+                       for v in views)
+      or len({v[0] for v in views}) != len(views)):
+    _fail("eval.views", views, "must be ((rate, positions), ...) with positive "
+          "integers and each rate once")
   if d.crop_size > d.eval_short_side:
     _fail("data.crop_size", d.crop_size, f"exceeds data.eval_short_side={d.eval_short_side}")
   if len(d.mean) != 3 or len(d.std) != 3 or min(d.std) <= 0:
     _fail("data.std", d.std, "mean and std need 3 channels, std > 0")
   if d.num_workers < 0 or d.num_threads <= 0:
     _fail("data.num_workers", d.num_workers, "workers >= 0 and threads > 0")
+  for key in ("optimizer.freeze", "init_from_skip"):
+    try:
+      re.compile(_get(config, key))
+    except re.error as e:
+      _fail(key, _get(config, key), f"is not a valid regex: {e}")
   m = config.model.mlar
   _positive(config, "model.mlar.num_observations", "model.mlar.groups",
             "model.mlar.features")
@@ -167,10 +202,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
 def validate_for_mesh(config: ml_collections.ConfigDict, mesh) -> None:
   """Checks the batch sizes against the mesh and the process count."""
   batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
+  if config.batch_size % batch_devices:
+    _fail("batch_size", config.batch_size, f"must be a multiple of the {batch_devices} "
+          "devices of the mesh's data and fsdp axes")
+  # Evaluation batches are padded up to a multiple of the devices instead.
   for key in ("batch_size", "eval.batch_size"):
     value = _get(config, key)
-    if value % batch_devices:
-      _fail(key, value, f"must be a multiple of the {batch_devices} devices of "
-                        "the mesh's data and fsdp axes")
     if value % jax.process_count():
       _fail(key, value, f"must be a multiple of the {jax.process_count()} processes")

@@ -145,8 +145,9 @@ def all_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
 
 @flax.struct.dataclass
 class MultiLabelCollector(
-    clu_metrics.CollectingMetric.from_outputs(("scores", "labels", "mask", "index"))):
-  """Gathers [B, C] scores and labels (and [B] video positions) on the host.
+    clu_metrics.CollectingMetric.from_outputs(("scores", "labels", "mask", "index", "view"))):
+  """Gathers [B, C] scores and labels, and [B] video positions and view ids,
+  on the host.
 
   Padding rows (mask 0) are dropped in `compute`, so an evaluation set that
   does not divide the batch counts each video once. For several hosts, give

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import jax
 import ml_collections
 import optax
+from flax import traverse_util
 
 
 def make_schedule(cfg: ml_collections.ConfigDict, num_train_steps: int) -> optax.Schedule:
@@ -26,15 +29,35 @@ def _decay_mask(params):
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
+def frozen_labels(params, pattern: str):
+  """"freeze" for every leaf whose path ("backbone/stem_conv/kernel") matches
+  `pattern` (re.search), "train" otherwise; a tree like `params`."""
+  regex = re.compile(pattern)
+  flat = traverse_util.flatten_dict(params, sep="/")
+  return traverse_util.unflatten_dict(
+      {k: ("freeze" if pattern and regex.search(k) else "train") for k in flat}, sep="/")
+
+
 def make_optimizer(cfg: ml_collections.ConfigDict, schedule: optax.Schedule
                    ) -> optax.GradientTransformation:
   """SGD with momentum (or AdamW) with decoupled-from-BN weight decay.
 
   Args:
     cfg: `config.optimizer` (name, momentum, nesterov, weight_decay,
-      grad_clip_norm; 0 disables clipping).
+      grad_clip_norm (0 disables clipping), freeze: a regex of parameter
+      paths that get no update at all, e.g. "^backbone/.*kernel$" for the
+      convolutions of the speed-invariant fine-tuning).
     schedule: learning rate per step.
   """
+  tx = _base_optimizer(cfg, schedule)
+  if not cfg.freeze:
+    return tx
+  return optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()},
+                               lambda params: frozen_labels(params, cfg.freeze))
+
+
+def _base_optimizer(cfg: ml_collections.ConfigDict, schedule: optax.Schedule
+                    ) -> optax.GradientTransformation:
   parts = []
   if cfg.grad_clip_norm > 0:
     parts.append(optax.clip_by_global_norm(cfg.grad_clip_norm))

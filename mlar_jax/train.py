@@ -187,12 +187,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       donate_argnums=(0,))
   eval_step = evaluate.make_eval_step(model, config, mesh, state_shardings)
 
-  def run_eval(state, split: str) -> dict[str, Any]:
+  def run_eval(state, split: str, write: bool = False) -> dict[str, Any]:
     source = pipeline.make_source(config.data, split)
+    plan = evaluate.plan_from_config(config)
     collectors = evaluate.run(eval_step, state, source, config, mesh)
-    return evaluate.report(collectors, class_names=class_names,
-                           train_frequency=stats["frequency"],
-                           output=config.eval.output, step=int(state.step), split=split)
+    results = evaluate.report(
+        collectors, num_videos=len(source), class_names=class_names,
+        train_frequency=stats["frequency"], output=config.eval.output,
+        step=int(state.step), split=split, plan=plan, how=config.eval.aggregate)
+    if write:
+      scores, _ = evaluate.video_scores(collectors[config.eval.output], len(source),
+                                        config.eval.aggregate)
+      evaluate.write_predictions(workdir, [source[i]["id"] for i in range(len(source))],
+                                 scores)
+      _finish_eval(writer, workdir, results)
+    return results
 
   # --------------------------------------------------------------------------
   # Checkpoint: restore the latest (or the requested one for evaluation).
@@ -206,9 +215,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           f"No checkpoint {'(latest)' if config.eval.step < 0 else config.eval.step} "
           f"in {workdir_path / 'checkpoints'}; steps there: {manager.all_steps()}")
     state = checkpointing.restore(manager, step, restore_target)
-    results = run_eval(state, config.eval.split)
-    _finish_eval(writer, workdir, results)
-    return results
+    return run_eval(state, config.eval.split, write=True)
 
   train_iter = iter(train_ds)
   if latest is not None:
@@ -216,6 +223,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     logging.info("Resumed from checkpoint at step %d", latest)
   else:
     state = jax.jit(init_fn, out_shardings=state_shardings)(rng)
+    if config.init_from:
+      state = _init_from(state, config, tx, state_shardings)
   start_step = int(state.step)
 
   # --------------------------------------------------------------------------
@@ -257,10 +266,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if mode == "train":
     writer.flush()
     return None
-  results = run_eval(state, config.eval.split)
-  _finish_eval(writer, workdir, results)
+  results = run_eval(state, config.eval.split, write=True)
   manager.close()
   return results
+
+
+def _init_from(state: TrainState, config: ml_collections.ConfigDict,
+               tx: optax.GradientTransformation, shardings: TrainState) -> TrainState:
+  """Params and model state from `config.init_from`, a fresh optimizer."""
+  loaded = checkpointing.load_variables(config.init_from)
+  params, skipped = checkpointing.merge_variables(
+      state.params, loaded["params"], config.init_from_skip)
+  model_state, skipped_state = checkpointing.merge_variables(
+      state.model_state, loaded["model_state"], config.init_from_skip)
+  params = jax.device_put(params, shardings.params)
+  model_state = jax.device_put(model_state, shardings.model_state)
+  opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
+  logging.info("Initialised from %s; kept fresh: %s", config.init_from,
+               skipped + skipped_state or "nothing")
+  return state.replace(params=params, model_state=model_state, opt_state=opt_state)
 
 
 def _finish_eval(writer, workdir: str, results: dict[str, Any]) -> None:
@@ -270,7 +294,11 @@ def _finish_eval(writer, workdir: str, results: dict[str, Any]) -> None:
   writer.flush()
   evaluate.write_results(workdir, results)
   logging.info(
-      "%s split, step %d, %d videos: macro mAP %.4f (chance %.4f, %.2fx), "
+      "%s split, step %d, %d videos x %d views: macro mAP %.4f (chance %.4f, %.2fx), "
       "micro mAP %.4f, top-1 %.4f, top-5 %.4f", results["split"], results["step"],
-      results["num_videos"], results["macro_map"], results["chance_macro_map"],
-      results["map_over_chance"], results["micro_map"], results["top1"], results["top5"])
+      results["num_videos"], results["views"], results["macro_map"],
+      results["chance_macro_map"], results["map_over_chance"], results["micro_map"],
+      results["top1"], results["top5"])
+  if len(results["per_rate"]) > 1:
+    logging.info("macro mAP by rates: %s", ", ".join(
+        f"{k} ({v['views']} views): {v['macro_map']:.4f}" for k, v in results["per_rate"].items()))

@@ -125,7 +125,8 @@ def test_collector_counts_each_video_once():
     n = min(4, 7 - start)
     s[:n], l[:n], mask[:n] = scores[start:start + n], labels[start:start + n], True
     update = metrics.MultiLabelCollector.from_model_output(
-        scores=s, labels=l, mask=mask, index=np.arange(start, start + 4))
+        scores=s, labels=l, mask=mask, index=np.arange(start, start + 4),
+        view=np.zeros(4, int))
     collector = update if collector is None else collector.merge(update)
   arrays = collector.arrays()
   np.testing.assert_array_equal(arrays["index"], np.arange(7))

@@ -18,6 +18,7 @@ import numpy as np
 
 from mlar_jax import registry
 from mlar_jax.data import base
+from mlar_jax.data import sampling
 from mlar_jax.data import synthetic
 from mlar_jax.data import transforms
 
@@ -64,25 +65,46 @@ class TrainClip(grain.transforms.RandomMap):
     return {"video": frames, "labels": record["labels"].astype(np.int32)}
 
 
+class VideoViews:
+  """Random-access (video, view) pairs: element i is view i % V of video i // V.
+
+  Flattening the views lets evaluation batch clips of different videos and
+  views together, and shard them over hosts like any source.
+  """
+
+  def __init__(self, source: base.VideoSource, plan: Sequence[sampling.View]):
+    self.source, self.plan = source, tuple(plan)
+
+  def __len__(self) -> int:
+    return len(self.source) * len(self.plan)
+
+  def __getitem__(self, i: int) -> tuple[int, base.Record, int]:
+    video, view = divmod(int(i), len(self.plan))
+    return video, self.source[video], view
+
+
 @dataclasses.dataclass(frozen=True)
 class EvalClip(grain.transforms.Map):
-  """Record -> the centre clip at `rate`, centre crop.
+  """(video position, record, view id) -> that view's clip.
 
-  Output: {"video": uint8 [T, S, S, 3], "labels": int32 [C], "index": int}.
+  Output: {"video": uint8 [T, S, S, 3], "labels": int32 [C], "index": int32
+  video position in the split, "view": int32 view id in the plan}.
   """
   source: base.VideoSource
+  plan: tuple[sampling.View, ...]
   num_frames: int
-  rate: int
   short_side: int
   crop_size: int
 
-  def map(self, record: base.Record) -> dict[str, Any]:
-    start = transforms.center_clip_start(record["num_frames"], self.num_frames, self.rate)
-    idx = transforms.clip_indices(record["num_frames"], self.num_frames, self.rate, start)
+  def map(self, element: tuple[int, base.Record, int]) -> dict[str, Any]:
+    video, record, view_id = element
+    view = self.plan[view_id]
+    idx = sampling.view_indices(record["num_frames"], self.num_frames, view)
     frames = transforms.eval_view(self.source.load_frames(record, idx),
-                                  short_side=self.short_side, crop_size=self.crop_size)
+                                  short_side=self.short_side, crop_size=self.crop_size,
+                                  crop_index=view.crop, num_crops=view.num_crops)
     return {"video": frames, "labels": record["labels"].astype(np.int32),
-            "index": np.int32(record["index"])}
+            "index": np.int32(video), "view": np.int32(view_id)}
 
 
 def _read_options(cfg: ml_collections.ConfigDict) -> grain.ReadOptions:
@@ -125,15 +147,22 @@ def train_dataset(source: base.VideoSource, cfg: ml_collections.ConfigDict, *,
   return _maybe_multiprocess(ds.to_iter_dataset(_read_options(cfg)), cfg)
 
 
-def eval_dataset(source: base.VideoSource, cfg: ml_collections.ConfigDict, *,
-                 local_batch_size: int, process_index: int = 0,
-                 process_count: int = 1) -> grain.IterDataset:
-  """One pass over this host's shard of `source`, centre views, in order.
+def eval_dataset(source: base.VideoSource, cfg: ml_collections.ConfigDict,
+                 plan: Sequence[sampling.View], *, local_batch_size: int,
+                 process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
+  """One pass over this host's shard of every (video, view) of `source`.
+
+  Args:
+    source: the split to evaluate.
+    cfg: `config.data`.
+    plan: the views of each video (`sampling.view_plan`).
+    local_batch_size: clips per batch on this host.
+    process_index, process_count: this host's shard.
 
   The last batch may be short; the evaluator pads it and masks the padding.
   """
-  ds = grain.MapDataset.source(source)[process_index::process_count]
-  ds = ds.map(EvalClip(source=source, num_frames=cfg.num_frames, rate=cfg.eval_rate,
+  ds = grain.MapDataset.source(VideoViews(source, plan))[process_index::process_count]
+  ds = ds.map(EvalClip(source=source, plan=tuple(plan), num_frames=cfg.num_frames,
                        short_side=cfg.eval_short_side, crop_size=cfg.crop_size))
   ds = ds.batch(local_batch_size, drop_remainder=False)
   return _maybe_multiprocess(ds.to_iter_dataset(_read_options(cfg)), cfg)

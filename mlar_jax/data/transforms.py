@@ -85,6 +85,19 @@ def center_crop(frames: np.ndarray, size: int) -> np.ndarray:
   return crop(frames, (h - size) // 2, (w - size) // 2, size)
 
 
+def uniform_crop(frames: np.ndarray, size: int, index: int, num_crops: int) -> np.ndarray:
+  """Crop `index` of `num_crops` spread along the longer side (PySlowFast's
+  3-crop test: first, centre, last), centred on the shorter side; the width
+  when the frame is square. One crop is the centre crop."""
+  _, h, w, _ = frames.shape
+  if num_crops == 1:
+    return center_crop(frames, size)
+  offsets = lambda n: int(round(index * (n - size) / (num_crops - 1)))
+  if h > w:
+    return crop(frames, offsets(h), (w - size) // 2, size)
+  return crop(frames, (h - size) // 2, offsets(w), size)
+
+
 def train_augment(rng: np.random.Generator, frames: np.ndarray, *,
                   min_short_side: int, max_short_side: int, crop_size: int,
                   flip: bool) -> np.ndarray:
@@ -107,9 +120,12 @@ def train_augment(rng: np.random.Generator, frames: np.ndarray, *,
   return np.ascontiguousarray(frames)
 
 
-def eval_view(frames: np.ndarray, *, short_side: int, crop_size: int) -> np.ndarray:
-  """The centre view used for evaluation: resize short side, centre crop."""
-  return np.ascontiguousarray(center_crop(resize_short_side(frames, short_side), crop_size))
+def eval_view(frames: np.ndarray, *, short_side: int, crop_size: int,
+              crop_index: int = 0, num_crops: int = 1) -> np.ndarray:
+  """An evaluation view: resize the short side, then crop `crop_index` of
+  `num_crops` (`uniform_crop`)."""
+  frames = resize_short_side(frames, short_side)
+  return np.ascontiguousarray(uniform_crop(frames, crop_size, crop_index, num_crops))
 
 
 def normalize(video, mean, std, dtype=None):

@@ -7,6 +7,11 @@ the same budget, and prints the test macro mAP as mean +- std over seeds.
 Studies:
   heads  Table 3c of the MLAR paper: linear baseline, MLAR without
          activity-specific features, without correlation, complete.
+  rates  Table 3d: speed-invariant tuning (tools/speed_invariant.py) with
+         stage-2 rates {4}, {2,4}, {2,4,8}, each tested with 30 views spread
+         over its rates (10x3 at rate 4; 5x3 at 2 and 5x3 at 4; 3x3 at 2,
+         4x3 at 4, 3x3 at 8): the same FLOPs per video. One stage 1 per seed
+         (WORKDIR/stage1/seed_S) is shared by the three variants.
 
 Each (variant, seed) trains in WORKDIR/VARIANT/seed_S with the command-line
 config plus the variant's overrides and `seed=S`; a run that already wrote
@@ -29,12 +34,13 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from mlar_jax import speed_invariant
 from mlar_jax import train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Base experiment config.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory of the study.")
-flags.DEFINE_enum("study", "heads", ["heads"], "Which study to run.")
+flags.DEFINE_enum("study", "heads", ["heads", "rates"], "Which study to run.")
 flags.DEFINE_list("seeds", ["0", "1"], "Training seeds.")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -52,7 +58,15 @@ STUDIES: dict[str, list[tuple[str, dict[str, Any]]]] = {
                       "model.mlar.use_activity_specific": True,
                       "model.mlar.use_correlation": True}),
     ],
+    "rates": [
+        ("4", {"stage2.rates": (4,), "eval.views": ((4, 10),), "eval.spatial_crops": 3}),
+        ("2+4", {"stage2.rates": (2, 4), "eval.views": ((2, 5), (4, 5)),
+                 "eval.spatial_crops": 3}),
+        ("2+4+8", {"stage2.rates": (2, 4, 8), "eval.views": ((2, 3), (4, 4), (8, 3)),
+                   "eval.spatial_crops": 3}),
+    ],
 }
+TWO_STAGE = {"rates"}
 
 
 def variant_config(base: ml_collections.ConfigDict, overrides: dict[str, Any],
@@ -76,13 +90,19 @@ def run_study(base: ml_collections.ConfigDict, study: str, seeds: list[int],
     maps = []
     for seed in seeds:
       run_dir = os.path.join(workdir, name, f"seed_{seed}")
-      results_path = os.path.join(run_dir, "eval_results.json")
+      results_path = os.path.join(run_dir, "stage2" if study in TWO_STAGE else "",
+                                  "eval_results.json")
+      config = variant_config(base, overrides, seed)
       if os.path.exists(results_path):
         with open(results_path) as f:
           results = json.load(f)
+      elif study in TWO_STAGE:
+        logging.info("Study %s: variant %s, seed %d", study, name, seed)
+        results = speed_invariant.run_two_stage(
+            config, run_dir, stage1_dir=os.path.join(workdir, "stage1", f"seed_{seed}"))
       else:
         logging.info("Study %s: variant %s, seed %d", study, name, seed)
-        results = train.train_and_evaluate(variant_config(base, overrides, seed), run_dir)
+        results = train.train_and_evaluate(config, run_dir)
       maps.append(results["macro_map"])
     rows.append({"variant": name, "overrides": overrides, "seeds": seeds,
                  "macro_map": maps, "mean": float(np.mean(maps)),

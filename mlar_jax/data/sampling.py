@@ -1,0 +1,95 @@
+"""Which frames and crops a clip uses: training draws, evaluation view plans.
+
+A view plan (MLAR section 3.5, PySlowFast's multi-view test) lists, per
+downsampling rate, a number of temporal positions; every position is taken
+with each of `spatial_crops` crops. The default plan of the papers is
+((4, 4), (8, 3), (2, 3)) x 3 crops = 12 + 9 + 9 = 30 views.
+
+Temporal positions at one rate are spread uniformly: the first clip starts at
+frame 0, the last ends at the last frame, the others evenly in between
+(rounded). A video shorter than a clip's span gets one position at frame 0
+repeated, and the clip repeats the video's last frame (see
+`transforms.clip_indices`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from mlar_jax.data import transforms
+
+
+@dataclasses.dataclass(frozen=True)
+class View:
+  """One evaluation view of a video."""
+  rate: int
+  position: int        # temporal position index in [0, num_positions)
+  num_positions: int
+  crop: int            # spatial crop index in [0, num_crops)
+  num_crops: int
+
+
+def view_plan(views: Sequence[Sequence[int]], spatial_crops: int) -> tuple[View, ...]:
+  """The views of a plan: for each (rate, positions), positions x crops views.
+
+  Args:
+    views: ((rate, num_temporal_positions), ...), e.g. ((4, 4), (8, 3), (2, 3)).
+    spatial_crops: crops per temporal position (1 or 3).
+  """
+  plan = []
+  for rate, positions in views:
+    for p in range(positions):
+      for c in range(spatial_crops):
+        plan.append(View(int(rate), p, int(positions), c, int(spatial_crops)))
+  return tuple(plan)
+
+
+def view_start(num_video_frames: int, num_frames: int, view: View) -> int:
+  """First frame of `view`'s clip: positions evenly from 0 to the last fit."""
+  room = max(num_video_frames - transforms.clip_span(num_frames, view.rate), 0)
+  if view.num_positions == 1:
+    return room // 2
+  return int(round(view.position * room / (view.num_positions - 1)))
+
+
+def view_indices(num_video_frames: int, num_frames: int, view: View) -> np.ndarray:
+  """int32 [num_frames] frame indices of `view`."""
+  return transforms.clip_indices(num_video_frames, num_frames, view.rate,
+                                 view_start(num_video_frames, num_frames, view))
+
+
+def aggregate_views(scores: np.ndarray, video: np.ndarray, view_ids: np.ndarray,
+                    num_videos: int, how: str = "sum",
+                    keep_views: Sequence[int] | None = None) -> np.ndarray:
+  """Per-video scores from per-view scores.
+
+  Args:
+    scores: [M, A] sigmoid scores of M view clips.
+    video: [M] video position of each clip.
+    view_ids: [M] view index of each clip in the plan.
+    num_videos: N.
+    how: "sum" (the paper's), "mean" or "max".
+    keep_views: the plan's view ids to use (None: all).
+
+  Returns:
+    [N, A] aggregated scores; a video without a kept view scores -inf.
+  """
+  scores = np.asarray(scores, np.float64)
+  keep = np.ones(len(video), bool) if keep_views is None else np.isin(view_ids, keep_views)
+  s, v = scores[keep], np.asarray(video)[keep]
+  out = np.zeros((num_videos, scores.shape[1]))
+  if how == "max":
+    out[:] = -np.inf
+    np.maximum.at(out, v, s)
+    return out
+  if how not in ("sum", "mean"):
+    raise ValueError(f"aggregation must be sum|mean|max, got {how!r}")
+  np.add.at(out, v, s)
+  counts = np.bincount(v, minlength=num_videos)
+  out[counts == 0] = -np.inf
+  if how == "mean":
+    out = out / np.maximum(counts, 1)[:, None]
+  return out

@@ -1,0 +1,54 @@
+"""Speed-invariant tuning (MLAR section 3.5): stage 2 from a stage-1 run.
+
+Stage 1 trains a config as it is. Stage 2 starts from stage 1's last
+checkpoint (`init_from`), freezes the parameters matching
+`config.stage2.freeze` (the backbone's 3D convolutions) and the batch-norm
+statistics, and fine-tunes the rest for `config.stage2.num_train_steps` steps
+on clips whose rate is drawn from `config.stage2.rates`, then evaluates with
+`config.eval`'s view plan.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any
+
+import ml_collections
+
+from mlar_jax import config_lib
+from mlar_jax import train
+
+
+def stage2_config(config: ml_collections.ConfigDict, stage1_dir: str
+                  ) -> ml_collections.ConfigDict:
+  """The fine-tuning config derived from a stage-1 config and its workdir."""
+  s = config.stage2
+  out = copy.deepcopy(config)
+  with out.unlocked():
+    out.num_train_steps = s.num_train_steps
+    out.data.rates, out.data.rate_probs = tuple(s.rates), tuple(s.rate_probs)
+    out.schedule.base_lr, out.schedule.warmup_steps = s.base_lr, s.warmup_steps
+    out.optimizer.freeze = s.freeze
+    out.model.frozen_bn = s.frozen_bn
+    out.init_from = os.path.abspath(stage1_dir)
+    out.init_from_skip = ""
+    out.checkpoint.every_steps = min(out.checkpoint.every_steps, s.num_train_steps)
+  return out
+
+
+def run_two_stage(config: ml_collections.ConfigDict, workdir: str,
+                  stage1_dir: str | None = None) -> dict[str, Any]:
+  """Runs (or resumes) stage 1, then stage 2; returns stage 2's evaluation.
+
+  Args:
+    config: the stage-1 config with its `stage2` settings.
+    workdir: stage 2 runs in WORKDIR/stage2.
+    stage1_dir: where stage 1 runs (default WORKDIR/stage1); studies share one
+      stage 1 between several stage-2 variants.
+  """
+  stage1_dir = stage1_dir or os.path.join(workdir, "stage1")
+  train.train_and_evaluate(config, stage1_dir, mode="train")
+  second = stage2_config(config, stage1_dir)
+  config_lib.validate(second)
+  return train.train_and_evaluate(second, os.path.join(workdir, "stage2"))
