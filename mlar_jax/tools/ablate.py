@@ -12,6 +12,8 @@ Studies:
          over its rates (10x3 at rate 4; 5x3 at 2 and 5x3 at 4; 3x3 at 2,
          4x3 at 4, 3x3 at 8): the same FLOPs per video. One stage 1 per seed
          (WORKDIR/stage1/seed_S) is shared by the three variants.
+  losses The four multi-label losses of M-MiT (BCE, WARP, LSEP, wLSEP), each
+         with the official min(count)/count class weights.
 
 Each (variant, seed) trains in WORKDIR/VARIANT/seed_S with the command-line
 config plus the variant's overrides and `seed=S`; a run that already wrote
@@ -40,7 +42,7 @@ from mlar_jax import train
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Base experiment config.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory of the study.")
-flags.DEFINE_enum("study", "heads", ["heads", "rates"], "Which study to run.")
+flags.DEFINE_enum("study", "heads", ["heads", "rates", "losses"], "Which study to run.")
 flags.DEFINE_list("seeds", ["0", "1"], "Training seeds.")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -66,6 +68,9 @@ STUDIES: dict[str, list[tuple[str, dict[str, Any]]]] = {
                    "eval.spatial_crops": 3}),
     ],
 }
+STUDIES["losses"] = [
+    (name, {"loss.name": name, "loss.class_weights": "min_over_count"})
+    for name in ("bce", "warp", "lsep", "wlsep")]
 TWO_STAGE = {"rates"}
 
 
