@@ -4,14 +4,12 @@ Overrides: `--config.KEY=VALUE` (unknown keys are errors). Modes: train,
 eval (latest or `--config.eval.step` checkpoint) or train_and_eval.
 """
 
-import sys
-
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from mlar_jax import config_lib
+from mlar_jax import cli
 from mlar_jax import train
 
 FLAGS = flags.FLAGS
@@ -22,30 +20,10 @@ flags.DEFINE_enum("mode", "train_and_eval", ["train", "eval", "train_and_eval"],
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing, with config override errors turned into one line that
-  names the override (ml_collections raises a bare AttributeError/KeyError)."""
-  try:
-    return FLAGS(argv)
-  except (AttributeError, KeyError, TypeError, ValueError, flags.Error) as e:
-    bad = [a for a in argv[1:] if a.startswith("--config.")]
-    message = " ".join(str(e).replace("\\n", " ").replace("\\", "").replace("'", "").split())
-    sys.exit(f"Invalid config override among {bad or argv[1:]}: {message}")
-
-
-def _quiet_orbax(record) -> bool:
-  # orbax logs every save step at INFO; keep its warnings and errors only.
-  return "/orbax/" not in record.pathname or record.levelno >= logging.WARNING
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  logging.get_absl_handler().addFilter(_quiet_orbax)
-  try:
-    config_lib.validate(FLAGS.config)
-  except ValueError as e:
-    sys.exit(f"Invalid config: {e}")
+  cli.setup(FLAGS.config)
   logging.info("Config:\n%s", FLAGS.config)
   results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.mode)
   if results is not None:
@@ -56,4 +34,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -36,15 +36,22 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from mlar_jax import cli
 from mlar_jax import speed_invariant
 from mlar_jax import train
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Base experiment config.", lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory of the study.")
-flags.DEFINE_enum("study", "heads", ["heads", "rates", "losses"], "Which study to run.")
-flags.DEFINE_list("seeds", ["0", "1"], "Training seeds.")
-flags.mark_flags_as_required(["config", "workdir"])
+
+
+def define_flags() -> None:
+  """The command's flags; defined only when it runs, so the module imports
+  anywhere (absl flags are global)."""
+  config_flags.DEFINE_config_file("config", None, "Base experiment config.", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Directory of the study.")
+  flags.DEFINE_enum("study", "heads", ["heads", "rates", "losses"], "Which study to run.")
+  flags.DEFINE_list("seeds", ["0", "1"], "Training seeds.")
+  flags.mark_flags_as_required(["config", "workdir"])
+
 
 # study -> [(variant name, {dotted config key: value})]
 STUDIES: dict[str, list[tuple[str, dict[str, Any]]]] = {
@@ -129,6 +136,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def main(argv):
   del argv
+  cli.setup(FLAGS.config)
   seeds = [int(s) for s in FLAGS.seeds]
   rows = run_study(FLAGS.config, FLAGS.study, seeds, FLAGS.workdir)
   table = format_table(rows)
@@ -140,4 +148,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  define_flags()
+  app.run(main, flags_parser=cli.parse_flags)

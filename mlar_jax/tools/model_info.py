@@ -23,14 +23,19 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from mlar_jax import config_lib
+from mlar_jax import cli
 from mlar_jax.data import pipeline
 from mlar_jax.models import registry
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
-flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
-flags.mark_flags_as_required(["config"])
+
+
+def define_flags() -> None:
+  """The command's flags; defined only when it runs, so the module imports
+  anywhere (absl flags are global)."""
+  config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+  flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
+  flags.mark_flags_as_required(["config"])
 
 
 def _count(tree) -> int:
@@ -73,10 +78,7 @@ def model_info(config: ml_collections.ConfigDict) -> dict:
 
 def main(argv):
   del argv
-  try:
-    config_lib.validate(FLAGS.config)
-  except ValueError as e:
-    raise app.UsageError(f"Invalid config: {e}")
+  cli.setup(FLAGS.config)
   info = model_info(FLAGS.config)
   if FLAGS.json:
     print(json.dumps(info))
@@ -86,4 +88,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  define_flags()
+  app.run(main, flags_parser=cli.parse_flags)

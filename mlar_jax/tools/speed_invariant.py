@@ -20,18 +20,23 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from mlar_jax import config_lib
+from mlar_jax import cli
 from mlar_jax import speed_invariant
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Stage-1 experiment config.", lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory holding stage1/ and stage2/.")
-flags.mark_flags_as_required(["config", "workdir"])
+
+
+def define_flags() -> None:
+  """The command's flags; defined only when it runs, so the module imports
+  anywhere (absl flags are global)."""
+  config_flags.DEFINE_config_file("config", None, "Stage-1 experiment config.", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Directory holding stage1/ and stage2/.")
+  flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   del argv
-  config_lib.validate(FLAGS.config)
+  cli.setup(FLAGS.config)
   results = speed_invariant.run_two_stage(FLAGS.config, FLAGS.workdir)
   print(f"stage 2 {results['split']} macro mAP {results['macro_map']:.4f} "
         f"({results['views']} views); by rates: " +
@@ -39,4 +44,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  define_flags()
+  app.run(main, flags_parser=cli.parse_flags)

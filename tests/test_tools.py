@@ -1,0 +1,44 @@
+"""model_info and the study runner's config handling."""
+
+import jax
+import jax.numpy as jnp
+
+from conftest import load_config
+from mlar_jax.models import heads
+from mlar_jax.tools import ablate
+from mlar_jax.tools import model_info
+
+
+def test_model_info_reports_params_and_gflops():
+  config = load_config("synthetic", "head=mlar")
+  info = model_info.model_info(config)
+  assert {"backbone_params", "head_params", "gflops_per_view"} <= set(info)
+  # The head alone, built by hand on the reported feature map.
+  m = config.model.mlar
+  head = heads.MLARHead(14, num_observations=m.num_observations, groups=m.groups,
+                        features=m.features)
+  shapes = jax.eval_shape(lambda: head.init(jax.random.key(0), jnp.zeros(info["feature_map"]),
+                                            train=False))
+  assert info["head_params"] == sum(p.size for p in jax.tree.leaves(shapes["params"]))
+  assert info["feature_map"] == [1, 8, 4, 4, 64]
+  assert 0 < info["head_gflops"] < info["gflops_per_view"]
+  linear = model_info.model_info(load_config("synthetic"))
+  assert linear["backbone_params"] == info["backbone_params"]
+  assert linear["head_params"] == 64 * 14 + 14
+
+
+def test_study_variants_override_the_base_config():
+  base = load_config("synthetic", "runlocal")
+  for study, variants in ablate.STUDIES.items():
+    for name, overrides in variants:
+      config = ablate.variant_config(base, overrides, seed=3)
+      assert config.seed == 3
+      for key, value in overrides.items():
+        node = config
+        for part in key.split("."):
+          node = node[part]
+        assert node == value, (study, name, key)
+  assert base.seed == 0  # the base is not modified
+  rows = [{"variant": "a", "macro_map": [0.5, 0.7], "mean": 0.6, "std": 0.1414,
+           "seeds": [0, 1], "chance_macro_map": 0.2}]
+  assert "| a | 0.6000 +- 0.1414 | 0.5000, 0.7000 |" in ablate.format_table(rows)
