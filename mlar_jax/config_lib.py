@@ -59,6 +59,20 @@ def data_config() -> ml_collections.ConfigDict:
       "num_threads": 2,             # grain reader threads per process
       "prefetch_buffer_size": 8,
       "num_workers": 0,             # grain worker processes (0: in-process)
+      "label_mode": "video",        # training labels: video | window (actions
+                                    # overlapping the sampled clip, Charades)
+      "max_error_ratio": 0.01,      # stop when more samples fail to decode
+      # Datasets on disk; paths are relative to `root`.
+      "charades": {
+          "root": "", "train_csv": "Charades_v1_train.csv",
+          "test_csv": "Charades_v1_test.csv", "classes": "Charades_v1_classes.txt",
+          "videos": "Charades_v1_480", "frames": False, "video_ext": ".mp4", "fps": 24.0,
+      },
+      "mmit": {"root": "", "train_csv": "trainingSet.csv", "val_csv": "validationSet.csv",
+               "test_csv": "", "classes": "moments_categories.txt", "videos": "videos",
+               "fps": 30.0},
+      "csv": {"root": "", "train_csv": "train.csv", "val_csv": "val.csv",
+              "test_csv": "test.csv", "classes": "classes.txt", "videos": "", "fps": 30.0},
       "synthetic": {
           "seed": 0, "num_train": 2048, "num_val": 256, "num_test": 512,
           "video_frames": 32, "resolution": 64,
@@ -151,7 +165,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
              "optimizer.name": ("sgd", "adamw"),
              "sharding.params": ("replicated", "fsdp"),
              "eval.split": ("train", "val", "test"),
-             "eval.aggregate": ("sum", "mean", "max")}
+             "eval.aggregate": ("sum", "mean", "max"),
+             "data.label_mode": ("video", "window")}
   for key, allowed in choices.items():
     if _get(config, key) not in allowed:
       _fail(key, _get(config, key), f"must be one of {list(allowed)}")

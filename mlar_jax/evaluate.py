@@ -77,13 +77,19 @@ def _padded(batch: dict[str, np.ndarray] | None, template: dict[str, np.ndarray]
 
 def run(eval_step: Callable, state: Any, source: base.VideoSource,
         config: ml_collections.ConfigDict, mesh: Mesh
-        ) -> dict[str, metrics.MultiLabelCollector]:
-  """Scores every view of every video of `source` once; a collector per output."""
+        ) -> tuple[dict[str, metrics.MultiLabelCollector], pipeline.DecodeErrors]:
+  """Scores every view of every video of `source` once.
+
+  Returns:
+    A collector per model output, and this host's count of clips skipped
+    because their video could not be decoded.
+  """
   plan = plan_from_config(config)
   pcount, pindex = jax.process_count(), jax.process_index()
   local_bs = config.eval.batch_size // pcount
+  errors = pipeline.DecodeErrors(config.data.max_error_ratio)
   ds = pipeline.eval_dataset(source, config.data, plan, local_batch_size=local_bs,
-                             process_index=pindex, process_count=pcount)
+                             process_index=pindex, process_count=pcount, errors=errors)
   num_batches = math.ceil(math.ceil(len(source) * len(plan) / pcount) / local_bs)
   # Any eval batch size works on any mesh: rows are padded (and masked) up to a
   # multiple of this host's devices on the batch axes.
@@ -106,22 +112,16 @@ def run(eval_step: Callable, state: Any, source: base.VideoSource,
           scores=scores, **{k: out[k] for k in ("labels", "mask", "index", "view")})
       collectors[name] = (update if name not in collectors
                           else collectors[name].merge(update))
-  return collectors
+  return collectors, errors
 
 
 def video_scores(collector: metrics.MultiLabelCollector, num_videos: int, how: str,
-                 keep_views: Sequence[int] | None = None
-                 ) -> tuple[np.ndarray, np.ndarray]:
-  """Aggregated per-video scores [N, A] and labels [N, A] from clip scores."""
+                 keep_views: Sequence[int] | None = None) -> np.ndarray:
+  """Aggregated per-video scores [N, A] from clip scores; a video none of whose
+  (kept) views could be decoded scores -inf, ranking last."""
   v = collector.arrays()
-  labels = np.zeros((num_videos, v["labels"].shape[1]), v["labels"].dtype)
-  labels[v["index"]] = v["labels"]
-  counts = np.bincount(v["index"], minlength=num_videos)
-  if counts.min() == 0:
-    raise ValueError(f"{int((counts == 0).sum())} videos got no view")
-  scores = sampling.aggregate_views(v["scores"], v["index"], v["view"], num_videos,
-                                    how, keep_views)
-  return scores, labels
+  return sampling.aggregate_views(v["scores"], v["index"], v["view"], num_videos,
+                                  how, keep_views)
 
 
 def rate_subsets(plan: Sequence[sampling.View]) -> list[tuple[int, ...]]:
@@ -134,7 +134,7 @@ def _json_number(x: float) -> float | None:
   return None if x is None or not np.isfinite(x) else float(x)
 
 
-def report(collectors: dict[str, metrics.MultiLabelCollector], *, num_videos: int,
+def report(collectors: dict[str, metrics.MultiLabelCollector], *, labels: np.ndarray,
            class_names: Sequence[str], train_frequency: np.ndarray, output: str,
            step: int, split: str, plan: Sequence[sampling.View], how: str
            ) -> dict[str, Any]:
@@ -142,7 +142,7 @@ def report(collectors: dict[str, metrics.MultiLabelCollector], *, num_videos: in
 
   Args:
     collectors: from `run`.
-    num_videos: videos in the split.
+    labels: [N, A] ground truth of the split (`source.label_matrix()`).
     class_names: [A] names keying the per-class AP.
     train_frequency: [A] fraction of training videos with each class; the
       constant predictor that scores every video with it is the chance
@@ -156,18 +156,21 @@ def report(collectors: dict[str, metrics.MultiLabelCollector], *, num_videos: in
   if output not in collectors:
     raise ValueError(f"config.eval.output={output!r} is not a model output; "
                      f"outputs: {sorted(collectors)}")
-  scores, labels = video_scores(collectors[output], num_videos, how)
+  num_videos = len(labels)
+  scores = video_scores(collectors[output], num_videos, how)
+  seen = np.unique(collectors[output].arrays()["index"])
   summary = metrics.all_metrics(scores, labels)
   chance = metrics.macro_map(np.broadcast_to(train_frequency, labels.shape), labels)
   per_rate = {}
   for rates in rate_subsets(plan):
     keep = [i for i, v in enumerate(plan) if v.rate in rates]
-    s, _ = video_scores(collectors[output], num_videos, how, keep)
+    s = video_scores(collectors[output], num_videos, how, keep)
     per_rate["+".join(map(str, rates))] = {
         "views": len(keep), "macro_map": _json_number(metrics.macro_map(s, labels))}
   results = {
       "split": split, "step": int(step), "output": output,
       "num_videos": int(num_videos),
+      "num_videos_without_views": int(num_videos - len(seen)),
       "views": len(plan), "aggregate": how,
       "macro_map": _json_number(summary["macro_map"]),
       "micro_map": _json_number(summary["micro_map"]),
@@ -181,7 +184,7 @@ def report(collectors: dict[str, metrics.MultiLabelCollector], *, num_videos: in
       "outputs": {},
   }
   for name, collector in sorted(collectors.items()):
-    m = metrics.all_metrics(*video_scores(collector, num_videos, how))
+    m = metrics.all_metrics(video_scores(collector, num_videos, how), labels)
     results["outputs"][name] = {k: _json_number(m[k]) for k in ("macro_map", "micro_map", "top1", "top5")}
   return results
 

@@ -106,7 +106,9 @@ def _log_line(step: int, total: int, metrics: dict[str, float], steps_per_sec: f
                    ) if len(per_output) > 1 else ""
   return (f"step {step}/{total} | loss {metrics['loss']:.4f} | "
           f"lr {metrics['learning_rate']:.5f} | {steps_per_sec:.2f} steps/s | "
-          f"ETA {int(eta // 60)}m{int(eta % 60):02d}s" + (f" | {extra}" if extra else ""))
+          f"ETA {int(eta // 60)}m{int(eta % 60):02d}s" + (f" | {extra}" if extra else "")
+          + (f" | skipped {int(metrics['skipped_samples'])} undecodable"
+             if metrics.get("skipped_samples") else ""))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -147,10 +149,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   stats = _class_statistics(train_source)
   class_names = list(train_source.class_names)
   num_classes = len(class_names)
+  train_errors = pipeline.DecodeErrors(config.data.max_error_ratio)
   train_ds = pipeline.train_dataset(
       train_source, config.data,
       local_batch_size=config.batch_size // jax.process_count(), seed=config.seed,
-      process_index=jax.process_index(), process_count=jax.process_count())
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      errors=train_errors)
 
   # --------------------------------------------------------------------------
   # Model, optimizer, loss.
@@ -190,14 +194,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   def run_eval(state, split: str, write: bool = False) -> dict[str, Any]:
     source = pipeline.make_source(config.data, split)
     plan = evaluate.plan_from_config(config)
-    collectors = evaluate.run(eval_step, state, source, config, mesh)
+    collectors, errors = evaluate.run(eval_step, state, source, config, mesh)
     results = evaluate.report(
-        collectors, num_videos=len(source), class_names=class_names,
+        collectors, labels=source.label_matrix(), class_names=class_names,
         train_frequency=stats["frequency"], output=config.eval.output,
         step=int(state.step), split=split, plan=plan, how=config.eval.aggregate)
+    results["skipped_clips"] = errors.failed
+    results["skipped_files"] = sorted(errors.files)
+    results["train_skipped_samples"] = train_errors.failed
     if write:
-      scores, _ = evaluate.video_scores(collectors[config.eval.output], len(source),
-                                        config.eval.aggregate)
+      scores = evaluate.video_scores(collectors[config.eval.output], len(source),
+                                     config.eval.aggregate)
       evaluate.write_predictions(workdir, [source[i]["id"] for i in range(len(source))],
                                  scores)
       _finish_eval(writer, workdir, results)
@@ -252,6 +259,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       now = time.time()
       steps_per_sec = (step - last_step) / max(now - last_time, 1e-9)
       last_time, last_step = now, step
+      means["skipped_samples"] = train_errors.failed
       writer.write_scalars(step, {f"train/{k}": v for k, v in means.items()})
       logging.info(_log_line(step, total, means, steps_per_sec))
     if step % config.checkpoint.every_steps == 0 or step == total:

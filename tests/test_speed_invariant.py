@@ -84,12 +84,12 @@ def test_seven_videos_batch_four_on_eight_devices_count_once(devices):
                                        config.sharding)
   state = jax.jit(init, out_shardings=shardings)(jax.random.key(0))
   step = evaluate.make_eval_step(model, config, mesh, shardings)
-  collectors = evaluate.run(step, state, source, config, mesh)
+  collectors, errors = evaluate.run(step, state, source, config, mesh)
+  assert errors.failed == 0
   arrays = collectors["logits"].arrays()
   # 7 videos x 2 views = 14 clips in batches of 4 padded to 8 rows: each once.
   assert sorted(zip(arrays["index"], arrays["view"])) == [(i, j) for i in range(7) for j in range(2)]
-  scores, labels = evaluate.video_scores(collectors["logits"], 7, "sum")
-  np.testing.assert_array_equal(labels, source.label_matrix())
+  scores = evaluate.video_scores(collectors["logits"], 7, "sum")
   # Against a loop: every clip through the model alone, summed per video.
   plan = evaluate.plan_from_config(config)
   variables = {"params": jax.device_get(state.params), **jax.device_get(state.model_state)}

@@ -56,22 +56,26 @@ def test_label_statistics_follow_the_rules(train):
 
 def test_durations_long_and_short(train):
   for i in range(200):
-    rec = train[i]
+    rec, plan = train[i], train.plan(i)
     for name in ("move_right", "rotate", "grow"):
       if rec["labels"][C[name]]:
-        assert tuple(rec["segments"][C[name]]) == (0, 32)
+        assert tuple(plan.segments[C[name]]) == (0, 32)
     for name, dur in (("jump", 4), ("shake", 4), ("vanish", 4), ("flash", 3)):
       if rec["labels"][C[name]]:
-        s, e = rec["segments"][C[name]]
+        s, e = plan.segments[C[name]]
         assert e - s == dur and 0 <= s and e <= 32
-    assert (rec["segments"][rec["labels"] == 0] == -1).all()
+    assert (plan.segments[rec["labels"] == 0] == -1).all()
+    # The record's segments, in seconds, are the labelled classes.
+    np.testing.assert_array_equal(rec["segments"][:, 0], np.flatnonzero(rec["labels"]))
+    np.testing.assert_allclose(rec["segments"][:, 1:] * synthetic.FPS,
+                               plan.segments[rec["labels"] > 0])
 
 
 def test_activities_are_visible_in_their_frames(train):
   # A vanish removes the actor: those frames differ from the frames around.
   i = next(i for i in range(3000) if train[i]["labels"][C["vanish"]]
            and not train[i]["labels"][C["lights_dim"]])
-  s, e = train[i]["segments"][C["vanish"]]
+  s, e = train.plan(i).segments[C["vanish"]]
   plan = train.plan(i)
   v = train.video(i).astype(np.float32)
   colour = synthetic._PALETTE[plan.color0] * 255 * plan.brightness

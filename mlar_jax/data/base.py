@@ -23,8 +23,12 @@ class VideoSource(abc.ABC):
 
   Records hold at least:
     id: str, the video id (used in predictions and reports).
+    index: int, the record's position in the split.
     labels: [C] int32 multi-hot video-level labels.
-    num_frames: int, frames available in the video.
+    segments: [S, 3] float32 (class, start s, end s) temporal annotations
+      (may be empty).
+    num_frames: int, frames in the video, or -1 when `video_info` must probe.
+    fps: float, frames per second.
   """
 
   split: str
@@ -41,6 +45,10 @@ class VideoSource(abc.ABC):
   @abc.abstractmethod
   def class_names(self) -> Sequence[str]:
     ...
+
+  def video_info(self, record: Record) -> tuple[int, float]:
+    """(frames, fps) of the record's video."""
+    return record["num_frames"], record["fps"]
 
   @abc.abstractmethod
   def load_frames(self, record: Record, indices: np.ndarray) -> np.ndarray:

@@ -5,22 +5,32 @@ Every random choice comes from grain's per-example generator (seeded from the
 config seed and the element's position in the stream), and the iterator state
 is a position, so a restored iterator yields exactly the batches that the
 uninterrupted run would have.
+
+A video that cannot be decoded (`video.VideoDecodeError`) is skipped: the
+sample is dropped before batching, the file is logged once, and counted in
+`DecodeErrors`; when more than `config.data.max_error_ratio` of the samples
+seen (after the first 50) failed, the pipeline raises, naming the last file.
+With `num_workers > 0` each worker process keeps its own count and log.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import threading
 from typing import Any, Sequence
 
 import grain
 import ml_collections
 import numpy as np
+from absl import logging
 
 from mlar_jax import registry
 from mlar_jax.data import base
 from mlar_jax.data import sampling
+from mlar_jax.data import sources
 from mlar_jax.data import synthetic
 from mlar_jax.data import transforms
+from mlar_jax.data import video
 
 # name -> fn(data_config, split) -> VideoSource
 SOURCES: registry.Registry = registry.Registry("dataset")
@@ -32,6 +42,82 @@ def _synthetic(cfg: ml_collections.ConfigDict, split: str) -> base.VideoSource:
   return synthetic.SyntheticVideos(
       split, seed=s.seed, num_videos=s[f"num_{split}"],
       video_frames=s.video_frames, resolution=s.resolution)
+
+
+@SOURCES.register("charades")
+def _charades(cfg: ml_collections.ConfigDict, split: str) -> base.VideoSource:
+  c = cfg.charades
+  return sources.charades(split, root=c.root, train_csv=c.train_csv, test_csv=c.test_csv,
+                          classes=c.classes, videos=c.videos, frames=c.frames,
+                          video_ext=c.video_ext, fps=c.fps)
+
+
+def _list_source(c: ml_collections.ConfigDict, split: str, header: bool) -> base.VideoSource:
+  csv_file = c[f"{split}_csv"]
+  if not csv_file:
+    raise ValueError(f"config.data: no {split}_csv for split {split!r}")
+  return sources.video_list(split, root=c.root, csv_file=csv_file, classes=c.classes,
+                            videos=c.videos, fps=c.fps, header=header)
+
+
+@SOURCES.register("mmit")
+def _mmit(cfg: ml_collections.ConfigDict, split: str) -> base.VideoSource:
+  return _list_source(cfg.mmit, split, header=False)
+
+
+@SOURCES.register("csv")
+def _csv(cfg: ml_collections.ConfigDict, split: str) -> base.VideoSource:
+  return _list_source(cfg.csv, split, header=True)
+
+
+class DecodeErrors:
+  """Thread-safe count of skipped samples, shared by a pipeline's transforms."""
+
+  def __init__(self, max_ratio: float, min_samples: int = 50):
+    self.max_ratio, self.min_samples = max_ratio, min_samples
+    self.seen = self.failed = 0
+    self.files: set[str] = set()
+    self._lock = threading.Lock()
+
+  def __getstate__(self):  # worker processes get their own lock
+    return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._lock = threading.Lock()
+
+  def ok(self) -> None:
+    with self._lock:
+      self.seen += 1
+
+  def failed_on(self, error: video.VideoDecodeError) -> None:
+    with self._lock:
+      self.seen += 1
+      self.failed += 1
+      first = error.path not in self.files
+      self.files.add(error.path)
+      ratio = self.failed / self.seen
+    if first:
+      logging.warning("Skipping undecodable video (%d so far): %s", self.failed, error)
+    if self.seen >= self.min_samples and ratio > self.max_ratio:
+      raise RuntimeError(
+          f"{self.failed} of {self.seen} samples failed to decode ({ratio:.1%} > "
+          f"config.data.max_error_ratio={self.max_ratio:.1%}); last: {error}")
+
+
+def window_labels(record: base.Record, indices: np.ndarray, fps: float) -> np.ndarray:
+  """Classes whose segments overlap the clip's time window [first, last+1) / fps.
+
+  Falls back to the video labels when the record has no segments.
+  """
+  segments = record["segments"]
+  if len(segments) == 0:
+    return record["labels"].astype(np.int32)
+  t0, t1 = indices.min() / fps, (indices.max() + 1) / fps
+  hit = (segments[:, 1] < t1) & (segments[:, 2] > t0)
+  labels = np.zeros_like(record["labels"], np.int32)
+  labels[segments[hit, 0].astype(np.int64)] = 1
+  return labels
 
 
 def make_source(cfg: ml_collections.ConfigDict, split: str) -> base.VideoSource:
@@ -53,16 +139,27 @@ class TrainClip(grain.transforms.RandomMap):
   max_short_side: int
   crop_size: int
   flip: bool
+  label_mode: str
+  errors: DecodeErrors
 
-  def random_map(self, record: base.Record, rng: np.random.Generator) -> dict[str, Any]:
+  def random_map(self, record: base.Record, rng: np.random.Generator
+                 ) -> dict[str, Any] | None:
     rate = int(rng.choice(self.rates, p=self.rate_probs))
-    start = transforms.random_clip_start(rng, record["num_frames"], self.num_frames, rate)
-    idx = transforms.clip_indices(record["num_frames"], self.num_frames, rate, start)
+    try:
+      n, fps = self.source.video_info(record)
+      start = transforms.random_clip_start(rng, n, self.num_frames, rate)
+      idx = transforms.clip_indices(n, self.num_frames, rate, start)
+      frames = self.source.load_frames(record, idx)
+    except video.VideoDecodeError as e:
+      self.errors.failed_on(e)
+      return None
+    self.errors.ok()
     frames = transforms.train_augment(
-        rng, self.source.load_frames(record, idx),
-        min_short_side=self.min_short_side, max_short_side=self.max_short_side,
-        crop_size=self.crop_size, flip=self.flip)
-    return {"video": frames, "labels": record["labels"].astype(np.int32)}
+        rng, frames, min_short_side=self.min_short_side,
+        max_short_side=self.max_short_side, crop_size=self.crop_size, flip=self.flip)
+    labels = (window_labels(record, idx, fps) if self.label_mode == "window"
+              else record["labels"].astype(np.int32))
+    return {"video": frames, "labels": labels}
 
 
 class VideoViews:
@@ -95,16 +192,24 @@ class EvalClip(grain.transforms.Map):
   num_frames: int
   short_side: int
   crop_size: int
+  errors: DecodeErrors
 
-  def map(self, element: tuple[int, base.Record, int]) -> dict[str, Any]:
-    video, record, view_id = element
+  def map(self, element: tuple[int, base.Record, int]) -> dict[str, Any] | None:
+    position, record, view_id = element
     view = self.plan[view_id]
-    idx = sampling.view_indices(record["num_frames"], self.num_frames, view)
-    frames = transforms.eval_view(self.source.load_frames(record, idx),
-                                  short_side=self.short_side, crop_size=self.crop_size,
-                                  crop_index=view.crop, num_crops=view.num_crops)
+    try:
+      n, _ = self.source.video_info(record)
+      idx = sampling.view_indices(n, self.num_frames, view)
+      frames = self.source.load_frames(record, idx)
+    except video.VideoDecodeError as e:
+      self.errors.failed_on(e)
+      return None
+    self.errors.ok()
+    frames = transforms.eval_view(frames, short_side=self.short_side,
+                                  crop_size=self.crop_size, crop_index=view.crop,
+                                  num_crops=view.num_crops)
     return {"video": frames, "labels": record["labels"].astype(np.int32),
-            "index": np.int32(video), "view": np.int32(view_id)}
+            "index": np.int32(position), "view": np.int32(view_id)}
 
 
 def _read_options(cfg: ml_collections.ConfigDict) -> grain.ReadOptions:
@@ -120,7 +225,8 @@ def _maybe_multiprocess(ds: grain.IterDataset, cfg: ml_collections.ConfigDict) -
 
 def train_dataset(source: base.VideoSource, cfg: ml_collections.ConfigDict, *,
                   local_batch_size: int, seed: int, process_index: int = 0,
-                  process_count: int = 1) -> grain.IterDataset:
+                  process_count: int = 1, errors: DecodeErrors | None = None
+                  ) -> grain.IterDataset:
   """The infinite, shuffled, augmented and batched training stream of one host.
 
   Args:
@@ -129,11 +235,13 @@ def train_dataset(source: base.VideoSource, cfg: ml_collections.ConfigDict, *,
     local_batch_size: examples per batch on this host.
     seed: shuffle and augmentation seed.
     process_index, process_count: this host's shard of the source.
+    errors: where skipped samples are counted (a fresh one if None).
 
   Returns:
     An IterDataset of {"video": uint8 [b, T, S, S, 3], "labels": int32 [b, C]}.
     Its iterator's state goes into checkpoints.
   """
+  errors = errors or DecodeErrors(cfg.max_error_ratio)
   ds = grain.MapDataset.source(source)[process_index::process_count]
   ds = ds.shuffle(seed=seed).repeat(None)
   rate_probs = None if not cfg.rate_probs else tuple(cfg.rate_probs)
@@ -141,15 +249,17 @@ def train_dataset(source: base.VideoSource, cfg: ml_collections.ConfigDict, *,
       TrainClip(source=source, num_frames=cfg.num_frames, rates=tuple(cfg.rates),
                 rate_probs=rate_probs, min_short_side=cfg.min_short_side,
                 max_short_side=cfg.max_short_side, crop_size=cfg.crop_size,
-                flip=cfg.flip),
+                flip=cfg.flip, label_mode=cfg.label_mode, errors=errors),
       seed=seed)
-  ds = ds.batch(local_batch_size, drop_remainder=True)
-  return _maybe_multiprocess(ds.to_iter_dataset(_read_options(cfg)), cfg)
+  # Skipped samples are None; the IterDataset drops them before batching.
+  ds = ds.to_iter_dataset(_read_options(cfg)).batch(local_batch_size, drop_remainder=True)
+  return _maybe_multiprocess(ds, cfg)
 
 
 def eval_dataset(source: base.VideoSource, cfg: ml_collections.ConfigDict,
                  plan: Sequence[sampling.View], *, local_batch_size: int,
-                 process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
+                 process_index: int = 0, process_count: int = 1,
+                 errors: DecodeErrors | None = None) -> grain.IterDataset:
   """One pass over this host's shard of every (video, view) of `source`.
 
   Args:
@@ -158,12 +268,17 @@ def eval_dataset(source: base.VideoSource, cfg: ml_collections.ConfigDict,
     plan: the views of each video (`sampling.view_plan`).
     local_batch_size: clips per batch on this host.
     process_index, process_count: this host's shard.
+    errors: where skipped clips are counted (a fresh one if None).
 
   The last batch may be short; the evaluator pads it and masks the padding.
+  A video whose views all fail has no scores: it ranks last (-inf), as a
+  video missing from a Charades submission.
   """
+  errors = errors or DecodeErrors(cfg.max_error_ratio)
   ds = grain.MapDataset.source(VideoViews(source, plan))[process_index::process_count]
   ds = ds.map(EvalClip(source=source, plan=tuple(plan), num_frames=cfg.num_frames,
-                       short_side=cfg.eval_short_side, crop_size=cfg.crop_size))
-  ds = ds.batch(local_batch_size, drop_remainder=False)
-  return _maybe_multiprocess(ds.to_iter_dataset(_read_options(cfg)), cfg)
+                       short_side=cfg.eval_short_side, crop_size=cfg.crop_size,
+                       errors=errors))
+  ds = ds.to_iter_dataset(_read_options(cfg)).batch(local_batch_size, drop_remainder=False)
+  return _maybe_multiprocess(ds, cfg)
 

@@ -64,6 +64,7 @@ CLASS_NAMES = (
 )
 _C = {name: i for i, name in enumerate(CLASS_NAMES)}
 SPLITS = {"train": 0, "val": 1, "test": 2}
+FPS = 24.0  # nominal frame rate, for segments in seconds
 
 # Saturated actor colours; a colour change goes to a different entry.
 _PALETTE = np.array([
@@ -294,12 +295,15 @@ class SyntheticVideos(base.VideoSource):
 
   def __getitem__(self, index: int) -> base.Record:
     plan = self.plan(index)
+    present = np.flatnonzero(plan.labels)
+    segments = np.concatenate([present[:, None], plan.segments[present] / FPS], axis=1)
     return {
         "id": f"{self.split}{int(index):06d}",
         "index": int(index),
         "labels": plan.labels,
-        "segments": plan.segments,
+        "segments": segments.astype(np.float32),
         "num_frames": self.video_frames,
+        "fps": FPS,
     }
 
   def load_frames(self, record: base.Record, indices: np.ndarray) -> np.ndarray:

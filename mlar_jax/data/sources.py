@@ -1,0 +1,196 @@
+"""Video datasets on disk: Charades, Multi-Moments in Time, and a generic CSV.
+
+Each is a `base.VideoSource`: records are parsed once from the annotation
+files (errors name the file and line), frames are decoded on demand with
+`video.decode_frames`, and the label matrix, class counts and co-occurrence
+come from the annotations alone, without touching a video.
+
+Record fields: id, index, path (a video file or a frame folder), labels [A]
+int32 (video level), segments float32 [S, 3] (class, start s, end s; empty
+when the dataset has no temporal annotation), num_frames (-1: probed from the
+file when the clip is sampled) and fps.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from typing import Sequence
+
+import numpy as np
+
+from mlar_jax.data import base
+from mlar_jax.data import video
+
+
+class FileVideos(base.VideoSource):
+  """A split whose records were parsed from annotation files."""
+
+  def __init__(self, split: str, class_names: Sequence[str], records: list[base.Record]):
+    self.split = split
+    self._class_names = tuple(class_names)
+    self._records = records
+    for i, r in enumerate(records):
+      r["index"] = i
+    self._labels = (np.stack([r["labels"] for r in records]) if records
+                    else np.zeros((0, len(class_names)), np.int32))
+
+  def __len__(self) -> int:
+    return len(self._records)
+
+  def __getitem__(self, index: int) -> base.Record:
+    return self._records[index]
+
+  @property
+  def class_names(self) -> Sequence[str]:
+    return self._class_names
+
+  def label_matrix(self) -> np.ndarray:
+    return self._labels
+
+  def video_info(self, record: base.Record) -> tuple[int, float]:
+    if record["num_frames"] > 0:
+      return record["num_frames"], record["fps"]
+    info = video.video_info(record["path"], frames_fps=record["fps"])
+    return info.num_frames, info.fps
+
+  def load_frames(self, record: base.Record, indices: np.ndarray) -> np.ndarray:
+    return video.decode_frames(record["path"], indices)
+
+
+def _read_lines(path: str) -> list[str]:
+  with _open(path) as f:
+    return f.read().splitlines()
+
+
+def read_class_names(path: str) -> tuple[list[str], dict[str, int]]:
+  """Class file -> (names, lookup of every accepted spelling -> index).
+
+  Accepted lines: "c008 Opening a door" (Charades: the code is the key),
+  "name,index" or "index,name" (M-MiT), or one name per line.
+  """
+  names, lookup = [], {}
+  for n, line in enumerate(_read_lines(path), 1):
+    line = line.strip()
+    if not line:
+      continue
+    parts = [p.strip() for p in line.split(",")]
+    if len(parts) == 2 and parts[1].isdigit():
+      name, idx = parts[0], int(parts[1])
+    elif len(parts) == 2 and parts[0].isdigit():
+      idx, name = int(parts[0]), parts[1]
+    else:
+      name, idx = line, len(names)
+    if idx != len(names):
+      raise ValueError(f"{path}:{n}: class index {idx}, expected {len(names)} (in order)")
+    code = name.split(" ", 1)[0]
+    names.append(name)
+    lookup[name] = idx
+    lookup[code] = idx
+    lookup[str(idx)] = idx
+  if not names:
+    raise ValueError(f"{path}: no classes")
+  return names, lookup
+
+
+def _multi_hot(classes: list[int], num_classes: int) -> np.ndarray:
+  labels = np.zeros(num_classes, np.int32)
+  labels[classes] = 1
+  return labels
+
+
+def charades(split: str, *, root: str, train_csv: str, test_csv: str, classes: str,
+             videos: str, frames: bool, video_ext: str, fps: float) -> FileVideos:
+  """Charades: `Charades_v1_{train,test}.csv` and `Charades_v1_classes.txt`.
+
+  Args:
+    split: "train", or "val"/"test" (both read the official test CSV;
+      Charades has no separate validation set).
+    root: folder the other paths are relative to.
+    train_csv, test_csv, classes: annotation files.
+    videos: folder of `ID{video_ext}` files, or of `ID/ID-000001.jpg` frame
+      folders when `frames`.
+    frames: read frame folders rather than video files.
+    video_ext: video file suffix, e.g. ".mp4".
+    fps: frame rate of frame folders (24 for the official frames).
+
+  Actions "c092 11.90 21.20;c147 0.00 12.60" give the segments; a video's
+  labels are all its actions. Videos without any action are kept (they count
+  in evaluation as in the official script).
+  """
+  j = lambda p: os.path.join(root, p)
+  names, lookup = read_class_names(j(classes))
+  path = j(train_csv if split == "train" else test_csv)
+  records = []
+  with _open(path) as f:
+    reader = csv.DictReader(f)
+    for col in ("id", "actions", "length"):
+      if col not in (reader.fieldnames or []):
+        raise ValueError(f"{path}: missing column {col!r}; columns: {reader.fieldnames}")
+    for line, row in enumerate(reader, 2):
+      segments = []
+      for action in filter(None, (row["actions"] or "").split(";")):
+        parts = action.split()
+        if len(parts) != 3 or parts[0] not in lookup:
+          raise ValueError(f"{path}:{line}: bad action {action!r} (want 'c092 11.90 21.20' "
+                           f"with a class of {classes})")
+        try:
+          segments.append((lookup[parts[0]], float(parts[1]), float(parts[2])))
+        except ValueError:
+          raise ValueError(f"{path}:{line}: bad times in action {action!r}") from None
+      vid = row["id"]
+      records.append({
+          "id": vid,
+          "path": j(os.path.join(videos, vid) if frames else os.path.join(videos, vid + video_ext)),
+          "labels": _multi_hot([s[0] for s in segments], len(names)),
+          "segments": np.array(segments, np.float32).reshape(-1, 3),
+          "num_frames": -1, "fps": float(fps),
+      })
+  return FileVideos(split, names, records)
+
+
+def _open(path: str):
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path}: annotation file not found")
+  return open(path, encoding="utf-8", newline="")
+
+
+def video_list(split: str, *, root: str, csv_file: str, classes: str, videos: str,
+               fps: float, header: bool) -> FileVideos:
+  """M-MiT style lists: `path,label1,label2,...` lines (labels are class names,
+  codes or indices of the class file); with `header`, the first line names the
+  columns and must have `path` and `labels` (labels separated by ';')."""
+  j = lambda p: os.path.join(root, p)
+  names, lookup = read_class_names(j(classes))
+  path = j(csv_file)
+  records = []
+  with _open(path) as f:
+    rows = csv.reader(f)
+    columns = None
+    for line, row in enumerate(rows, 1):
+      if not row or not "".join(row).strip():
+        continue
+      if header and columns is None:
+        columns = [c.strip() for c in row]
+        if "path" not in columns or "labels" not in columns:
+          raise ValueError(f"{path}:1: header needs 'path' and 'labels' columns, got {columns}")
+        continue
+      if header:
+        if len(row) != len(columns):
+          raise ValueError(f"{path}:{line}: {len(row)} fields, header has {len(columns)}")
+        fields = dict(zip(columns, row))
+        rel, label_names = fields["path"], fields["labels"].split(";")
+        vid = fields.get("id") or os.path.splitext(rel)[0]
+      else:
+        rel, label_names = row[0], row[1:]
+        vid = os.path.splitext(rel)[0]
+      label_names = [l.strip() for l in label_names if l.strip()]
+      unknown = [l for l in label_names if l not in lookup]
+      if unknown:
+        raise ValueError(f"{path}:{line}: unknown labels {unknown} (not in {classes})")
+      records.append({
+          "id": vid, "path": j(os.path.join(videos, rel)),
+          "labels": _multi_hot([lookup[l] for l in label_names], len(names)),
+          "segments": np.zeros((0, 3), np.float32), "num_frames": -1, "fps": float(fps),
+      })
+  return FileVideos(split, names, records)

@@ -1,0 +1,144 @@
+"""Charades / M-MiT / CSV sources on real encoded files, corrupt-file handling,
+and a training run on a Charades-format folder through the config alone."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import load_config
+from mlar_jax import train
+from mlar_jax.data import pipeline
+from mlar_jax.data import sources
+from video_fixtures import read_index, truncated_copy, write_frame_folder, write_mp4
+
+CLASSES = ["c000 Holding a cup", "c001 Opening a door", "c002 Sitting in a chair",
+           "c003 Reading a book"]
+HEADER = "id,subject,scene,quality,relevance,verified,script,objects,descriptions,actions,length"
+
+
+@pytest.fixture(scope="module")
+def charades_root(tmp_path_factory):
+  root = tmp_path_factory.mktemp("charades")
+  (root / "Charades_v1_classes.txt").write_text("\n".join(CLASSES) + "\n")
+  rows = {
+      "AAA01": "c000 0.00 2.00;c002 1.00 4.00",    # 4 s at 24 fps = 96 frames
+      "AAA02": "c001 2.50 3.50",
+      "AAA03": "c003 0.00 4.00;c000 3.00 4.00",
+      "AAA04": "",                                  # no action
+      "BAD01": "c002 0.00 4.00",                    # truncated file
+  }
+  lines = [HEADER] + [f'{vid},S1,Kitchen,6,7,Yes,"a script",cup;door,"desc",{acts},4.0'
+                      for vid, acts in rows.items()]
+  (root / "Charades_v1_train.csv").write_text("\n".join(lines) + "\n")
+  (root / "Charades_v1_test.csv").write_text("\n".join(lines[:3]) + "\n")
+  videos = root / "videos"
+  videos.mkdir()
+  for vid in rows:
+    write_mp4(str(videos / f"{vid}.mp4"), 96)
+  truncated_copy(str(videos / "BAD01.mp4"), str(videos / "BAD01.mp4.tmp"), 0.3)
+  os.replace(videos / "BAD01.mp4.tmp", videos / "BAD01.mp4")
+  return root
+
+
+def _charades(root, split="train", frames=False, videos="videos"):
+  return sources.charades(split, root=str(root), train_csv="Charades_v1_train.csv",
+                          test_csv="Charades_v1_test.csv", classes="Charades_v1_classes.txt",
+                          videos=videos, frames=frames, video_ext=".mp4", fps=24.0)
+
+
+def test_charades_labels_counts_cooccurrence(charades_root):
+  src = _charades(charades_root)
+  assert len(src) == 5 and src.class_names[1] == "c001 Opening a door"
+  np.testing.assert_array_equal(src[0]["labels"], [1, 0, 1, 0])
+  np.testing.assert_array_equal(src[3]["labels"], [0, 0, 0, 0])
+  np.testing.assert_allclose(src[0]["segments"], [[0, 0.0, 2.0], [2, 1.0, 4.0]])
+  np.testing.assert_array_equal(src.class_counts(), [2, 1, 2, 1])
+  assert src.cooccurrence()[0, 2] == 1 and src.cooccurrence()[0, 3] == 1
+  assert len(_charades(charades_root, "test")) == 2
+  assert src.video_info(src[0]) == (96, 24.0)
+
+
+def test_window_labels(charades_root):
+  rec = _charades(charades_root)[0]  # c000 in [0, 2) s, c002 in [1, 4) s
+  w = lambda first, last: list(pipeline.window_labels(rec, np.array([first, last]), 24.0))
+  assert w(0, 20) == [1, 0, 0, 0]        # 0.00-0.875 s
+  assert w(30, 50) == [1, 0, 1, 0]       # 1.25-2.125 s
+  assert w(60, 95) == [0, 0, 1, 0]       # 2.5-4.0 s
+
+
+def test_bad_annotations_name_file_and_line(tmp_path):
+  (tmp_path / "classes.txt").write_text("\n".join(CLASSES))
+  (tmp_path / "train.csv").write_text(HEADER + "\nX1,S,K,1,1,Y,s,o,d,c009 0.0 1.0,3\n")
+  with pytest.raises(ValueError, match=r"train.csv:2: bad action 'c009 0.0 1.0'"):
+    sources.charades("train", root=str(tmp_path), train_csv="train.csv", test_csv="",
+                     classes="classes.txt", videos="v", frames=False, video_ext=".mp4", fps=24)
+  with pytest.raises(FileNotFoundError, match="nope.csv"):
+    sources.video_list("train", root=str(tmp_path), csv_file="nope.csv",
+                       classes="classes.txt", videos="", fps=30, header=False)
+
+
+def test_mmit_and_csv_lists(tmp_path):
+  (tmp_path / "cats.txt").write_text("running,0\njumping,1\nsinging,2\n")
+  (tmp_path / "train.csv").write_text("a/v1.mp4,running,singing\nb/v2.mp4,1\n")
+  mmit = sources.video_list("train", root=str(tmp_path), csv_file="train.csv",
+                            classes="cats.txt", videos="vids", fps=30, header=False)
+  np.testing.assert_array_equal(mmit.label_matrix(), [[1, 0, 1], [0, 1, 0]])
+  assert mmit[0]["path"] == str(tmp_path / "vids" / "a/v1.mp4") and mmit[0]["id"] == "a/v1"
+  (tmp_path / "names.txt").write_text("running\njumping\n")
+  (tmp_path / "gen.csv").write_text("id,path,labels\nx,x.mp4,running;jumping\ny,y.mp4,\n")
+  gen = sources.video_list("train", root=str(tmp_path), csv_file="gen.csv",
+                           classes="names.txt", videos="", fps=30, header=True)
+  np.testing.assert_array_equal(gen.label_matrix(), [[1, 1], [0, 0]])
+  (tmp_path / "bad.csv").write_text("id,path,labels\nz,z.mp4,flying\n")
+  with pytest.raises(ValueError, match=r"bad.csv:2: unknown labels \['flying'\]"):
+    sources.video_list("train", root=str(tmp_path), csv_file="bad.csv",
+                       classes="names.txt", videos="", fps=30, header=True)
+
+
+def test_frame_folders_source(tmp_path, charades_root):
+  for vid in ("AAA01", "AAA02", "AAA03", "AAA04", "BAD01"):
+    write_frame_folder(str(tmp_path / "frames" / vid), vid, 40)
+  src = _charades(charades_root, frames=True, videos=str(tmp_path / "frames"))
+  assert src.video_info(src[1]) == (40, 24.0)
+  assert [read_index(f) for f in src.load_frames(src[1], [3, 9])] == [3, 9]
+
+
+def _config(root, **data):
+  config = load_config("synthetic", "runlocal")
+  d = config.data
+  d.name = "charades"
+  d.charades.update(root=str(root), videos="videos")
+  d.update(min_short_side=32, max_short_side=36, crop_size=32, eval_short_side=32,
+           num_frames=4, rates=(4,), label_mode="window", **data)
+  config.eval.views, config.eval.spatial_crops = ((4, 2),), 1
+  config.batch_size, config.eval.batch_size = 8, 8
+  return config
+
+
+def test_pipeline_skips_and_counts_corrupt_videos(charades_root):
+  config = _config(charades_root, max_error_ratio=0.5)
+  src = pipeline.make_source(config.data, "train")
+  errors = pipeline.DecodeErrors(0.5, min_samples=1000)
+  it = iter(pipeline.train_dataset(src, config.data, local_batch_size=4, seed=0, errors=errors))
+  batches = [next(it) for _ in range(5)]
+  assert all(b["video"].shape == (4, 4, 32, 32, 3) for b in batches)
+  assert errors.failed >= 1 and errors.files == {str(charades_root / "videos" / "BAD01.mp4")}
+  # Above the ratio the run stops with a clear message.
+  strict = pipeline.DecodeErrors(0.01, min_samples=3)
+  it = iter(pipeline.train_dataset(src, config.data, local_batch_size=4, seed=0, errors=strict))
+  with pytest.raises(RuntimeError, match="max_error_ratio"):
+    for _ in range(10):
+      next(it)
+
+
+def test_training_on_a_charades_folder_by_config_alone(charades_root, tmp_path):
+  config = _config(charades_root)
+  config.data.max_error_ratio = 0.5
+  config.num_train_steps = 3
+  results = train.train_and_evaluate(config, str(tmp_path / "run"))
+  on_disk = json.loads((tmp_path / "run" / "eval_results.json").read_text())
+  assert on_disk["num_videos"] == 2 and on_disk["skipped_clips"] == 0
+  assert on_disk["train_skipped_samples"] >= 1
+  assert results["per_class_ap"].keys() == {n for n in CLASSES}
