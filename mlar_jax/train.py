@@ -99,13 +99,15 @@ def _class_statistics(source) -> dict[str, np.ndarray]:
           "frequency": counts / max(len(source), 1)}
 
 
-def _log_line(step: int, total: int, metrics: dict[str, float], steps_per_sec: float) -> str:
+def _log_line(step: int, total: int, metrics: dict[str, float], steps_per_sec: float,
+              batch_size: int) -> str:
   eta = (total - step) / steps_per_sec if steps_per_sec > 0 else float("nan")
   per_output = {k: v for k, v in metrics.items() if k.startswith("loss_")}
   extra = " ".join(f"{k}={v:.4f}" for k, v in sorted(per_output.items())
                    ) if len(per_output) > 1 else ""
   return (f"step {step}/{total} | loss {metrics['loss']:.4f} | "
-          f"lr {metrics['learning_rate']:.5f} | {steps_per_sec:.2f} steps/s | "
+          f"lr {metrics['learning_rate']:.5f} | {steps_per_sec:.2f} steps/s "
+          f"({steps_per_sec * batch_size:.0f} clips/s) | "
           f"ETA {int(eta // 60)}m{int(eta % 60):02d}s" + (f" | {extra}" if extra else "")
           + (f" | skipped {int(metrics['skipped_samples'])} undecodable"
              if metrics.get("skipped_samples") else ""))
@@ -261,7 +263,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       last_time, last_step = now, step
       means["skipped_samples"] = train_errors.failed
       writer.write_scalars(step, {f"train/{k}": v for k, v in means.items()})
-      logging.info(_log_line(step, total, means, steps_per_sec))
+      logging.info(_log_line(step, total, means, steps_per_sec, config.batch_size))
     if step % config.checkpoint.every_steps == 0 or step == total:
       checkpointing.save(manager, step, state, train_iter)
     if config.eval_every_steps and step % config.eval_every_steps == 0 and step < total:
