@@ -73,6 +73,8 @@ def data_config() -> ml_collections.ConfigDict:
                "fps": 30.0},
       "csv": {"root": "", "train_csv": "train.csv", "val_csv": "val.csv",
               "test_csv": "test.csv", "classes": "classes.txt", "videos": "", "fps": 30.0},
+      # Written by `python -m mlar_jax.data.prepare --dataset D --data_dir DIR`.
+      "prepared": {"data_dir": "", "dataset": "charades"},
       "synthetic": {
           "seed": 0, "num_train": 2048, "num_val": 256, "num_test": 512,
           "video_frames": 32, "resolution": 64,

@@ -70,6 +70,12 @@ def _csv(cfg: ml_collections.ConfigDict, split: str) -> base.VideoSource:
   return _list_source(cfg.csv, split, header=True)
 
 
+@SOURCES.register("prepared")
+def _prepared(cfg: ml_collections.ConfigDict, split: str) -> base.VideoSource:
+  return sources.PreparedVideos(split, data_dir=cfg.prepared.data_dir,
+                                dataset=cfg.prepared.dataset)
+
+
 class DecodeErrors:
   """Thread-safe count of skipped samples, shared by a pipeline's transforms."""
 

@@ -14,10 +14,12 @@ file when the clip is sampled) and fps.
 from __future__ import annotations
 
 import csv
+import io
 import os
 from typing import Sequence
 
 import numpy as np
+from PIL import Image
 
 from mlar_jax.data import base
 from mlar_jax.data import video
@@ -194,3 +196,53 @@ def video_list(split: str, *, root: str, csv_file: str, classes: str, videos: st
           "segments": np.zeros((0, 3), np.float32), "num_frames": -1, "fps": float(fps),
       })
   return FileVideos(split, names, records)
+
+
+PREPARED_VERSION = "1.0.0"
+
+
+def prepared_dir(data_dir: str, dataset: str) -> str:
+  """Where `python -m mlar_jax.data.prepare` writes `dataset`."""
+  return os.path.join(data_dir, f"mlar_{dataset}", PREPARED_VERSION)
+
+
+class PreparedVideos(base.VideoSource):
+  """A split written by `mlar_jax.data.prepare`, read with TFDS's ArrayRecord
+  data source. Frames are JPEG bytes; only the sampled ones are decoded."""
+
+  def __init__(self, split: str, *, data_dir: str, dataset: str):
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    root = prepared_dir(data_dir, dataset)
+    labels_path = os.path.join(root, f"labels_{split}.npy")
+    if not os.path.exists(labels_path):
+      raise FileNotFoundError(f"{labels_path}: split {split!r} of {dataset!r} is not "
+                              f"prepared in {data_dir} (run python -m mlar_jax.data.prepare)")
+    self.split = split
+    self._data = tfds.builder_from_directory(root).as_data_source(split)
+    self._labels = np.load(labels_path)
+    self._class_names = tuple(_read_lines(os.path.join(root, "class_names.txt")))
+
+  def __len__(self) -> int:
+    return len(self._data)
+
+  def __getitem__(self, index: int) -> base.Record:
+    ex = self._data[int(index)]
+    return {"id": ex["id"].decode() if isinstance(ex["id"], bytes) else str(ex["id"]),
+            "index": int(index), "labels": np.asarray(ex["labels"], np.int32),
+            "segments": np.asarray(ex["segments"], np.float32),
+            "num_frames": len(ex["frames"]), "fps": float(ex["fps"]),
+            "frames": ex["frames"]}
+
+  @property
+  def class_names(self) -> Sequence[str]:
+    return self._class_names
+
+  def label_matrix(self) -> np.ndarray:
+    return self._labels
+
+  def load_frames(self, record: base.Record, indices: np.ndarray) -> np.ndarray:
+    try:
+      return np.stack([np.asarray(Image.open(io.BytesIO(record["frames"][i])).convert("RGB"))
+                       for i in np.asarray(indices)])
+    except (OSError, IndexError) as e:
+      raise video.VideoDecodeError(f"prepared:{record['id']}", str(e)) from e
