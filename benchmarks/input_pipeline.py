@@ -20,6 +20,7 @@ import time
 
 import av
 import numpy as np
+from absl import flags
 
 from mlar_jax import config_lib
 from mlar_jax.data import pipeline
@@ -58,6 +59,7 @@ def main():
   p.add_argument("--frames", type=int, default=32)
   p.add_argument("--crop", type=int, default=224)
   args = p.parse_args()
+  flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags
   with tempfile.TemporaryDirectory() as folder:
     write_videos(folder, args.videos)
     cfg = config_lib.data_config()
