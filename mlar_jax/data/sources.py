@@ -14,6 +14,7 @@ file when the clip is sampled) and fps.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import os
 from typing import Sequence
@@ -53,11 +54,17 @@ class FileVideos(base.VideoSource):
   def video_info(self, record: base.Record) -> tuple[int, float]:
     if record["num_frames"] > 0:
       return record["num_frames"], record["fps"]
-    info = video.video_info(record["path"], frames_fps=record["fps"])
-    return info.num_frames, info.fps
+    return _probe(record["path"], record["fps"])
 
   def load_frames(self, record: base.Record, indices: np.ndarray) -> np.ndarray:
     return video.decode_frames(record["path"], indices)
+
+
+@functools.lru_cache(maxsize=4096)
+def _probe(path: str, frames_fps: float) -> tuple[int, float]:
+  # Evaluation asks once per view (30 per video): open each container once.
+  info = video.video_info(path, frames_fps=frames_fps)
+  return info.num_frames, info.fps
 
 
 def _read_lines(path: str) -> list[str]:
