@@ -88,7 +88,8 @@ class MLARHead(nn.Module):
     4. Two outputs (eqs. 11-13), both trained, sigmoid applied by the loss /
        evaluation: "logits_activity" = w_phi . F_A[a] + b_phi[a] and
        "logits" = w_theta . F_AC[a] + b_theta[a]; "logits" is the head's
-       prediction (config.eval.output), and both are reported.
+       prediction (config.eval.output), and both are reported. Without the
+       correlation map there is one output, "logits" = w_phi . F_A[a] + b_phi[a].
 
   The linear maps and attentions are computed re-associated, without
   materialising g(F_f) at every position: the query is computed at the last
@@ -129,7 +130,8 @@ class MLARHead(nn.Module):
 
   @nn.compact
   def __call__(self, features: jnp.ndarray, *, train: bool) -> dict[str, jnp.ndarray]:
-    """Args: features: [B, T, H, W, C]. Returns {"logits", "logits_activity"}: [B, A].
+    """Args: features: [B, T, H, W, C]. Returns {"logits", "logits_activity"}: [B, A]
+    ("logits" only when use_correlation=False).
 
     The attention maps are sown into the "intermediates" collection:
     apply(..., mutable=["intermediates"]) returns attn_obs [B, K, T, H, W],
@@ -166,9 +168,11 @@ class MLARHead(nn.Module):
     else:
       f_a = jnp.broadcast_to(obs.mean(axis=1, keepdims=True), (b, a, d))
 
-    outputs = {"logits_activity": self._output(f_a, "out_activity", train)}
     if not self.use_correlation:
-      return {"logits": outputs["logits_activity"], **outputs}
+      # One output: F_A's prediction is the head's prediction (returning it
+      # under two names would train it twice).
+      return {"logits": self._output(f_a, "out_activity", train)}
+    outputs = {"logits_activity": self._output(f_a, "out_activity", train)}
 
     # 3. Correlation map.
     mask = self.variable(
