@@ -49,9 +49,9 @@ def view_plan(views: Sequence[Sequence[int]], spatial_crops: int) -> tuple[View,
 
 def view_start(num_video_frames: int, num_frames: int, view: View) -> int:
   """First frame of `view`'s clip: positions evenly from 0 to the last fit."""
-  room = max(num_video_frames - transforms.clip_span(num_frames, view.rate), 0)
   if view.num_positions == 1:
-    return room // 2
+    return transforms.center_clip_start(num_video_frames, num_frames, view.rate)
+  room = max(num_video_frames - transforms.clip_span(num_frames, view.rate), 0)
   return int(round(view.position * room / (view.num_positions - 1)))
 
 
