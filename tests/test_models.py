@@ -1,5 +1,6 @@
 """Layers and models: the CPU conv path equals XLA's 3D convolution."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -11,25 +12,31 @@ from mlar_jax.models import layers
 from mlar_jax.models import registry
 
 
-@pytest.mark.parametrize("kernel,strides,t", [((3, 3, 3), (1, 1, 1), 8),
-                                              ((3, 5, 5), (1, 2, 2), 7),
-                                              ((5, 1, 1), (2, 1, 1), 9),
-                                              ((1, 3, 3), (2, 2, 2), 4)])
-def test_folded_conv_equals_native(kernel, strides, t):
-  x = jax.random.normal(jax.random.key(0), (2, t, 9, 10, 5))
-  native = layers.Conv3D(6, kernel, strides, use_bias=True, impl="native")
-  folded = layers.Conv3D(6, kernel, strides, use_bias=True, impl="folded")
+@pytest.mark.parametrize("kernel,strides,t,groups,padding", [
+    ((3, 3, 3), (1, 1, 1), 8, 1, "SAME"),
+    ((3, 5, 5), (1, 2, 2), 7, 1, "SAME"),
+    ((5, 1, 1), (2, 1, 1), 9, 1, "SAME"),
+    ((1, 3, 3), (2, 2, 2), 4, 1, "SAME"),
+    ((3, 7, 7), (2, 2, 2), 8, 1, "torch"),
+    ((3, 3, 3), (1, 2, 2), 6, 6, "torch"),   # depthwise (CSN, X3D)
+    ((3, 3, 3), (2, 1, 1), 6, 2, "SAME")])
+def test_folded_conv_equals_native(kernel, strides, t, groups, padding):
+  x = jax.random.normal(jax.random.key(0), (2, t, 9, 10, 6))
+  kw = dict(use_bias=True, groups=groups, padding=padding)
+  native = layers.Conv3D(6, kernel, strides, impl="native", **kw)
+  folded = layers.Conv3D(6, kernel, strides, impl="folded", **kw)
   params = native.init(jax.random.key(1), x)
   params = jax.tree.map(lambda p: p + 0.1, params)  # non-zero bias too
   want = native.apply(params, x)
   got = folded.apply(params, x)
   assert got.shape == want.shape
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-4)
-  # The native kernel layout is flax.linen.Conv's, so checkpoints interchange.
-  flax_conv = jax.lax.conv_general_dilated(
-      x, params["params"]["kernel"], strides, "SAME",
-      dimension_numbers=("NDHWC", "DHWIO", "NDHWC")) + params["params"]["bias"]
-  np.testing.assert_allclose(np.asarray(want), np.asarray(flax_conv), rtol=1e-5, atol=1e-5)
+  # The kernel layout is flax.linen.Conv's, so checkpoints interchange, and
+  # "torch" padding is PyTorch's padding=k//2.
+  pad = "SAME" if padding == "SAME" else [(k // 2, k // 2) for k in kernel]
+  flax_conv = nn.Conv(6, kernel, strides, padding=pad, feature_group_count=groups)
+  ref = flax_conv.apply(params, x)
+  np.testing.assert_allclose(np.asarray(want), np.asarray(ref), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("backbone", registry.BACKBONES.names())

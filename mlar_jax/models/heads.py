@@ -1,6 +1,8 @@
-"""Classification heads over a backbone feature map [B, T, H, W, C].
+"""Classification heads over a backbone's features.
 
-A head returns a dict of named logits, each [B, num_classes] float32. Every
+A head reads the backbone's `{"map": [B, T, H, W, C], "pooled": [B, D]}`
+(`layers.Features`): the linear head the pooled clip feature, the MLAR head
+the feature map. A head returns a dict of named logits, each [B, num_classes] float32. Every
 entry is trained; `config.eval.output` picks the one evaluation ranks by.
 Outputs are logits: the multi-label path applies sigmoid, never softmax.
 """
@@ -14,7 +16,8 @@ import numpy as np
 
 
 class LinearHead(nn.Module):
-  """Global average pool, dropout, one linear layer (the baseline head).
+  """Dropout and one linear layer on the pooled features (the baseline head;
+  PyTorchVideo's ResNetBasicHead with global pooling).
 
   Attributes:
     num_classes: number of activities A.
@@ -24,9 +27,10 @@ class LinearHead(nn.Module):
   dropout_rate: float = 0.5
 
   @nn.compact
-  def __call__(self, features: jnp.ndarray, *, train: bool) -> dict[str, jnp.ndarray]:
-    """Args: features: [B, T, H, W, C]. Returns {"logits": [B, A] float32}."""
-    pooled = jnp.mean(features.astype(jnp.float32), axis=(1, 2, 3))
+  def __call__(self, features: dict[str, jnp.ndarray], *, train: bool
+               ) -> dict[str, jnp.ndarray]:
+    """Args: features: {"pooled": [B, D], ...}. Returns {"logits": [B, A] float32}."""
+    pooled = features["pooled"].astype(jnp.float32)
     pooled = nn.Dropout(self.dropout_rate, deterministic=not train)(pooled)
     logits = nn.Dense(self.num_classes, kernel_init=nn.initializers.normal(0.01),
                       name="classifier")(pooled)
@@ -129,14 +133,16 @@ class MLARHead(nn.Module):
   mask: np.ndarray | None = None
 
   @nn.compact
-  def __call__(self, features: jnp.ndarray, *, train: bool) -> dict[str, jnp.ndarray]:
-    """Args: features: [B, T, H, W, C]. Returns {"logits", "logits_activity"}: [B, A]
+  def __call__(self, features: dict[str, jnp.ndarray], *, train: bool
+               ) -> dict[str, jnp.ndarray]:
+    """Args: features: {"map": [B, T, H, W, C], ...}. Returns {"logits", "logits_activity"}: [B, A]
     ("logits" only when use_correlation=False).
 
     The attention maps are sown into the "intermediates" collection:
     apply(..., mutable=["intermediates"]) returns attn_obs [B, K, T, H, W],
     attn_activity [B, A, K] and attn_corr [B, A, A] from the same pass.
     """
+    features = features["map"]
     b, t, h, w, c = features.shape
     k, n, d, a = self.num_observations, self.groups, self.features, self.num_classes
     _check_groups("backbone channels", c, n)

@@ -9,6 +9,20 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+# What every backbone returns: {"map": [B, T, H, W, C], "pooled": [B, D]}.
+Features = dict
+# Logical axis names of a feature map; `mlar_jax.sharding` maps them to mesh axes.
+MAP_AXES = ("batch", "time", "height", "width", "channels")
+
+
+def features(fmap: jnp.ndarray, pooled: jnp.ndarray | None = None) -> Features:
+  """A backbone's output: the last feature map (logically constrained) and the
+  clip feature a linear classifier reads (default: its float32 global mean)."""
+  fmap = nn.with_logical_constraint(fmap, MAP_AXES)
+  if pooled is None:
+    pooled = jnp.mean(fmap.astype(jnp.float32), axis=(1, 2, 3))
+  return {"map": fmap, "pooled": pooled}
+
 
 def _same_pads(size: int, kernel: int, stride: int) -> tuple[int, int, int]:
   """(out_size, pad_lo, pad_hi) of XLA's SAME padding along one axis."""
@@ -17,12 +31,31 @@ def _same_pads(size: int, kernel: int, stride: int) -> tuple[int, int, int]:
   return out, total // 2, total - total // 2
 
 
+def _torch_pads(size: int, kernel: int, stride: int) -> tuple[int, int, int]:
+  """(out_size, pad_lo, pad_hi) of PyTorch's `padding=kernel // 2` on both sides."""
+  p = kernel // 2
+  return (size + 2 * p - kernel) // stride + 1, p, p
+
+
+PADDINGS = {"SAME": _same_pads, "torch": _torch_pads}
+
+
 class Conv3D(nn.Module):
-  """A 3D convolution, [B, T, H, W, Cin] -> [B, T', H', W', Cout], SAME padding.
+  """A 3D convolution, [B, T, H, W, Cin] -> [B, T', H', W', Cout].
 
   Parameters are those of `flax.linen.Conv` with a 3D kernel ("kernel"
-  [kt, kh, kw, Cin, Cout], optional "bias" [Cout]), so checkpoints do not
-  depend on the implementation:
+  [kt, kh, kw, Cin / groups, Cout], optional "bias" [Cout]), so checkpoints do
+  not depend on the implementation.
+
+  Padding: "SAME" (XLA's; extra padding at the end for even totals) or
+  "torch" (k // 2 on both sides, PyTorch's `padding=k // 2`). The two differ
+  for strided even-sized inputs; backbones ported from PyTorch use "torch" so
+  that imported weights give PyTorch's numbers.
+
+  `groups` splits the channels into groups with their own filters
+  (`feature_group_count`); groups = Cin is a depthwise convolution (CSN, X3D).
+
+  Implementations:
     * "native": one `lax.conv_general_dilated` over (T, H, W) (TPU, GPU).
     * "folded": the kt temporal taps are stacked on the channel axis and one
       2D convolution runs over the B*T' frames. Same result; XLA on CPU runs
@@ -34,23 +67,36 @@ class Conv3D(nn.Module):
   kernel_size: tuple[int, int, int]
   strides: tuple[int, int, int] = (1, 1, 1)
   use_bias: bool = False
+  groups: int = 1
+  padding: str = "SAME"
   dtype: Any = jnp.float32
   impl: str = "auto"
   kernel_init: Any = nn.initializers.lecun_normal()
+
+  def _pads(self, shape: tuple[int, ...]) -> list[tuple[int, int, int]]:
+    if self.padding not in PADDINGS:
+      raise ValueError(f"Conv3D padding must be one of {sorted(PADDINGS)}, got {self.padding!r}")
+    return [PADDINGS[self.padding](n, k, s)
+            for n, k, s in zip(shape, self.kernel_size, self.strides)]
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     kt, kh, kw = self.kernel_size
     cin = x.shape[-1]
-    kernel = self.param("kernel", self.kernel_init, (kt, kh, kw, cin, self.features))
+    if cin % self.groups or self.features % self.groups:
+      raise ValueError(f"Conv3D {self.name}: channels {cin} -> {self.features} are not "
+                       f"divisible by groups={self.groups}")
+    kernel = self.param("kernel", self.kernel_init,
+                        (kt, kh, kw, cin // self.groups, self.features))
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
     impl = self.impl
     if impl == "auto":
       impl = "folded" if jax.default_backend() == "cpu" else "native"
     if impl == "native":
       y = lax.conv_general_dilated(
-          x, kernel, self.strides, "SAME",
-          dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+          x, kernel, self.strides, [(lo, hi) for _, lo, hi in self._pads(x.shape[1:4])],
+          dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
+          feature_group_count=self.groups)
     elif impl == "folded":
       y = self._folded(x, kernel)
     else:
@@ -63,13 +109,17 @@ class Conv3D(nn.Module):
     kt, kh, kw = self.kernel_size
     st, sh, sw = self.strides
     b, t, h, w, cin = x.shape
-    t_out, lo, hi = _same_pads(t, kt, st)
+    (t_out, lo, hi), *spatial = self._pads(x.shape[1:4])
     x = jnp.pad(x, ((0, 0), (lo, hi), (0, 0), (0, 0), (0, 0)))
     last = (t_out - 1) * st + 1
-    # taps[..., dt * cin + c] = x[t * st + dt, c]: one frame per output time.
-    taps = jnp.concatenate([x[:, dt:dt + last:st] for dt in range(kt)], axis=-1)
-    taps = taps.reshape(b * t_out, h, w, kt * cin)
-    k2d = jnp.transpose(kernel, (1, 2, 0, 3, 4)).reshape(kh, kw, kt * cin, self.features)
-    y = lax.conv_general_dilated(taps, k2d, (sh, sw), "SAME",
-                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    # taps[..., c * kt + dt] = x[t * st + dt, c]: one frame per output time.
+    # Channel-major, so each channel group's taps stay contiguous for
+    # feature_group_count.
+    taps = jnp.stack([x[:, dt:dt + last:st] for dt in range(kt)], axis=-1)
+    taps = taps.reshape(b * t_out, h, w, cin * kt)
+    cg = cin // self.groups
+    k2d = jnp.transpose(kernel, (1, 2, 3, 0, 4)).reshape(kh, kw, cg * kt, self.features)
+    y = lax.conv_general_dilated(taps, k2d, (sh, sw), [(l, r) for _, l, r in spatial],
+                                 dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                 feature_group_count=self.groups)
     return y.reshape(b, t_out, *y.shape[1:])

@@ -10,6 +10,7 @@ import numpy as np
 from mlar_jax import registry
 from mlar_jax.models import heads
 from mlar_jax.models import resnet3d
+from mlar_jax.models import video_resnets as vr
 
 # name -> fn(model_config) -> backbone module mapping [B,T,H,W,3] -> [B,T',H',W',C]
 BACKBONES: registry.Registry = registry.Registry("backbone")
@@ -49,6 +50,80 @@ def _r3d_18(cfg):
       temporal_kernels=(3, 3, 3, 3), stem_features=64, stem_kernel=(3, 7, 7),
       stem_pool=False, temporal_strides=(1, 2, 2, 2), dtype=_dtype(cfg),
       frozen_bn=cfg.frozen_bn, conv_impl=cfg.conv_impl)
+
+
+def _common(cfg) -> dict:
+  return dict(dtype=_dtype(cfg), frozen_bn=cfg.frozen_bn, conv_impl=cfg.conv_impl)
+
+
+R50, R101, R152 = (3, 4, 6, 3), (3, 4, 23, 3), (3, 8, 36, 3)
+TINY = (1, 1, 1, 1)
+# I3D's temporal kernels (PySlowFast / PyTorchVideo I3D 8x8 R50): 3x1x1 on
+# conv_a of every res2 block, every other block of res3/res4, one of res5.
+I3D_CONV_A = ((3,), (3, 1), (3, 1), (1, 3))
+SLOW_CONV_A = ((1,), (1,), (3,), (3,))
+# Non-local blocks after every other block of res3 and res4 (the 5-block
+# models of Wang et al. 2018, PySlowFast's I3D_NLN configs).
+NL_BLOCKS = ((), (1, 3), (1, 3, 5), ())
+NL_TINY = ((), (0,), (0,), ())
+
+# name -> (module class, architecture arguments). PyTorchVideo hub names where
+# they exist; `*_tiny` keep each family's structure at widths/depths a CPU
+# test or the demo can afford.
+_ARCHS = {
+    "i3d_r50": (vr.ResNet, dict(depths=R50, stem_kernel=(5, 7, 7), pool1=True,
+                                conv_a_t=I3D_CONV_A)),
+    "slow_r50": (vr.ResNet, dict(depths=R50, stem_kernel=(1, 7, 7), conv_a_t=SLOW_CONV_A)),
+    "nl_r50": (vr.ResNet, dict(depths=R50, stem_kernel=(5, 7, 7), pool1=True,
+                               conv_a_t=I3D_CONV_A, nonlocal_blocks=NL_BLOCKS)),
+    "nl_r101": (vr.ResNet, dict(depths=R101, stem_kernel=(5, 7, 7), pool1=True,
+                                conv_a_t=I3D_CONV_A, nonlocal_blocks=NL_BLOCKS)),
+    "slowfast_r50": (vr.SlowFast, dict(depths=R50, fusion_kernel=7)),
+    "slowfast_r101": (vr.SlowFast, dict(depths=R101, fusion_kernel=5)),
+    # ir-CSN: depthwise 3x3x3 conv_b, temporal stride 2 in res3-res5.
+    "csn_r152": (vr.ResNet, dict(depths=R152, stem_kernel=(3, 7, 7), conv_a_t=((1,),) * 4,
+                                 conv_b_t=3, temporal_strides=(1, 2, 2, 2), stride_on_b=True,
+                                 depthwise=True)),
+    # X3D-XS/S/M share the network; they differ in input (4x160, 13x160,
+    # 16x224 frames x crop: config.data).
+    "x3d_xs": (vr.X3D, dict(width_factor=2.0, depth_factor=2.2)),
+    "x3d_s": (vr.X3D, dict(width_factor=2.0, depth_factor=2.2)),
+    "x3d_m": (vr.X3D, dict(width_factor=2.0, depth_factor=2.2)),
+    "x3d_l": (vr.X3D, dict(width_factor=2.0, depth_factor=5.0)),
+    # TSM: 2D ResNet-50 with the residual shift; 8 segments = 8 input frames.
+    "tsm_r50": (vr.ResNet, dict(depths=R50, stem_kernel=(1, 7, 7), conv_a_t=((1,),) * 4,
+                                shift_div=8)),
+    "i3d_tiny": (vr.ResNet, dict(depths=TINY, stem_width=8, stem_kernel=(5, 7, 7),
+                                 pool1=True, conv_a_t=I3D_CONV_A)),
+    "nl_tiny": (vr.ResNet, dict(depths=TINY, stem_width=8, stem_kernel=(5, 7, 7),
+                                conv_a_t=I3D_CONV_A, nonlocal_blocks=NL_TINY)),
+    "slowfast_tiny": (vr.SlowFast, dict(depths=TINY, stem_width=16, beta_inv=4)),
+    "csn_tiny": (vr.ResNet, dict(depths=TINY, stem_width=8, stem_kernel=(3, 7, 7),
+                                 conv_a_t=((1,),) * 4, conv_b_t=3,
+                                 temporal_strides=(1, 2, 2, 2), stride_on_b=True,
+                                 depthwise=True)),
+    "x3d_tiny": (vr.X3D, dict(width_factor=1.0, depth_factor=1.0, stem_width=8,
+                              head_width=256)),
+    "tsm_tiny": (vr.ResNet, dict(depths=TINY, stem_width=8, conv_a_t=((1,),) * 4,
+                                 shift_div=8)),
+}
+
+
+def _register_arch(name: str) -> None:
+  cls, kwargs = _ARCHS[name]
+  BACKBONES.register(name)(lambda cfg: cls(**kwargs, **_common(cfg)))
+
+
+for _name in _ARCHS:
+  _register_arch(_name)
+
+
+def arch_spec(name: str) -> tuple[type, dict]:
+  """(module class, architecture arguments) of a paper backbone (for
+  `mlar_jax.convert`)."""
+  if name not in _ARCHS:
+    raise KeyError(f"unknown architecture {name!r}; known: {sorted(_ARCHS)}")
+  return _ARCHS[name]
 
 
 @HEADS.register("linear")

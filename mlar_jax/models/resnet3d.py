@@ -76,7 +76,7 @@ BLOCKS = {"basic": BasicBlock3D, "bottleneck": Bottleneck3D}
 
 
 class ResNet3D(nn.Module):
-  """A 3D ResNet returning its last feature map.
+  """A 3D ResNet returning its last feature map and its global mean.
 
   Attributes:
     stage_sizes: blocks per stage.
@@ -104,8 +104,9 @@ class ResNet3D(nn.Module):
   conv_impl: str = "auto"
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
-    """Args: x: [B, T, H, W, 3] normalised frames. Returns [B, T', H', W', C]."""
+  def __call__(self, x: jnp.ndarray, *, train: bool) -> layers.Features:
+    """Args: x: [B, T, H, W, 3] normalised frames. Returns {"map": [B, T', H', W', C],
+    "pooled": [B, C]}."""
     norm = functools.partial(
         nn.BatchNorm, use_running_average=not train or self.frozen_bn,
         momentum=0.9, epsilon=1e-5, dtype=self.dtype)
@@ -124,4 +125,4 @@ class ResNet3D(nn.Module):
         strides = (t_strides[i] if j == 0 else 1, s, s)
         x = block_cls(width, strides, kt, norm, self.dtype, self.conv_impl,
                       name=f"stage{i + 1}_block{j + 1}")(x)
-    return x
+    return layers.features(x)

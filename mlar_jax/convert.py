@@ -1,0 +1,455 @@
+"""Weights from PyTorch checkpoints into a checkpoint `config.init_from` loads.
+
+  python -m mlar_jax.convert --arch slowfast_r101 --checkpoint SLOWFAST_8x8_R101.pyth \\
+      --out /ckpt/slowfast_r101_k400
+  python -m mlar_jax.convert --arch i3d_r50 --checkpoint resnet50-0676ba61.pth \\
+      --out /ckpt/i3d_r50_imagenet          # torchvision 2D ResNet-50, inflated
+
+then train with a new head of any class count:
+
+  python -m mlar_jax.main --config configs/charades.py:backbone=slowfast_r101 \\
+      --config.init_from=/ckpt/slowfast_r101_k400 --config.init_from_skip=head/ ...
+
+Sources (`--source`, default: recognised from the key names):
+  * "pytorchvideo": PyTorchVideo model-zoo / `create_resnet`, `create_slowfast`,
+    `create_csn`, `create_x3d` state dicts (`blocks.N....`), for the
+    backbones PyTorchVideo has: i3d_r50, slow_r50, slowfast_r50/r101,
+    csn_r152, x3d_*.
+  * "pyslowfast": PySlowFast checkpoints (`s1.pathway0_stem.conv...`) of the
+    ResNet, non-local and SlowFast models: i3d_r50, slow_r50, nl_r50/r101,
+    slowfast_r50/r101.
+  * "torchvision": a 2D ResNet-50 (`conv1`, `layer1.0.conv1`, ...) inflated to
+    i3d_r50, slow_r50, nl_r50 or tsm_r50: each 2D kernel is repeated over the
+    3D kernel's kt frames and divided by kt (PySlowFast's `inflate_weight`),
+    so a static clip gives the 2D network's features. Layers the 2D network
+    lacks (non-local blocks) keep their initialisation; the ImageNet
+    classifier is dropped.
+
+Files: `.pyth` / `.pt` / `.pth` written by `torch.save` (a bare state dict,
+or a dict holding it under "model_state" or "state_dict"; a "module." prefix
+from DataParallel is removed). They are read without PyTorch (the zip
+format's pickle and raw storages); only the pre-1.6 legacy format needs
+torch installed.
+
+The output `OUT/state` holds {"params", "model_state"} as a training
+checkpoint does: the backbone, plus the source's classifier as
+"head/classifier" with `--keep_head` (for evaluating the source model
+itself). Every source tensor must land on a model parameter of the same
+shape and every backbone parameter must be covered; otherwise the command
+fails listing the unmatched keys and shapes.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import pickle
+import re
+import zipfile
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+from absl import app
+from absl import flags
+from absl import logging
+from flax import traverse_util
+
+FLAGS = flags.FLAGS
+
+# ----------------------------------------------------------------------------
+# Reading torch.save files without torch.
+# ----------------------------------------------------------------------------
+
+_STORAGE_DTYPES = {
+    "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
+    "BFloat16Storage": ml_dtypes.bfloat16, "LongStorage": np.int64, "IntStorage": np.int32,
+    "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8,
+    "BoolStorage": np.bool_,
+}
+
+
+class _Opaque:
+  """Stands in for any class a checkpoint pickles besides tensors (optimizer
+  objects, configs): built, never used."""
+
+  def __init__(self, *args, **kwargs):
+    del args, kwargs
+
+  def __setstate__(self, state):
+    del state
+
+
+def _rebuild_tensor(storage, offset, size, stride, *args):
+  del args  # requires_grad, backward hooks, metadata
+  itemsize = storage.dtype.itemsize
+  return np.lib.stride_tricks.as_strided(
+      storage[offset:], shape=tuple(size), strides=[s * itemsize for s in stride]).copy()
+
+
+def _rebuild_parameter(data, *args):
+  del args
+  return data
+
+
+class _Unpickler(pickle.Unpickler):
+
+  def __init__(self, file, archive: zipfile.ZipFile, prefix: str):
+    super().__init__(file)
+    self._archive, self._prefix = archive, prefix
+
+  def find_class(self, module, name):
+    if module == "torch._utils" and name in ("_rebuild_tensor_v2", "_rebuild_tensor"):
+      return _rebuild_tensor
+    if module == "torch._utils" and name == "_rebuild_parameter":
+      return _rebuild_parameter
+    if module == "torch" and name in _STORAGE_DTYPES:
+      return _STORAGE_DTYPES[name]
+    if module == "collections" and name == "OrderedDict":
+      return collections.OrderedDict
+    if module in ("builtins", "copyreg", "_codecs"):
+      return super().find_class(module, name)
+    return _Opaque
+
+  def persistent_load(self, pid):
+    kind, storage_type, key, _, _ = pid
+    if kind != "storage":
+      raise pickle.UnpicklingError(f"unsupported persistent id {pid!r}")
+    if storage_type is _Opaque:  # an untyped or unknown storage class
+      raise pickle.UnpicklingError(f"unsupported storage type in {pid!r}")
+    dtype = np.dtype(storage_type)
+    raw = self._archive.read(f"{self._prefix}/data/{key}")
+    return np.frombuffer(raw, dtype=dtype)
+
+
+def read_torch_file(path: str) -> Any:
+  """The object `torch.save` wrote to `path`, tensors as numpy arrays."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path}: no such checkpoint file")
+  if not zipfile.is_zipfile(path):
+    try:
+      import torch  # pylint: disable=g-import-not-at-top
+    except ImportError:
+      raise ValueError(f"{path}: not a torch.save zip archive (the pre-1.6 legacy format "
+                       "needs PyTorch installed to read)") from None
+    obj = torch.load(path, map_location="cpu", weights_only=False)
+    return jax.tree.map(lambda t: t.numpy() if hasattr(t, "numpy") else t, obj)
+  with zipfile.ZipFile(path) as archive:
+    pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+    if not pickles:
+      raise ValueError(f"{path}: a zip file without data.pkl, not written by torch.save")
+    prefix = pickles[0].rpartition("/")[0]
+    with archive.open(pickles[0]) as f:
+      return _Unpickler(f, archive, prefix).load()
+
+
+def state_dict_of(obj: Any, path: str = "checkpoint") -> dict[str, np.ndarray]:
+  """The model state dict inside a loaded checkpoint object."""
+  if isinstance(obj, dict):
+    for key in ("model_state", "state_dict", "model"):
+      if key in obj and isinstance(obj[key], dict):
+        obj = obj[key]
+        break
+  if not isinstance(obj, dict) or not obj:
+    raise ValueError(f"{path}: no state dict (expected a dict of tensors, or one under "
+                     "'model_state' / 'state_dict')")
+  out = {}
+  for key, value in obj.items():
+    if isinstance(value, np.ndarray):
+      out[key[len("module."):] if key.startswith("module.") else key] = value
+  if not out:
+    raise ValueError(f"{path}: the state dict holds no tensors")
+  return out
+
+
+# ----------------------------------------------------------------------------
+# Key maps: source module path -> our module path.
+# ----------------------------------------------------------------------------
+
+_BLOCK_PARTS = [  # PyTorchVideo bottleneck internals
+    (r"branch1_conv", "shortcut_conv"), (r"branch1_norm", "shortcut_bn"),
+    (r"branch2\.norm_b\.0", "bn_b"),                      # X3D: Sequential(BN, SE)
+    (r"branch2\.norm_b\.1\.block\.0", "se_reduce"), (r"branch2\.norm_b\.1\.block\.2", "se_expand"),
+    (r"branch2\.conv_([abc])", r"conv_\1"), (r"branch2\.norm_([abc])", r"bn_\1"),
+]
+
+
+def _sub_block(rest: str) -> str | None:
+  for pattern, repl in _BLOCK_PARTS:
+    if re.fullmatch(pattern, rest):
+      return re.sub(pattern, repl, rest)
+  return None
+
+
+def _ptv_map(family: str, keys: list[str]) -> Callable[[str], str | None]:
+  """PyTorchVideo module paths ("blocks.1.res_blocks.0.branch2.conv_a")."""
+  # Residual stages are numbered by their position among the `blocks` that
+  # hold res_blocks (I3D has a pooling block between res2 and res3).
+  stage_blocks = sorted({int(m.group(1)) for k in keys
+                         if (m := re.match(r"blocks\.(\d+)\.(?:multipathway_blocks\.\d\.)?"
+                                           r"res_blocks\.", k))})
+  stage = {b: i + 2 for i, b in enumerate(stage_blocks)}
+  paths = ("slow", "fast")
+
+  def rename(module: str) -> str | None:
+    if m := re.fullmatch(r"blocks\.(\d+)\.proj", module):
+      return "head/classifier"
+    if family == "x3d":
+      fixed = {"blocks.0.conv.conv_t": "stem_conv_xy", "blocks.0.conv.conv_xy": "stem_conv_t",
+               "blocks.0.norm": "stem_bn"}
+      if module in fixed:
+        return "backbone/" + fixed[module]
+      if m := re.fullmatch(r"blocks\.\d+\.pool\.(pre_conv|pre_norm|post_conv)", module):
+        return "backbone/" + {"pre_conv": "conv5", "pre_norm": "conv5_bn",
+                              "post_conv": "lin5"}[m.group(1)]
+    if family == "slowfast":
+      if m := re.fullmatch(r"blocks\.0\.multipathway_blocks\.(\d)\.(conv|norm)", module):
+        return f"backbone/{paths[int(m.group(1))]}_stem/{'conv' if m.group(2) == 'conv' else 'bn'}"
+      if m := re.fullmatch(r"blocks\.(\d+)\.multipathway_fusion\.(conv_fast_to_slow|norm)",
+                           module):
+        where = "stem" if m.group(1) == "0" else f"res{int(m.group(1)) + 1}"
+        return f"backbone/fuse_{where}_{'conv' if m.group(2) != 'norm' else 'bn'}"
+      if m := re.fullmatch(r"blocks\.(\d+)\.multipathway_blocks\.(\d)\.res_blocks\.(\d+)\.(.+)",
+                           module):
+        part = _sub_block(m.group(4))
+        return part and (f"backbone/{paths[int(m.group(2))]}_res{stage[int(m.group(1))]}"
+                         f"_block{m.group(3)}/{part}")
+      return None
+    if m := re.fullmatch(r"blocks\.0\.(conv|norm)", module):
+      return f"backbone/stem/{'conv' if m.group(1) == 'conv' else 'bn'}"
+    if m := re.fullmatch(r"blocks\.(\d+)\.res_blocks\.(\d+)\.(.+)", module):
+      part = _sub_block(m.group(3))
+      return part and f"backbone/res{stage[int(m.group(1))]}_block{m.group(2)}/{part}"
+    return None
+
+  return rename
+
+
+def _pyslowfast_map(family: str, keys: list[str]) -> Callable[[str], str | None]:
+  """PySlowFast module paths ("s2.pathway0_res0.branch2.a", "s1_fuse.conv_f2s")."""
+  del keys
+  paths = ("slow", "fast")
+  parts = {"branch1": "shortcut_conv", "branch1_bn": "shortcut_bn",
+           "branch2.a": "conv_a", "branch2.a_bn": "bn_a", "branch2.b": "conv_b",
+           "branch2.b_bn": "bn_b", "branch2.c": "conv_c", "branch2.c_bn": "bn_c"}
+  nonlocal_parts = {"conv_theta": "theta", "conv_phi": "phi", "conv_g": "g",
+                    "conv_out": "out", "bn": "bn"}
+
+  def rename(module: str) -> str | None:
+    if module == "head.projection":
+      return "head/classifier"
+    prefix = lambda p: f"{paths[p]}_" if family == "slowfast" else ""
+    if m := re.fullmatch(r"s1\.pathway(\d)_stem\.(conv|bn)", module):
+      stem = f"{prefix(int(m.group(1)))}stem" if family == "slowfast" else "stem"
+      return f"backbone/{stem}/{m.group(2)}"
+    if m := re.fullmatch(r"s(\d)_fuse\.(conv_f2s|bn)", module):
+      where = "stem" if m.group(1) == "1" else f"res{m.group(1)}"
+      return f"backbone/fuse_{where}_{'conv' if m.group(2) == 'conv_f2s' else 'bn'}"
+    if m := re.fullmatch(r"s(\d)\.pathway(\d)_res(\d+)\.(.+)", module):
+      part = parts.get(m.group(4))
+      return part and (f"backbone/{prefix(int(m.group(2)))}res{m.group(1)}"
+                       f"_block{m.group(3)}/{part}")
+    if m := re.fullmatch(r"s(\d)\.pathway0_nonlocal(\d+)\.(.+)", module):
+      part = nonlocal_parts.get(m.group(3))
+      return part and f"backbone/res{m.group(1)}_nonlocal{m.group(2)}/{part}"
+    return None
+
+  return rename
+
+
+def _torchvision_map(family: str, keys: list[str]) -> Callable[[str], str | None]:
+  """torchvision ResNet module paths ("layer1.0.conv1", "layer1.0.downsample.0")."""
+  del family, keys
+
+  def rename(module: str) -> str | None:
+    if module in ("conv1", "bn1"):
+      return f"backbone/stem/{'conv' if module == 'conv1' else 'bn'}"
+    if m := re.fullmatch(r"layer(\d)\.(\d+)\.(conv|bn)([123])", module):
+      kind = "conv" if m.group(3) == "conv" else "bn"
+      return f"backbone/res{int(m.group(1)) + 1}_block{m.group(2)}/{kind}_{'abc'[int(m.group(4)) - 1]}"
+    if m := re.fullmatch(r"layer(\d)\.(\d+)\.downsample\.([01])", module):
+      kind = "shortcut_conv" if m.group(3) == "0" else "shortcut_bn"
+      return f"backbone/res{int(m.group(1)) + 1}_block{m.group(2)}/{kind}"
+    return None
+
+  return rename
+
+
+SOURCES = {"pytorchvideo": _ptv_map, "pyslowfast": _pyslowfast_map,
+           "torchvision": _torchvision_map}
+# Which sources each backbone family accepts.
+SUPPORTED = {
+    "pytorchvideo": ("i3d_r50", "slow_r50", "slowfast_r50", "slowfast_r101", "csn_r152",
+                     "x3d_xs", "x3d_s", "x3d_m", "x3d_l"),
+    "pyslowfast": ("i3d_r50", "slow_r50", "nl_r50", "nl_r101", "slowfast_r50",
+                   "slowfast_r101"),
+    "torchvision": ("i3d_r50", "slow_r50", "nl_r50", "tsm_r50"),
+}
+# Model parameters a source may leave at their initialisation.
+_FRESH_OK = {"torchvision": re.compile(r"_nonlocal\d+/")}
+
+
+def detect_source(keys: list[str]) -> str:
+  """The checkpoint convention, from its key names."""
+  if any(k.startswith("blocks.") for k in keys):
+    return "pytorchvideo"
+  if any(k.startswith("s1.") for k in keys):
+    return "pyslowfast"
+  if any(k.startswith("layer1.") for k in keys):
+    return "torchvision"
+  raise ValueError("cannot tell the checkpoint's convention from its keys (first: "
+                   f"{keys[:5]}); pass --source pytorchvideo|pyslowfast|torchvision")
+
+
+def _family(arch: str) -> str:
+  return "slowfast" if arch.startswith("slowfast") else "x3d" if arch.startswith("x3d") else "resnet"
+
+
+_BN_LEAVES = {"weight": ("params", "scale"), "bias": ("params", "bias"),
+              "running_mean": ("batch_stats", "mean"), "running_var": ("batch_stats", "var")}
+
+
+def _to_ours(value: np.ndarray, target_shape: tuple[int, ...], inflate: bool) -> np.ndarray:
+  """A PyTorch tensor in our layout: conv [O, I, (kt,) kh, kw] -> [kt, kh, kw, I, O]
+  (a 2D kernel inflated over kt), linear or 1x1x1 conv [O, I, ...] -> [I, O]."""
+  value = np.asarray(value, np.float32)
+  if len(target_shape) == 5:
+    if value.ndim == 4 and inflate:
+      kt = target_shape[0]
+      value = np.repeat(value[:, :, None], kt, axis=2) / kt
+    if value.ndim != 5:
+      return value  # reported as a shape mismatch
+    return np.transpose(value, (2, 3, 4, 1, 0))
+  if len(target_shape) == 2 and value.ndim >= 2:
+    return value.reshape(value.shape[0], value.shape[1]).T
+  return value
+
+
+def convert_state_dict(state: dict[str, np.ndarray], arch: str, source: str = "auto",
+                       keep_head: bool = False, seed: int = 0) -> dict[str, Any]:
+  """Our variables {"params", "model_state"} from a PyTorch state dict.
+
+  Args:
+    state: source key -> array.
+    arch: our backbone name (`models.registry.BACKBONES`).
+    source: "pytorchvideo" | "pyslowfast" | "torchvision" | "auto".
+    keep_head: also convert the source classifier to "head/classifier".
+    seed: initialisation of parameters the source does not have (allowed
+      only where `_FRESH_OK` says so).
+
+  Raises:
+    ValueError listing unmatched source keys, uncovered model parameters and
+    shape mismatches.
+  """
+  from mlar_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from mlar_jax.models import registry  # pylint: disable=g-import-not-at-top
+
+  keys = sorted(state)
+  source = detect_source(keys) if source == "auto" else source
+  if source not in SOURCES:
+    raise ValueError(f"--source must be one of {sorted(SOURCES)} or auto, got {source!r}")
+  if arch not in SUPPORTED[source]:
+    raise ValueError(f"{source} checkpoints convert to {', '.join(SUPPORTED[source])}; "
+                     f"not to {arch!r}")
+  cfg = config_lib.base_config().model
+  cfg.backbone = arch
+  backbone = registry.BACKBONES.get(arch)(cfg)
+  t = 8 if _family(arch) == "slowfast" else 4
+  init = lambda: backbone.init(jax.random.key(seed), jnp.zeros((1, t, 32, 32, 3)), train=False)
+  fresh_ok = _FRESH_OK.get(source)
+  # Shapes only, unless some leaves may keep their initial values.
+  fresh = jax.jit(init)() if fresh_ok else jax.eval_shape(init)
+  fresh = {col: traverse_util.flatten_dict({"backbone": tree}, sep="/")
+           for col, tree in fresh.items()}
+  rename = SOURCES[source](_family(arch), keys)
+
+  out = {"params": {}, "batch_stats": {}}
+  unmatched, mismatched = [], []
+  for key in keys:
+    module, _, leaf = key.rpartition(".")
+    if leaf == "num_batches_tracked":
+      continue
+    ours = rename(module)
+    if ours is None or (ours.startswith("head/") and not keep_head):
+      if not (ours or "").startswith("head/") and not (source == "torchvision"
+                                                       and module == "fc"):
+        unmatched.append(f"  {key}: {tuple(state[key].shape)}")
+      continue
+    if ours == "head/classifier":
+      value = np.asarray(state[key], np.float32)
+      out["params"][f"{ours}/{'kernel' if leaf == 'weight' else 'bias'}"] = (
+          value.T if leaf == "weight" else value)
+      continue
+    is_bn = f"{ours}/scale" in fresh["params"] or f"{ours}/mean" in fresh.get("batch_stats", {})
+    col, name = _BN_LEAVES[leaf] if is_bn and leaf in _BN_LEAVES else (
+        "params", "kernel" if leaf == "weight" else leaf)
+    path = f"{ours}/{name}"
+    if path not in fresh.get(col, {}):
+      unmatched.append(f"  {key}: {tuple(state[key].shape)} (-> {col}/{path}, not in {arch})")
+      continue
+    target = fresh[col][path].shape
+    value = _to_ours(state[key], target, inflate=source == "torchvision")
+    if value.shape != target:
+      mismatched.append(f"  {key}: {tuple(state[key].shape)} -> {col}/{path} "
+                        f"needs {tuple(target)}")
+      continue
+    out[col][path] = value
+  missing, kept_fresh = [], []
+  for col, leaves in fresh.items():
+    for path, value in leaves.items():
+      if path in out.get(col, {}):
+        continue
+      if fresh_ok is not None and fresh_ok.search(path):
+        out.setdefault(col, {})[path] = np.asarray(value)
+        kept_fresh.append(path)
+      else:
+        missing.append(f"  {col}/{path}: {tuple(value.shape)}")
+  problems = []
+  for title, lines in (("source keys with no place in the model", unmatched),
+                       ("shape mismatches", mismatched),
+                       ("model parameters the checkpoint does not cover", missing)):
+    if lines:
+      problems.append(f"{title} ({len(lines)}):\n" + "\n".join(lines))
+  if problems:
+    raise ValueError(f"The {source} checkpoint does not match {arch}:\n" + "\n".join(problems))
+  if kept_fresh:
+    logging.info("Kept at initialisation (not in a %s checkpoint): %d leaves, e.g. %s",
+                 source, len(kept_fresh), kept_fresh[0])
+  return {"params": traverse_util.unflatten_dict(out["params"], sep="/"),
+          "model_state": {"batch_stats": traverse_util.unflatten_dict(
+              out["batch_stats"], sep="/")}}
+
+
+def save_variables(variables: dict[str, Any], out: str) -> str:
+  """Writes `variables` as `out/state`, the layout `checkpointing.load_variables` reads."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  path = os.path.join(os.path.abspath(out), "state")
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(path, variables, force=True)
+  return path
+
+
+def define_flags() -> None:
+  """The command's flags; defined only when it runs (absl flags are global)."""
+  flags.DEFINE_string("arch", None, "Our backbone name, e.g. slowfast_r101.")
+  flags.DEFINE_string("checkpoint", None, "PyTorch checkpoint file (.pyth/.pt/.pth).")
+  flags.DEFINE_string("out", None, "Output directory (for --config.init_from).")
+  flags.DEFINE_enum("source", "auto", ["auto", *SOURCES], "Checkpoint convention.")
+  flags.DEFINE_bool("keep_head", False, "Also convert the source classifier.")
+  flags.mark_flags_as_required(["arch", "checkpoint", "out"])
+
+
+def main(argv):
+  del argv
+  state = state_dict_of(read_torch_file(FLAGS.checkpoint), FLAGS.checkpoint)
+  variables = convert_state_dict(state, FLAGS.arch, FLAGS.source, FLAGS.keep_head)
+  path = save_variables(variables, FLAGS.out)
+  n = sum(np.size(x) for x in jax.tree.leaves(variables["params"]))
+  print(f"Wrote {path}: {FLAGS.arch}, {n:,} parameters from {FLAGS.checkpoint}")
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
