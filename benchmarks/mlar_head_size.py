@@ -42,7 +42,7 @@ def literal_gmacs(a: int, k: int, n: int) -> float:
 
 def measure(a: int, k: int, n: int) -> tuple[int, float]:
   head = heads.MLARHead(a, num_observations=k, groups=n, features=C_PRIME)
-  fmap = jax.ShapeDtypeStruct((1, *FMAP, C), jnp.float32)
+  fmap = {"map": jax.ShapeDtypeStruct((1, *FMAP, C), jnp.float32)}
   variables = jax.eval_shape(lambda f: head.init(jax.random.key(0), f, train=False), fmap)
   params = int(sum(x.size for x in jax.tree.leaves(variables["params"])))
   cost = jax.jit(lambda v, f: head.apply(v, f, train=False)).lower(variables, fmap).cost_analysis()

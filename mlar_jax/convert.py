@@ -392,6 +392,7 @@ def convert_state_dict(state: dict[str, np.ndarray], arch: str, source: str = "a
     target = fresh[col][path].shape
     value = _to_ours(state[key], target, inflate=source == "torchvision")
     if value.shape != target:
+      out[col][path] = None  # reported here, not again as uncovered
       mismatched.append(f"  {key}: {tuple(state[key].shape)} -> {col}/{path} "
                         f"needs {tuple(target)}")
       continue

@@ -57,10 +57,10 @@ def test_matches_the_literal_equations():
   mask = heads.correlation_mask(labels.T.astype(int) @ labels.astype(int))
   head = heads.MLARHead(a, num_observations=3, groups=4, features=8, mask=mask)
   x = jax.random.normal(jax.random.key(0), (2, 2, 3, 3, c))
-  variables = head.init(jax.random.key(1), x, train=False)
+  variables = head.init(jax.random.key(1), {"map": x}, train=False)
   params = jax.tree.map(np.asarray, variables["params"])
   params["out_corr_bias"] = np.arange(a, dtype=np.float32) * 0.1
-  got = head.apply({**variables, "params": params}, x, train=False)
+  got = head.apply({**variables, "params": params}, {"map": x}, train=False)
   want, want_act = literal_mlar(params, mask, x)
   np.testing.assert_allclose(np.asarray(got["logits"]), want, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(np.asarray(got["logits_activity"]), want_act, rtol=1e-4, atol=1e-5)
@@ -77,9 +77,9 @@ def test_mask_matches_a_hand_count_and_survives_absent_classes():
   assert np.isfinite(mask).all() and (mask[3] == 0).all()  # class 3 never occurs
   head = heads.MLARHead(4, num_observations=2, groups=2, features=4, mask=mask)
   x = jax.random.normal(jax.random.key(0), (2, 1, 2, 2, 4))
-  variables = head.init(jax.random.key(1), x, train=False)
+  variables = head.init(jax.random.key(1), {"map": x}, train=False)
   np.testing.assert_array_equal(variables["constants"]["correlation_mask"], mask)
-  out = head.apply(variables, x, train=False)
+  out = head.apply(variables, {"map": x}, train=False)
   assert all(np.isfinite(np.asarray(v)).all() for v in out.values())
 
 
@@ -90,9 +90,9 @@ def test_shapes_attention_and_gradients_for_every_switch(specific, corr):
                         use_activity_specific=specific, use_correlation=corr,
                         dropout_rate=0.5, mask=np.eye(a, dtype=np.float32))
   x = jax.random.normal(jax.random.key(0), (3, 2, 3, 3, 8))
-  variables = head.init({"params": jax.random.key(1), "dropout": jax.random.key(2)}, x,
+  variables = head.init({"params": jax.random.key(1), "dropout": jax.random.key(2)}, {"map": x},
                         train=False)
-  out, inter = head.apply(variables, x, train=False, mutable=["intermediates"])
+  out, inter = head.apply(variables, {"map": x}, train=False, mutable=["intermediates"])
   assert set(out) == ({"logits", "logits_activity"} if corr else {"logits"})
   assert all(v.shape == (3, a) for v in out.values())
   maps = {name: v[0] for name, v in inter["intermediates"].items()}
@@ -107,7 +107,7 @@ def test_shapes_attention_and_gradients_for_every_switch(specific, corr):
     np.testing.assert_allclose(maps["attn_corr"].sum(-1), 1.0, rtol=1e-5)
 
   def loss(params):
-    o = head.apply({**variables, "params": params}, x, train=True,
+    o = head.apply({**variables, "params": params}, {"map": x}, train=True,
                    rngs={"dropout": jax.random.key(3)})
     return sum(jnp.sum(jnp.sin(v)) for v in o.values())
 
@@ -127,7 +127,7 @@ PAPER_PARAMS = {  # Table 3a/3b and Table 4: (A, K, n) -> parameters
 def test_parameter_counts_match_the_paper(a, k, n):
   head = heads.MLARHead(a, num_observations=k, groups=n, features=128)
   x = jnp.zeros((1, 4, 7, 7, 2048))
-  shapes = jax.eval_shape(lambda: head.init(jax.random.key(0), x, train=False))
+  shapes = jax.eval_shape(lambda: head.init(jax.random.key(0), {"map": x}, train=False))
   count = sum(p.size for p in jax.tree.leaves(shapes["params"]))
   assert abs(count - PAPER_PARAMS[(a, k, n)]) / PAPER_PARAMS[(a, k, n)] < 0.10
 

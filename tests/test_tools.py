@@ -17,7 +17,7 @@ def test_model_info_reports_params_and_gflops():
   m = config.model.mlar
   head = heads.MLARHead(14, num_observations=m.num_observations, groups=m.groups,
                         features=m.features)
-  shapes = jax.eval_shape(lambda: head.init(jax.random.key(0), jnp.zeros(info["feature_map"]),
+  shapes = jax.eval_shape(lambda: head.init(jax.random.key(0), {"map": jnp.zeros(info["feature_map"])},
                                             train=False))
   assert info["head_params"] == sum(p.size for p in jax.tree.leaves(shapes["params"]))
   assert info["feature_map"] == [1, 8, 4, 4, 64]

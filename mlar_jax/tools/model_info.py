@@ -72,7 +72,7 @@ def model_info(config: ml_collections.ConfigDict) -> dict:
       "backbone_params": _count(params["backbone"]), "head_params": _count(params["head"]),
       "gflops_per_view": total, "head_gflops": head,
       "gmacs_per_view": total / 2, "head_gmacs": head / 2,
-      "feature_map": list(fmap.shape),
+      "feature_map": list(fmap["map"].shape),
   }
 
 
