@@ -72,7 +72,7 @@ def main():
           f"batch {args.batch_size}, {os.cpu_count()} CPUs")
     for workers in map(int, args.workers.split(",")):
       cfg.num_workers = workers
-      it = iter(pipeline.train_dataset(source, cfg, local_batch_size=args.batch_size, seed=0))
+      it = iter(pipeline.train_dataset(source, cfg, global_batch_size=args.batch_size, seed=0))
       next(it)  # warm-up: worker start and first decode
       t = time.perf_counter()
       for _ in range(args.batches):

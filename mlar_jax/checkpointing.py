@@ -1,10 +1,13 @@
 """orbax checkpoints of the train state and the grain iterator.
 
-A checkpoint `WORKDIR/checkpoints/STEP/` holds two items: `state` (params,
+A checkpoint `WORKDIR/checkpoints/STEP/` holds three items: `state` (params,
 batch statistics, optimizer state, step; saved asynchronously, each process
-writing its shards) and `data` (the grain iterator position, one JSON file per
-process). Restoring both gives exactly the batches and updates of an
-uninterrupted run.
+writing its shards), `data` (the grain iterator position, one JSON file per
+process) and `meta` (the number of processes that wrote it). Restoring state
+and data gives exactly the batches and updates of an uninterrupted run. On a
+different number of processes the iterator files do not apply; the trainer
+then restarts the data at the checkpoint's global batch (the data order is
+global, `pipeline.HostRows`), and the sharded state restores onto any mesh.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 import grain
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from flax import traverse_util
@@ -39,10 +43,19 @@ def make_manager(workdir: str, cfg: ml_collections.ConfigDict) -> ocp.Checkpoint
 def save(manager: ocp.CheckpointManager, step: int, state: Any,
          data_iter: grain.DatasetIterator | None) -> None:
   """Starts saving `state` (and the iterator position) as checkpoint `step`."""
-  items = {"state": ocp.args.StandardSave(state)}
+  items = {"state": ocp.args.StandardSave(state),
+           "meta": ocp.args.JsonSave({"process_count": jax.process_count()})}
   if data_iter is not None:
     items["data"] = grain.checkpoint.CheckpointSave(data_iter)
   manager.save(step, args=ocp.args.Composite(**items))
+
+
+def saved_process_count(manager: ocp.CheckpointManager, step: int) -> int | None:
+  """How many processes wrote checkpoint `step` (None: not recorded)."""
+  if not (epath.Path(manager.directory) / str(step) / "meta").exists():
+    return None
+  meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+  return int(meta["meta"]["process_count"])
 
 
 def abstract_with_shardings(abstract_state: Any, shardings: Any) -> Any:
@@ -67,7 +80,14 @@ def load_variables(path: str) -> dict[str, Any]:
       if step is None:
         raise FileNotFoundError(f"init_from={path}: no checkpoint in {directory}")
     root = directory / str(step)
-  restored = ocp.StandardCheckpointer().restore(root / "state")
+  # As host numpy arrays: the checkpoint may come from another topology (a
+  # pod run, 2 processes) than this one.
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    meta = checkpointer.metadata(root / "state")
+    tree = getattr(meta, "item_metadata", meta)
+    tree = getattr(tree, "tree", tree)
+    args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    restored = checkpointer.restore(root / "state", args=ocp.args.PyTreeRestore(restore_args=args))
   return {"params": restored["params"], "model_state": restored.get("model_state", {})}
 
 

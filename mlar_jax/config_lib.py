@@ -14,6 +14,7 @@ import jax
 import ml_collections
 
 from mlar_jax import losses
+from mlar_jax import sharding
 from mlar_jax.data import pipeline
 from mlar_jax.models import registry as models
 
@@ -126,8 +127,14 @@ def base_config() -> ml_collections.ConfigDict:
           "views": ((4, 4), (8, 3), (2, 3)), "spatial_crops": 3,
           "aggregate": "sum",           # per-video: sum | mean | max of sigmoids
       },
-      "mesh": {"data": -1, "fsdp": 1},
-      "sharding": {"params": "replicated", "fsdp_min_size": 2**18},
+      # Mesh axes (sizes; one may be -1 for the rest of the devices). The
+      # batch is split over data x fsdp; model splits the MLAR head's
+      # activities (mlar_jax/sharding.py).
+      "mesh": {"data": -1, "fsdp": 1, "model": 1},
+      # params: replicated (data parallel) | fsdp. rules: (regex over a state
+      # leaf's path, mesh axis per dimension), before the fsdp rule.
+      "sharding": {"params": "replicated", "fsdp_min_size": 2**18,
+                   "rules": sharding.DEFAULT_RULES},
   })
 
 

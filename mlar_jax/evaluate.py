@@ -47,8 +47,9 @@ def make_eval_step(model: nn.Module, config: ml_collections.ConfigDict, mesh: Me
 
   def eval_step(state, batch):
     video = transforms.normalize(batch["video"], config.data.mean, config.data.std)
-    outputs = model.apply({"params": state.params, **state.model_state}, video,
-                          train=False)
+    with sharding.constraints(mesh):
+      outputs = model.apply({"params": state.params, **state.model_state}, video,
+                            train=False)
     return {"scores": {k: jax.nn.sigmoid(v) for k, v in outputs.items()},
             **{k: batch[k] for k in ("labels", "mask", "index", "view")}}
 

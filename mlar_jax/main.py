@@ -2,8 +2,13 @@
 
 Overrides: `--config.KEY=VALUE` (unknown keys are errors). Modes: train,
 eval (latest or `--config.eval.step` checkpoint) or train_and_eval.
+
+Several processes (a TPU pod slice, SLURM tasks, or `--coordinator_address
+--num_processes --process_id`) start JAX's distributed runtime first; each
+reads its rows of every global batch, and process 0 writes logs and results.
 """
 
+import jax
 from absl import app
 from absl import flags
 from absl import logging
@@ -18,15 +23,17 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and result
 flags.DEFINE_enum("mode", "train_and_eval", ["train", "eval", "train_and_eval"],
                   "What to run.")
 flags.mark_flags_as_required(["config", "workdir"])
+cli.define_distributed_flags()
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  cli.initialize_distributed()
   cli.setup(FLAGS.config)
   logging.info("Config:\n%s", FLAGS.config)
   results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.mode)
-  if results is not None:
+  if results is not None and jax.process_index() == 0:
     print(f"{results['split']} macro mAP {results['macro_map']:.4f} | constant predictor "
           f"{results['chance_macro_map']:.4f} | ratio {results['map_over_chance']:.2f} | "
           f"step {results['step']} | {results['num_videos']} videos | "

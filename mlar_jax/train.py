@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import flax
 import flax.linen as nn
@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.sharding import Mesh
 from absl import logging
 from clu import metric_writers
 from clu import periodic_actions
@@ -56,16 +57,23 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation,
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, loss_fn: losses.LossFn,
                     class_weights: np.ndarray | None,
-                    config: ml_collections.ConfigDict) -> Callable:
+                    config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Callable:
   """(state, batch) -> (state, metrics); every model output is trained.
 
   The dropout key is a function of (seed, step) so a resumed run draws the
-  same masks as an uninterrupted one.
+  same masks as an uninterrupted one. With a `mesh`, the modules' logical
+  activation constraints apply (`sharding.constraints`).
   """
   compute_dtype = models.DTYPES[config.model.dtype]
   weights = None if class_weights is None else jnp.asarray(class_weights)
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]):
+    if mesh is None:
+      return _train_step(state, batch)
+    with sharding.constraints(mesh):
+      return _train_step(state, batch)
+
+  def _train_step(state: TrainState, batch: dict[str, jax.Array]):
     rng = jax.random.fold_in(jax.random.key(config.seed), state.step)
     video = transforms.normalize(batch["video"], config.data.mean, config.data.std,
                                  compute_dtype)
@@ -113,6 +121,53 @@ def _log_line(step: int, total: int, metrics: dict[str, float], steps_per_sec: f
              if metrics.get("skipped_samples") else ""))
 
 
+class Training(NamedTuple):
+  """What `build_training` assembles."""
+  model: nn.Module
+  tx: optax.GradientTransformation
+  schedule: optax.Schedule
+  init_fn: Callable[[jax.Array], TrainState]
+  abstract_state: TrainState         # ShapeDtypeStructs
+  state_shardings: TrainState        # NamedShardings
+  train_step: Callable               # jitted (state, batch) -> (state, metrics)
+
+
+def build_training(config: ml_collections.ConfigDict, mesh: Mesh, num_classes: int,
+                   stats: dict[str, np.ndarray]) -> Training:
+  """Model, optimizer, state shardings and the jitted update step for `mesh`.
+
+  Nothing is allocated: the state is abstract (`jax.eval_shape`), so the
+  same call serves training and ahead-of-time compilation for a topology
+  (`mlar_jax.tools.aot`).
+
+  Args:
+    config: the experiment config.
+    mesh: the device mesh (real devices, or a TPU topology's).
+    num_classes: activities A.
+    stats: training-label statistics ("counts", "cooccurrence").
+  """
+  model = models.build_model(config.model, num_classes, stats)
+  schedule = optimizers.make_schedule(config.schedule, config.num_train_steps)
+  tx = optimizers.make_optimizer(config.optimizer, schedule)
+  loss_fn = losses.LOSSES.get(config.loss.name)
+  class_weights = None
+  if config.loss.class_weights != "none":
+    class_weights = losses.class_weights_from_counts(stats["counts"], config.loss.class_weights)
+  s = config.data.crop_size
+  input_shape = (1, config.data.num_frames, s, s, 3)
+  init_fn = functools.partial(init_state, model, tx, input_shape)
+  abstract_state = jax.eval_shape(init_fn, jax.random.key(config.seed))
+  state_shardings = sharding.state_shardings(abstract_state, mesh, config.sharding)
+  train_step = jax.jit(
+      make_train_step(model, tx, schedule, loss_fn, class_weights, config, mesh),
+      in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+      out_shardings=(state_shardings, sharding.replicated(mesh)),
+      donate_argnums=(0,))
+  return Training(model=model, tx=tx, schedule=schedule, init_fn=init_fn,
+                  abstract_state=abstract_state, state_shardings=state_shardings,
+                  train_step=train_step)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        mode: str = "train_and_eval") -> dict[str, Any] | None:
   """Trains (resuming from the latest checkpoint in `workdir`) and evaluates.
@@ -152,45 +207,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   class_names = list(train_source.class_names)
   num_classes = len(class_names)
   train_errors = pipeline.DecodeErrors(config.data.max_error_ratio)
-  train_ds = pipeline.train_dataset(
-      train_source, config.data,
-      local_batch_size=config.batch_size // jax.process_count(), seed=config.seed,
-      process_index=jax.process_index(), process_count=jax.process_count(),
-      errors=train_errors)
+
+  def train_iterator(start_batch: int = 0):
+    return iter(pipeline.train_dataset(
+        train_source, config.data, global_batch_size=config.batch_size, seed=config.seed,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        start_batch=start_batch, errors=train_errors))
 
   # --------------------------------------------------------------------------
-  # Model, optimizer, loss.
+  # Model, optimizer, loss, shardings, update step.
   # --------------------------------------------------------------------------
-  model = models.build_model(config.model, num_classes, stats)
-  schedule = optimizers.make_schedule(config.schedule, config.num_train_steps)
-  tx = optimizers.make_optimizer(config.optimizer, schedule)
-  loss_fn = losses.LOSSES.get(config.loss.name)
-  class_weights = None
-  if config.loss.class_weights != "none":
-    class_weights = losses.class_weights_from_counts(stats["counts"], config.loss.class_weights)
-  s = config.data.crop_size
-  input_shape = (1, config.data.num_frames, s, s, 3)
-  init_fn = functools.partial(init_state, model, tx, input_shape)
-
-  # --------------------------------------------------------------------------
-  # Shardings.
-  # --------------------------------------------------------------------------
+  setup = build_training(config, mesh, num_classes, stats)
+  model, tx, init_fn, state_shardings, train_step = (
+      setup.model, setup.tx, setup.init_fn, setup.state_shardings, setup.train_step)
   rng = jax.random.key(config.seed)
-  abstract_state = jax.eval_shape(init_fn, rng)
-  state_shardings = sharding.state_shardings(abstract_state, mesh, config.sharding)
-  restore_target = checkpointing.abstract_with_shardings(abstract_state, state_shardings)
-  num_params = sum(x.size for x in jax.tree.leaves(abstract_state.params))
+  restore_target = checkpointing.abstract_with_shardings(setup.abstract_state, state_shardings)
+  num_params = sum(x.size for x in jax.tree.leaves(setup.abstract_state.params))
   logging.info("Model %s + %s head: %d parameters", config.model.backbone,
                config.model.head, num_params)
-
-  # --------------------------------------------------------------------------
-  # Update and evaluation steps.
-  # --------------------------------------------------------------------------
-  train_step = jax.jit(
-      make_train_step(model, tx, schedule, loss_fn, class_weights, config),
-      in_shardings=(state_shardings, batch_sharding),
-      out_shardings=(state_shardings, sharding.replicated(mesh)),
-      donate_argnums=(0,))
   eval_step = evaluate.make_eval_step(model, config, mesh, state_shardings)
 
   def run_eval(state, split: str, write: bool = False) -> dict[str, Any]:
@@ -226,11 +260,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     state = checkpointing.restore(manager, step, restore_target)
     return run_eval(state, config.eval.split, write=True)
 
-  train_iter = iter(train_ds)
   if latest is not None:
-    state = checkpointing.restore(manager, latest, restore_target, train_iter)
+    written_by = checkpointing.saved_process_count(manager, latest)
+    if written_by in (None, jax.process_count()):
+      train_iter = train_iterator()
+      state = checkpointing.restore(manager, latest, restore_target, train_iter)
+    else:
+      # Another process count: the per-process iterator files do not apply;
+      # the data order is global, so it resumes at global batch `latest`.
+      state = checkpointing.restore(manager, latest, restore_target)
+      train_iter = train_iterator(start_batch=latest)
+      logging.info("Checkpoint written by %d processes, resuming on %d: data restarts "
+                   "at global batch %d", written_by, jax.process_count(), latest)
     logging.info("Resumed from checkpoint at step %d", latest)
   else:
+    train_iter = train_iterator()
     state = jax.jit(init_fn, out_shardings=state_shardings)(rng)
     if config.init_from:
       state = _init_from(state, config, tx, state_shardings)

@@ -121,13 +121,13 @@ def test_pipeline_skips_and_counts_corrupt_videos(charades_root):
   config = _config(charades_root, max_error_ratio=0.5)
   src = pipeline.make_source(config.data, "train")
   errors = pipeline.DecodeErrors(0.5, min_samples=1000)
-  it = iter(pipeline.train_dataset(src, config.data, local_batch_size=4, seed=0, errors=errors))
+  it = iter(pipeline.train_dataset(src, config.data, global_batch_size=4, seed=0, errors=errors))
   batches = [next(it) for _ in range(5)]
   assert all(b["video"].shape == (4, 4, 32, 32, 3) for b in batches)
   assert errors.failed >= 1 and errors.files == {str(charades_root / "videos" / "BAD01.mp4")}
   # Above the ratio the run stops with a clear message.
   strict = pipeline.DecodeErrors(0.01, min_samples=3)
-  it = iter(pipeline.train_dataset(src, config.data, local_batch_size=4, seed=0, errors=strict))
+  it = iter(pipeline.train_dataset(src, config.data, global_batch_size=4, seed=0, errors=strict))
   with pytest.raises(RuntimeError, match="max_error_ratio"):
     for _ in range(10):
       next(it)

@@ -27,7 +27,7 @@ def _config(**overrides):
 
 def _fixed_batch(config, size):
   source = pipeline.make_source(config.data, "train")
-  it = iter(pipeline.train_dataset(source, config.data, local_batch_size=size, seed=0))
+  it = iter(pipeline.train_dataset(source, config.data, global_batch_size=size, seed=0))
   return next(it), source.num_classes
 
 

@@ -229,27 +229,66 @@ def _maybe_multiprocess(ds: grain.IterDataset, cfg: ml_collections.ConfigDict) -
   return ds
 
 
+class HostRows(grain.MapDataset):
+  """This process's rows of every global batch of a global-order dataset.
+
+  Global batch k is positions [kG, (k+1)G) of the parent; process p of P
+  takes its contiguous block [kG + pL, kG + (p+1)L), L = G / P, which
+  `sharding.to_global` places on p's devices. So the global batches, and the
+  training run, are the same for any number of processes. `start_batch`
+  skips whole global batches (resuming on a different process count).
+  """
+
+  def __init__(self, parent: grain.MapDataset, global_batch: int, process_index: int,
+               process_count: int, start_batch: int = 0):
+    super().__init__(parent)
+    if global_batch % process_count:
+      raise ValueError(f"global batch {global_batch} is not a multiple of the "
+                       f"{process_count} processes")
+    self._local = global_batch // process_count
+    self._global, self._p, self._start = global_batch, process_index, start_batch
+    self._length = (len(parent) // global_batch - start_batch) * self._local
+
+  def __len__(self) -> int:
+    return self._length
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    batch, row = divmod(index, self._local)
+    return self._parent[(batch + self._start) * self._global + self._p * self._local + row]
+
+  def __str__(self) -> str:
+    return f"HostRows(process {self._p}, {self._local} of {self._global} rows per batch)"
+
+
 def train_dataset(source: base.VideoSource, cfg: ml_collections.ConfigDict, *,
-                  local_batch_size: int, seed: int, process_index: int = 0,
-                  process_count: int = 1, errors: DecodeErrors | None = None
-                  ) -> grain.IterDataset:
+                  global_batch_size: int, seed: int, process_index: int = 0,
+                  process_count: int = 1, start_batch: int = 0,
+                  errors: DecodeErrors | None = None) -> grain.IterDataset:
   """The infinite, shuffled, augmented and batched training stream of one host.
+
+  The order (shuffle, then clip sampling and augmentation seeded by global
+  position) is the same on every host; each host decodes only its rows of
+  each global batch (`HostRows`).
 
   Args:
     source: the training split.
     cfg: `config.data`.
-    local_batch_size: examples per batch on this host.
+    global_batch_size: examples per global batch (all hosts).
     seed: shuffle and augmentation seed.
-    process_index, process_count: this host's shard of the source.
+    process_index, process_count: this host and the number of hosts.
+    start_batch: the first global batch (0, or the step when resuming on a
+      different number of hosts).
     errors: where skipped samples are counted (a fresh one if None).
 
   Returns:
-    An IterDataset of {"video": uint8 [b, T, S, S, 3], "labels": int32 [b, C]}.
-    Its iterator's state goes into checkpoints.
+    An IterDataset of {"video": uint8 [b, T, S, S, 3], "labels": int32 [b, C]},
+    b = global_batch_size / process_count. Its iterator's state goes into
+    checkpoints.
   """
   errors = errors or DecodeErrors(cfg.max_error_ratio)
-  ds = grain.MapDataset.source(source)[process_index::process_count]
-  ds = ds.shuffle(seed=seed).repeat(None)
+  ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
   rate_probs = None if not cfg.rate_probs else tuple(cfg.rate_probs)
   ds = ds.random_map(
       TrainClip(source=source, num_frames=cfg.num_frames, rates=tuple(cfg.rates),
@@ -257,8 +296,12 @@ def train_dataset(source: base.VideoSource, cfg: ml_collections.ConfigDict, *,
                 max_short_side=cfg.max_short_side, crop_size=cfg.crop_size,
                 flip=cfg.flip, label_mode=cfg.label_mode, errors=errors),
       seed=seed)
-  # Skipped samples are None; the IterDataset drops them before batching.
-  ds = ds.to_iter_dataset(_read_options(cfg)).batch(local_batch_size, drop_remainder=True)
+  ds = HostRows(ds, global_batch_size, process_index, process_count, start_batch)
+  # Skipped samples are None; the IterDataset drops them before batching (a
+  # host then takes the next of its rows, so with skips the global batches
+  # differ slightly between host counts).
+  ds = ds.to_iter_dataset(_read_options(cfg)).batch(global_batch_size // process_count,
+                                                    drop_remainder=True)
   return _maybe_multiprocess(ds, cfg)
 
 

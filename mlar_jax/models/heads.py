@@ -170,6 +170,8 @@ class MLARHead(nn.Module):
       keys = GroupedLinear(d, n, name="activity_keys")(obs)          # [B, K, C']
       attn_act = jax.nn.softmax(jnp.einsum("ad,bkd->bak", queries, keys) * scale, axis=-1)
       f_a = jnp.einsum("bak,bkd->bad", attn_act, obs)                 # [B, A, C']
+      # Activities may be split over the mesh's `model` axis (many classes).
+      f_a = nn.with_logical_constraint(f_a, ("batch", "activities", "features"))
       self.sow("intermediates", "attn_activity", attn_act)
     else:
       f_a = jnp.broadcast_to(obs.mean(axis=1, keepdims=True), (b, a, d))
