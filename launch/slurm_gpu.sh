@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Train on several GPU nodes under SLURM: one process per node drives all of
+# its GPUs; `python -m mlar_jax.main` starts JAX's distributed runtime from
+# the SLURM variables (SLURM_NTASKS > 1).
+#
+#   launch/slurm_gpu.sh CONFIG WORKDIR [--dry-run] [extra mlar_jax.main flags ...]
+#
+# Settings (environment, defaults in brackets): NODES [2], GPUS_PER_NODE [8],
+# PARTITION [gpu], TIME [24:00:00], ACCOUNT (optional), CPUS_PER_TASK [32].
+# The checkout must be on a filesystem every node sees; its .venv is set up
+# here first (`make install`; a CUDA jaxlib: pip install 'jax[cuda12]').
+# --dry-run prints the sbatch script and the commands instead of submitting.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [[ $# -lt 2 ]]; then
+  sed -n '2,13p' "$0" >&2
+  exit 2
+fi
+config=$1 workdir=$2
+shift 2
+dry=0
+args=()
+for a in "$@"; do
+  if [[ $a == --dry-run ]]; then dry=1; else args+=("$a"); fi
+done
+NODES=${NODES:-2}
+GPUS_PER_NODE=${GPUS_PER_NODE:-8}
+PARTITION=${PARTITION:-gpu}
+TIME=${TIME:-24:00:00}
+CPUS_PER_TASK=${CPUS_PER_TASK:-32}
+extra=""
+if [[ ${#args[@]} -gt 0 ]]; then extra=$(printf ' %q' "${args[@]}"); fi
+account=""
+if [[ -n ${ACCOUNT:-} ]]; then account="#SBATCH --account=$ACCOUNT"; fi
+
+script=$(cat <<SBATCH
+#!/usr/bin/env bash
+#SBATCH --job-name=mlar_jax
+#SBATCH --nodes=$NODES
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node=$GPUS_PER_NODE
+#SBATCH --cpus-per-task=$CPUS_PER_TASK
+#SBATCH --partition=$PARTITION
+#SBATCH --time=$TIME
+#SBATCH --output=$workdir/slurm-%j.out
+$account
+set -euo pipefail
+cd $(pwd)
+srun .venv/bin/python -m mlar_jax.main --config '$config' --workdir '$workdir'$extra
+SBATCH
+)
+
+if [[ $dry == 1 ]]; then
+  echo "mkdir -p $workdir"
+  echo "make install"
+  echo "sbatch <<'EOF'"
+  echo "$script"
+  echo "EOF"
+  exit 0
+fi
+mkdir -p "$workdir"
+make install
+sbatch <<<"$script"
