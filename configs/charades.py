@@ -39,6 +39,9 @@ def get_config(arg=None):
   config.checkpoint.every_steps = 500
   config.log_every_steps = 50
   config.eval.batch_size = 64
+  # Speed-invariant tuning (python -m mlar_jax.tools.speed_invariant): the
+  # head alone on rates {2, 4, 8}, ~12 epochs.
+  config.stage2.update(num_train_steps=1500, rates=(2, 4, 8), base_lr=0.01)
 
   if args.runlocal:
     d.num_frames, d.rates = 8, (2,)
@@ -51,4 +54,5 @@ def get_config(arg=None):
     config.schedule.warmup_steps = 1
     config.checkpoint.every_steps = 2
     config.log_every_steps = 2
+    config.stage2.num_train_steps = 2
   return config

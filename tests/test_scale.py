@@ -15,23 +15,29 @@ from mlar_jax import sharding
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _libtpu_or_skip():
-  try:
-    from mlar_jax.tools import aot  # pylint: disable=g-import-not-at-top
-    aot.topology_devices("v5e:2x2")
-  except ValueError as e:
-    pytest.skip(f"libtpu cannot describe TPU topologies here: {e}")
+# libtpu takes a machine-wide lock file unless told that several processes
+# may load it (they only compile here; no chip is touched).
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}
+
+
+@pytest.fixture(scope="module")
+def libtpu():
+  """Skips (with libtpu's reason) where it cannot describe a TPU topology; checked
+  in a subprocess so this process never loads libtpu."""
+  probe = subprocess.run(
+      [sys.executable, "-c", "from mlar_jax.tools import aot; aot.topology_devices('v5e:2x2')"],
+      cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+  if probe.returncode:
+    pytest.skip(f"libtpu cannot describe TPU topologies here: {probe.stderr[-500:]}")
 
 
 def _aot(*flags):
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
   return subprocess.run([sys.executable, "-m", "mlar_jax.tools.aot",
                          "--config=configs/synthetic.py:runlocal,head=mlar", *flags],
-                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+                        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
 
 
-def test_aot_compiles_the_train_step_for_a_tpu_topology():
-  _libtpu_or_skip()
+def test_aot_compiles_the_train_step_for_a_tpu_topology(libtpu):
   out = _aot("--topology=v5e:2x2", "--json", "--step_time=0.5",
              "--config.sharding.params=fsdp", "--config.sharding.fsdp_min_size=1024",
              "--config.mesh.data=2", "--config.mesh.fsdp=2")
@@ -53,8 +59,7 @@ def test_aot_compiles_the_train_step_for_a_tpu_topology():
   assert "Does not fit" in out.stderr and "per chip" in out.stderr
 
 
-def test_unknown_topology_is_a_clear_error():
-  _libtpu_or_skip()
+def test_unknown_topology_is_a_clear_error(libtpu):
   out = _aot("--topology=v5e-sixteen")
   assert out.returncode != 0 and "--topology=v5e-sixteen" in out.stderr
 
@@ -100,7 +105,7 @@ def test_logical_activation_constraints_reach_the_compiled_step(devices):
 
 
 @pytest.mark.parametrize("script,args", [
-    ("launch/train_local.sh", ["configs/synthetic.py:runlocal", "/tmp/w"]),
+    ("launch/train_local.sh", ["configs/synthetic.py:runlocal", "runs/x"]),
     ("launch/tpu_pod.sh", ["all"]),
     ("launch/slurm_gpu.sh", ["configs/charades.py:root=/data", "/tmp/w"]),
 ])
@@ -111,6 +116,9 @@ def test_launch_scripts_parse_and_dry_run(script, args):
                        capture_output=True, text=True, env={**os.environ, "BUCKET": "bkt"})
   assert out.returncode == 0, out.stderr
   assert "mlar_jax.main" in out.stdout and "--config.num_train_steps=7" in out.stdout
+  if script.endswith("train_local.sh"):
+    assert ("mlar_jax.main --config configs/synthetic.py:runlocal --workdir runs/x "
+            "--config.num_train_steps=7") in out.stdout
   if script.endswith("tpu_pod.sh"):
     assert "tpu-vm create" in out.stdout and "--worker=all" in out.stdout
     assert "'.[tpu]'" in out.stdout and "gs://bkt/runs/" in out.stdout

@@ -106,10 +106,11 @@ def test_frame_folders_source(tmp_path, charades_root):
 
 
 def _config(root, **data):
-  config = load_config("synthetic", "runlocal")
+  # The Charades config itself, with a tiny backbone and this folder's layout.
+  config = load_config("charades", f"runlocal,root={root},backbone=resnet3d_tiny")
   d = config.data
-  d.name = "charades"
-  d.charades.update(root=str(root), videos="videos")
+  assert d.name == "charades" and d.charades.root == str(root)
+  d.charades.videos = "videos"
   d.update(min_short_side=32, max_short_side=36, crop_size=32, eval_short_side=32,
            num_frames=4, rates=(4,), label_mode="window", **data)
   config.eval.views, config.eval.spatial_crops = ((4, 2),), 1

@@ -42,14 +42,3 @@ def test_study_variants_override_the_base_config():
   rows = [{"variant": "a", "macro_map": [0.5, 0.7], "mean": 0.6, "std": 0.1414,
            "seeds": [0, 1], "chance_macro_map": 0.2}]
   assert "| a | 0.6000 +- 0.1414 | 0.5000, 0.7000 |" in ablate.format_table(rows)
-
-
-def test_launch_scripts_parse_and_dry_run():
-  import subprocess
-  from conftest import ROOT
-  for script in sorted((ROOT / "launch").glob("*.sh")):
-    subprocess.run(["bash", "-n", str(script)], check=True)
-    out = subprocess.run(["bash", str(script), "configs/synthetic.py", "runs/x", "--dry-run",
-                          "--config.seed=1"], capture_output=True, text=True, check=True,
-                         cwd=ROOT).stdout
-    assert "mlar_jax.main --config configs/synthetic.py --workdir runs/x --config.seed=1" in out
