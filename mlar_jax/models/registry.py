@@ -118,14 +118,6 @@ for _name in _ARCHS:
   _register_arch(_name)
 
 
-def arch_spec(name: str) -> tuple[type, dict]:
-  """(module class, architecture arguments) of a paper backbone (for
-  `mlar_jax.convert`)."""
-  if name not in _ARCHS:
-    raise KeyError(f"unknown architecture {name!r}; known: {sorted(_ARCHS)}")
-  return _ARCHS[name]
-
-
 @HEADS.register("linear")
 def _linear(cfg, num_classes, class_stats):
   del class_stats
