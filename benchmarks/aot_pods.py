@@ -47,8 +47,9 @@ def main():
   parser.add_argument("--out", default="")
   args = parser.parse_args()
   header = ("| model | topology | chips | sharding | args GiB | temp GiB | peak GiB / HBM | "
-            "TFLOP per chip per step | MFU at {:g} s/step | compile s |".format(args.step_time))
-  print(header + "\n|" + "---|" * 10, flush=True)
+            "TFLOP per chip (compiled) | model TFLOP per step | MFU at {:g} s/step | compile s |"
+            .format(args.step_time))
+  print(header + "\n|" + "---|" * 11, flush=True)
   for model in args.models.split(","):
     for topology in args.topologies.split(","):
       for mode in args.modes.split(","):
@@ -57,7 +58,7 @@ def main():
         row = (f"| {model} | {topology} | {r['chips']} {r['device_kind']} | {mode} | "
                f"{g(r['argument_bytes']):.2f} | {g(r['temp_bytes']):.2f} | "
                f"{g(r['peak_bytes']):.2f} / {g(r['hbm_bytes']):.0f} | "
-               f"{r['flops_per_chip'] / 1e12:.2f} | "
+               f"{r['flops_per_chip'] / 1e12:.2f} | {r['model_flops_per_step'] / 1e12:.1f} | "
                f"{100 * r['mfu']:.1f}% | {r['compile_s']:.0f} |")
         print(row, flush=True)
         if args.out:

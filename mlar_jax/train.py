@@ -130,6 +130,7 @@ class Training(NamedTuple):
   abstract_state: TrainState         # ShapeDtypeStructs
   state_shardings: TrainState        # NamedShardings
   train_step: Callable               # jitted (state, batch) -> (state, metrics)
+  step_fn: Callable                  # the same, unjitted and without sharding constraints
 
 
 def build_training(config: ml_collections.ConfigDict, mesh: Mesh, num_classes: int,
@@ -158,6 +159,7 @@ def build_training(config: ml_collections.ConfigDict, mesh: Mesh, num_classes: i
   init_fn = functools.partial(init_state, model, tx, input_shape)
   abstract_state = jax.eval_shape(init_fn, jax.random.key(config.seed))
   state_shardings = sharding.state_shardings(abstract_state, mesh, config.sharding)
+  step_fn = make_train_step(model, tx, schedule, loss_fn, class_weights, config)
   train_step = jax.jit(
       make_train_step(model, tx, schedule, loss_fn, class_weights, config, mesh),
       in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
@@ -165,7 +167,7 @@ def build_training(config: ml_collections.ConfigDict, mesh: Mesh, num_classes: i
       donate_argnums=(0,))
   return Training(model=model, tx=tx, schedule=schedule, init_fn=init_fn,
                   abstract_state=abstract_state, state_shardings=state_shardings,
-                  train_step=train_step)
+                  train_step=train_step, step_fn=step_fn)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,

@@ -51,7 +51,8 @@ def test_aot_compiles_the_train_step_for_a_tpu_topology(libtpu):
                                   + result["temp_bytes"] - result["alias_bytes"])
   assert result["flops_per_chip"] > 0
   assert result["flops_per_step"] == pytest.approx(4 * result["flops_per_chip"])
-  assert result["mfu"] == pytest.approx(result["flops_per_chip"] / (0.5 * 197e12))
+  assert result["model_flops_per_step"] > 0
+  assert result["mfu"] == pytest.approx(result["model_flops_per_step"] / (4 * 0.5 * 197e12))
 
   # The same step against a limit it exceeds: a clear message, status 1.
   out = _aot("--topology=v5e:2x2", f"--hbm_gib={result['peak_bytes'] / 2 / 2**30}")

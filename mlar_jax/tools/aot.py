@@ -11,15 +11,17 @@ arrays, so nothing is allocated.
 
 Printed per chip: argument, output, temporary and peak memory (peak =
 arguments + outputs + temporaries - donated aliases, XLA's memory analysis)
-against the chip's HBM, and the compiler's FLOPs per step (of the partitioned
-program: per chip). With `--step_time`, the model FLOPs utilisation those
-FLOPs imply at the chip's published bf16 peak. Exits with status 1 and a
+against the chip's HBM; the compiler's FLOPs of the partitioned program (per
+chip), and the model's FLOPs per step (XLA's count of the whole step before
+partitioning; it does not depend on the sharding). With `--step_time`, the
+model FLOPs utilisation: model FLOPs / (chips x step time x the chip's
+published bf16 peak). Exits with status 1 and a
 message when the step does not fit in the chip's memory.
 
 JSON keys: topology, chips, device_kind, mesh, global_batch, argument_bytes,
 output_bytes, temp_bytes, alias_bytes, peak_bytes, hbm_bytes, fits,
-flops_per_chip, flops_per_step, peak_flops_per_chip, step_time_s, mfu,
-compile_s.
+flops_per_chip, flops_per_step (compiler's, x chips), model_flops_per_step,
+peak_flops_per_chip, step_time_s, mfu, compile_s.
 """
 
 from __future__ import annotations
@@ -67,6 +69,10 @@ def define_flags() -> None:
   flags.mark_flags_as_required(["config", "topology"])
 
 
+def _first(cost):
+  return cost[0] if isinstance(cost, (list, tuple)) else cost
+
+
 def topology_devices(name: str) -> list:
   """The devices of TPU topology `name`, from libtpu (no chips needed)."""
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
@@ -105,12 +111,17 @@ def compile_for(config: ml_collections.ConfigDict, devices: list, num_classes: i
   batch = {"video": jax.ShapeDtypeStruct((b, t, s, s, 3), jnp.uint8, sharding=batch_sharding),
            "labels": jax.ShapeDtypeStruct((b, num_classes), jnp.int32,
                                           sharding=batch_sharding)}
+  # The model's FLOPs: XLA's count of the whole, unpartitioned step (what MFU
+  # counts), lowered for this host; it does not depend on the sharding.
+  unsharded = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                           (training.abstract_state, batch))
+  model_flops = float(_first(jax.jit(training.step_fn).lower(*unsharded).cost_analysis()
+                             ).get("flops", 0.0))
   start = time.time()
   compiled = training.train_step.lower(state, batch).compile()
   compile_s = time.time() - start
   mem = compiled.memory_analysis()
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  cost = _first(compiled.cost_analysis())
   kind = devices[0].device_kind
   hbm, peak_flops = CHIPS.get(kind, (0, 0.0))
   hbm = hbm_bytes or hbm
@@ -118,13 +129,15 @@ def compile_for(config: ml_collections.ConfigDict, devices: list, num_classes: i
   temp, alias = mem.temp_size_in_bytes, mem.alias_size_in_bytes
   peak = arg + out + temp - alias
   flops = float(cost.get("flops", 0.0))
-  mfu = flops / (step_time * peak_flops) if step_time and peak_flops else None
+  n = len(devices)
+  mfu = model_flops / (n * step_time * peak_flops) if step_time and peak_flops else None
   return {
       "topology": None, "chips": len(devices), "device_kind": kind,
       "mesh": dict(mesh.shape), "global_batch": b, "argument_bytes": arg,
       "output_bytes": out, "temp_bytes": temp, "alias_bytes": alias, "peak_bytes": peak,
       "hbm_bytes": hbm, "fits": bool(hbm == 0 or peak <= hbm),
-      "flops_per_chip": flops, "flops_per_step": flops * len(devices),
+      "flops_per_chip": flops, "flops_per_step": flops * n,
+      "model_flops_per_step": model_flops,
       "peak_flops_per_chip": peak_flops, "step_time_s": step_time or None, "mfu": mfu,
       "compile_s": compile_s,
   }
@@ -150,7 +163,7 @@ def main(argv):
     if result["hbm_bytes"]:
       print(f"  HBM       {gib(result['hbm_bytes'])} per chip")
     print(f"  FLOPs     {result['flops_per_chip'] / 1e12:8.2f} TFLOP per chip per step "
-          f"({result['flops_per_step'] / 1e15:.3f} PFLOP per step)")
+          f"(compiled); model {result['model_flops_per_step'] / 1e12:.2f} TFLOP per step")
     if result["mfu"] is not None:
       print(f"  MFU       {100 * result['mfu']:8.1f} % at {FLAGS.step_time} s per step")
     print(f"  compiled in {result['compile_s']:.1f} s")
