@@ -29,6 +29,7 @@ import re
 from typing import Any, Iterator, Sequence
 
 import flax.linen as nn
+from absl import logging
 import jax
 import ml_collections
 import numpy as np
@@ -80,11 +81,15 @@ def make_mesh(cfg: ml_collections.ConfigDict, devices: Sequence[Any] | None = No
   """
   devices = list(jax.devices() if devices is None else devices)
   shape = mesh_shape(cfg, len(devices))
+  grid = np.asarray(devices).reshape(shape)
   if devices[0].platform == "tpu":
     from jax.experimental import mesh_utils  # pylint: disable=g-import-not-at-top
-    grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
-  else:
-    grid = np.asarray(devices).reshape(shape)
+    try:
+      grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+    except (AssertionError, ValueError, NotImplementedError) as e:
+      # e.g. a v4 topology described with one device per TensorCore (no
+      # megacore): no physical-torus order; keep the devices' own order.
+      logging.warning("Device mesh in plain device order (%s)", e)
   return Mesh(grid, AXES)
 
 
