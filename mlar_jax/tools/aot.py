@@ -9,7 +9,7 @@ training runs (`train.build_training`: same model, optimizer, loss, mesh
 from `config.mesh`, shardings from `config.sharding`), lowered on abstract
 arrays, so nothing is allocated.
 
-Printed per chip: argument, output, temporary and peak memory (peak =
+Printed per device (a chip; a TensorCore where libtpu lists those, v4): argument, output, temporary and peak memory (peak =
 arguments + outputs + temporaries - donated aliases, XLA's memory analysis)
 against the chip's HBM; the compiler's FLOPs of the partitioned program (per
 chip), and the model's FLOPs per step (XLA's count of the whole step before
@@ -124,6 +124,10 @@ def compile_for(config: ml_collections.ConfigDict, devices: list, num_classes: i
   cost = _first(compiled.cost_analysis())
   kind = devices[0].device_kind
   hbm, peak_flops = CHIPS.get(kind, (0, 0.0))
+  # libtpu describes v4 with one device per TensorCore (2 per chip, no
+  # megacore): each device has half the chip's HBM and FLOP/s.
+  cores = 1 + max(getattr(d, "core_on_chip", 0) for d in devices)
+  hbm, peak_flops = hbm // cores, peak_flops / cores
   hbm = hbm_bytes or hbm
   arg, out = mem.argument_size_in_bytes, mem.output_size_in_bytes
   temp, alias = mem.temp_size_in_bytes, mem.alias_size_in_bytes
