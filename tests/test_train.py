@@ -1,6 +1,5 @@
 """The train step and loop: learning, sharding invariance, exact resume."""
 
-import functools
 import json
 import shutil
 
@@ -10,12 +9,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from mlar_jax import losses
-from mlar_jax import optimizers
 from mlar_jax import sharding
 from mlar_jax import train
 from mlar_jax.data import pipeline
-from mlar_jax.models import registry
 from conftest import load_config
 
 
@@ -32,20 +28,11 @@ def _fixed_batch(config, size):
 
 
 def _compiled_step(config, num_classes, mesh):
-  model = registry.build_model(config.model, num_classes)
-  schedule = optimizers.make_schedule(config.schedule, config.num_train_steps)
-  tx = optimizers.make_optimizer(config.optimizer, schedule)
-  s = config.data.crop_size
-  init = functools.partial(train.init_state, model, tx, (1, config.data.num_frames, s, s, 3))
-  abstract = jax.eval_shape(init, jax.random.key(0))
-  shardings = sharding.state_shardings(abstract, mesh, config.sharding)
-  state = jax.jit(init, out_shardings=shardings)(jax.random.key(0))
-  step = jax.jit(
-      train.make_train_step(model, tx, schedule, losses.LOSSES.get(config.loss.name),
-                            None, config),
-      in_shardings=(shardings, sharding.batch_sharding(mesh)),
-      out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,))
-  return state, step
+  """The trainer's own state and jitted step for `mesh` (train.build_training)."""
+  stats = {"counts": np.ones(num_classes), "cooccurrence": np.eye(num_classes)}
+  training = train.build_training(config, mesh, num_classes, stats)
+  state = jax.jit(training.init_fn, out_shardings=training.state_shardings)(jax.random.key(0))
+  return state, training.train_step
 
 
 @pytest.fixture(scope="module")

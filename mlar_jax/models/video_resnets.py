@@ -266,9 +266,8 @@ class SlowFast(_Common):
 
   def _fuse(self, slow, fast, name: str, train: bool) -> jnp.ndarray:
     k = self.fusion_kernel
-    y = layers.Conv3D(fast.shape[-1] * self.fusion_ratio, (k, 1, 1), (self.alpha, 1, 1),
-                      padding="torch", dtype=self.dtype, impl=self.conv_impl,
-                      kernel_init=conv_init, name=f"{name}_conv")(fast)
+    y = self.conv(fast.shape[-1] * self.fusion_ratio, (k, 1, 1), (self.alpha, 1, 1),
+                  name=f"{name}_conv")(fast)
     y = nn.relu(self.norm(train, name=f"{name}_bn")(y))
     return jnp.concatenate([slow, y], axis=-1)
 
