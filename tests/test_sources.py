@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+from etils import epath
 
 from conftest import load_config
 from mlar_jax import train
@@ -145,31 +146,105 @@ def test_training_on_a_charades_folder_by_config_alone(charades_root, tmp_path):
   assert results["per_class_ap"].keys() == {n for n in CLASSES}
 
 
-def test_prepare_writes_array_record_read_back_by_tfds(charades_root, tmp_path):
-  import tensorflow_datasets as tfds
+def _data_cfg(charades_root):
   from mlar_jax import config_lib
-  from mlar_jax.data import prepare
   data_cfg = config_lib.data_config()
   data_cfg.charades.update(root=str(charades_root), videos="videos")
-  out = str(tmp_path / "tfds")
-  summaries = prepare.prepare(data_cfg, "charades", ["train", "test"], out, short_side=32,
-                              fps=12.0, shard_size=2)
+  return data_cfg
+
+
+def _prepared_source(out, split="train"):
+  from mlar_jax import config_lib
+  cfg = config_lib.data_config()
+  cfg.name = "prepared"
+  cfg.prepared.update(data_dir=out, dataset="charades")
+  return pipeline.make_source(cfg, split)
+
+
+@pytest.fixture(scope="module")
+def prepared(charades_root, tmp_path_factory):
+  from mlar_jax.data import prepare
+  out = str(tmp_path_factory.mktemp("tfds"))
+  summaries = prepare.prepare(_data_cfg(charades_root), "charades", ["train", "test"], out,
+                              short_side=32, fps=12.0, shard_size=2)
+  return out, summaries
+
+
+def test_prepare_writes_array_record_read_back_by_tfds(prepared):
+  import tensorflow_datasets as tfds
+  out, summaries = prepared
   assert summaries[0]["shards"] == 3 and summaries[0]["skipped"] == 1
   ds = tfds.data_source("mlar_charades", data_dir=out, split="train")
   assert len(ds) == 4  # BAD01 left out
   ex = ds[0]
   assert len(ex["frames"]) == 48 and float(ex["fps"]) == 12.0  # 96 frames at 24 -> 12 fps
   np.testing.assert_allclose(ex["timestamps"][:3], [0, 2 / 24, 4 / 24], rtol=1e-6)
-  # The same pipeline reads it back; frames keep their identity (index 2k).
-  cfg = config_lib.data_config()
-  cfg.name = "prepared"
-  cfg.prepared.update(data_dir=out, dataset="charades")
-  src = pipeline.make_source(cfg, "train")
+  # The same pipeline reads it back, labels and class names from metadata.json.
+  src = _prepared_source(out)
   assert [src[i]["id"] for i in range(4)] == ["AAA01", "AAA02", "AAA03", "AAA04"]
+  assert list(src.class_names) == CLASSES
   np.testing.assert_array_equal(src.class_counts(), [2, 1, 1, 1])
-  frames = src.load_frames(src[1], [0, 5])
-  assert frames.shape == (2, 32, 32, 3)
-  # Resumable: a rerun writes nothing new.
-  again = prepare.prepare(data_cfg, "charades", ["train"], out, short_side=32, fps=12.0,
-                          shard_size=2)
-  assert again[0]["written_now"] == 0
+  np.testing.assert_array_equal(src.label_matrix(), np.stack([src[i]["labels"] for i in range(4)]))
+  # Frames keep their identity: stored frame k is source frame 2k.
+  frames = src.load_frames(src[1], [0, 5, 47])
+  assert frames.shape == (3, 32, 32, 3)
+  assert [read_index(f) for f in frames] == [0, 10, 94]
+  meta = json.loads(open(os.path.join(sources.prepared_dir(out, "charades"),
+                                      "metadata.json")).read())
+  assert list(meta["skipped"]["train"]) == ["BAD01"] and meta["skipped"]["test"] == {}
+  with pytest.raises(FileNotFoundError, match="split 'val' is not prepared"):
+    _prepared_source(out, "val")
+  # Training clips with window labels come out of the same pipeline.
+  config = _config("unused")
+  batch = next(iter(pipeline.train_dataset(src, config.data, global_batch_size=4, seed=0)))
+  assert batch["video"].shape == (4, 4, 32, 32, 3)
+  assert batch["labels"].shape == (4, 4) and batch["labels"].sum() > 0
+
+
+def test_prepare_resumes_after_a_lost_shard(charades_root, prepared, tmp_path):
+  import shutil
+  from mlar_jax.data import prepare
+  out = str(tmp_path / "tfds")
+  shutil.copytree(prepared[0], out)
+  root = sources.prepared_dir(out, "charades")
+  again = prepare.prepare(_data_cfg(charades_root), "charades", ["train"], out,
+                          short_side=32, fps=12.0, shard_size=2)
+  assert again[0]["written_now"] == 0  # complete: nothing to do
+  # A run killed mid-shard leaves no shard file (only its .tmp): a rerun
+  # writes that shard alone and publishes the same dataset.
+  os.remove(os.path.join(root, "mlar_charades-train.array_record-00001-of-00003"))
+  again = prepare.prepare(_data_cfg(charades_root), "charades", ["train"], out,
+                          short_side=32, fps=12.0, shard_size=2)
+  assert again[0]["written_now"] == 2
+  src, ref = _prepared_source(out), _prepared_source(prepared[0])
+  assert [src[i]["id"] for i in range(len(src))] == [ref[i]["id"] for i in range(len(ref))]
+  np.testing.assert_array_equal(src.label_matrix(), ref.label_matrix())
+  assert len(_prepared_source(out, "test")) == 2  # the other split is still listed
+  with pytest.raises(ValueError, match="shard_size"):
+    prepare.prepare(_data_cfg(charades_root), "charades", ["train"], out, short_side=32,
+                    fps=12.0, shard_size=3)
+
+
+def test_tfds_builder_writes_what_the_command_writes(charades_root, prepared, tmp_path):
+  import tensorflow_datasets as tfds
+  from mlar_jax.data import builders  # registers mlar_charades
+  out = str(tmp_path / "tfds")
+  builder = tfds.builder("mlar_charades", data_dir=out, data_cfg=_data_cfg(charades_root),
+                         short_side=32, fps=12.0)
+  builder.download_and_prepare(
+      file_format="array_record",
+      download_config=tfds.download.DownloadConfig(manual_dir=str(charades_root)))
+  assert isinstance(builder, builders.MlarCharades)
+  assert builder.data_path == epath.Path(sources.prepared_dir(out, "charades"))
+  for split in ("train", "test"):
+    ours = tfds.data_source("mlar_charades", data_dir=prepared[0], split=split)
+    theirs = tfds.data_source("mlar_charades", data_dir=out, split=split)
+    assert len(ours) == len(theirs)
+    for a, b in zip(ours, theirs):
+      assert a.keys() == b.keys()
+      for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+  src, ref = _prepared_source(out), _prepared_source(prepared[0])
+  np.testing.assert_array_equal(src.label_matrix(), ref.label_matrix())
+  assert src.class_names == ref.class_names
+  assert list(builder.info.metadata["skipped"]["train"]) == ["BAD01"]

@@ -3,174 +3,161 @@
   python -m mlar_jax.data.prepare --dataset charades --manual_dir /data/charades \
       --data_dir /data/tfds [--short_side 256] [--fps 12] [--shard_size 64]
 
-Every video of each split is decoded (PyAV, or its frame folder), sampled at
-`--fps` (0 keeps every frame), resized to `--short_side`, and stored as one
-example: JPEG frames, their time stamps, the video labels and the temporal
-segments. Examples go to `DATA_DIR/mlar_DATASET/1.0.0/` as
-`mlar_DATASET-SPLIT.array_record-0000i-of-0000n` with TFDS metadata, so
-`tfds.data_source("mlar_DATASET", data_dir=DATA_DIR, split=SPLIT)` reads them,
-and `config.data.name=prepared` trains on them through the same pipeline.
-
-Resumable: a shard is written under a temporary name and renamed when
-complete; a rerun skips complete shards. Videos that fail to decode are left
-out, logged and listed in `skipped_SPLIT.json`. The annotation files are
-found in `--manual_dir` with the same names and options as the training config
+Writes the dataset of `builders.MlarCharades` (or MlarMmit, MlarCsv) into the
+builder's directory, `DATA_DIR/mlar_DATASET/VERSION/`, shard by shard: a shard
+is written under a temporary name and renamed when complete, its labels and
+skipped videos are kept in `progress_SPLIT.json`, and a rerun does only the
+shards missing. When every split asked for is complete the TFDS metadata is
+written, so `tfds.data_source("mlar_DATASET", data_dir=DATA_DIR, split=SPLIT)`
+reads it and `config.data.name=prepared` trains on it. Videos that fail to
+decode are logged, left out and listed in metadata.json. The annotation files
+are found in `--manual_dir` with the names and options of the training config
 (`config.data.<dataset>`), which `--set KEY=VALUE` overrides.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
 import re
 from typing import Any, Sequence
 
-import numpy as np
+import ml_collections
 import tensorflow_datasets as tfds
 import tqdm
 from absl import app
 from absl import flags
-from absl import logging
 from array_record.python.array_record_module import ArrayRecordReader
 from array_record.python.array_record_module import ArrayRecordWriter
 from etils import epath
-from PIL import Image
 
 from mlar_jax import config_lib
 from mlar_jax.data import base
-from mlar_jax.data import pipeline
-from mlar_jax.data import sources
-from mlar_jax.data import transforms
-from mlar_jax.data import video
-
-def features() -> tfds.features.FeaturesDict:
-  return tfds.features.FeaturesDict({
-      "id": tfds.features.Text(),
-      # JPEG bytes of each stored frame: decoding happens per sampled frame.
-      "frames": tfds.features.Tensor(shape=(None,), dtype=np.object_),
-      "timestamps": tfds.features.Tensor(shape=(None,), dtype=np.float32),
-      "labels": tfds.features.Tensor(shape=(None,), dtype=np.int32),
-      "segments": tfds.features.Tensor(shape=(None, 3), dtype=np.float32),
-      "fps": tfds.features.Scalar(dtype=np.float32),
-  })
+from mlar_jax.data import builders
 
 
 def _shard_name(dataset: str, split: str, i: int, n: int) -> str:
+  # TFDS's default file template, so both writers produce the same files.
   return f"mlar_{dataset}-{split}.array_record-{i:05d}-of-{n:05d}"
-
-
-def encode_video(source: base.VideoSource, record: base.Record, *, short_side: int,
-                 fps: float, quality: int = 90) -> dict[str, Any]:
-  """One example: the record's frames sampled at `fps` and resized."""
-  n, native_fps = source.video_info(record)
-  step = 1.0 if fps <= 0 else max(native_fps / fps, 1.0)
-  indices = np.unique(np.round(np.arange(0, n, step)).astype(np.int64).clip(0, n - 1))
-  frames = transforms.resize_short_side(source.load_frames(record, indices), short_side)
-  encoded = []
-  for frame in frames:
-    buf = io.BytesIO()
-    Image.fromarray(frame).save(buf, format="JPEG", quality=quality)
-    encoded.append(buf.getvalue())
-  return {"id": record["id"], "frames": np.array(encoded, dtype=object),
-          "timestamps": (indices / native_fps).astype(np.float32),
-          "labels": record["labels"].astype(np.int32),
-          "segments": np.asarray(record["segments"], np.float32).reshape(-1, 3),
-          "fps": np.float32(native_fps / step)}
 
 
 def prepare_split(source: base.VideoSource, dataset: str, split: str, out_dir: str, *,
                   short_side: int, fps: float, shard_size: int) -> dict[str, Any]:
-  """Writes (or completes) the shards of one split; returns a summary."""
-  feats = features()
+  """Writes (or completes) the shards of one split.
+
+  Returns:
+    A summary: split, shards, written_now, skipped, and (once every shard is
+    on disk) `labels`, the class indices of each written example in order.
+  """
+  feats = builders.features()
   num_shards = max(1, math.ceil(len(source) / shard_size))
-  skipped_path = os.path.join(out_dir, f"skipped_{split}.json")
-  skipped = json.load(open(skipped_path)) if os.path.exists(skipped_path) else {}
+  settings = {"videos": len(source), "shard_size": shard_size, "short_side": short_side,
+              "fps": fps}
+  progress_path = os.path.join(out_dir, f"progress_{split}.json")
+  progress = {"settings": settings, "shards": {}, "skipped": {}}
+  if os.path.exists(progress_path):
+    with open(progress_path) as f:
+      progress = json.load(f)
+    if progress["settings"] != settings:
+      raise ValueError(f"{progress_path}: split {split!r} was being prepared with "
+                       f"{progress['settings']}, now {settings}; use the same settings to "
+                       f"resume, or delete {out_dir} to start again")
   written = 0
   for shard in tqdm.trange(num_shards, desc=f"{dataset}/{split}", unit="shard"):
     path = os.path.join(out_dir, _shard_name(dataset, split, shard, num_shards))
-    if os.path.exists(path):
+    if os.path.exists(path) and str(shard) in progress["shards"]:
       continue
+    labels = []
     writer = ArrayRecordWriter(path + ".tmp", "group_size:1")
-    for i in range(shard * shard_size, min((shard + 1) * shard_size, len(source))):
-      record = source[i]
-      try:
-        example = encode_video(source, record, short_side=short_side, fps=fps)
-      except video.VideoDecodeError as e:
-        logging.warning("Skipping %s", e)
-        skipped[record["id"]] = str(e)
-        continue
+    for _, example in builders.examples(source, shard * shard_size,
+                               min((shard + 1) * shard_size, len(source)),
+                               progress["skipped"], short_side=short_side, fps=fps):
       writer.write(feats.serialize_example(feats.encode_example(example)))
+      labels.append(builders.label_list(example))
       written += 1
     writer.close()
+    # Progress first: a crash before the rename leaves a shard to redo, never a
+    # shard without its labels.
+    progress["shards"][str(shard)] = labels
+    with open(progress_path + ".tmp", "w") as f:
+      json.dump(progress, f)
+    os.replace(progress_path + ".tmp", progress_path)
     os.replace(path + ".tmp", path)
-    with open(skipped_path, "w") as f:
-      json.dump(skipped, f, indent=1)
   return {"split": split, "shards": num_shards, "written_now": written,
-          "skipped": len(skipped)}
+          "skipped": len(progress["skipped"]),
+          "labels": [l for s in range(num_shards) for l in progress["shards"][str(s)]],
+          "skipped_videos": progress["skipped"]}
 
 
-def _split_infos(out_dir: str, dataset: str) -> list[tfds.core.SplitInfo]:
-  """SplitInfos of every split whose shards are all on disk."""
+def prepare(data_cfg: ml_collections.ConfigDict, dataset: str, splits: Sequence[str],
+            data_dir: str, *, short_side: int, fps: float,
+            shard_size: int) -> list[dict[str, Any]]:
+  """Prepares `splits` of `dataset` under `data_dir`, resumably.
+
+  Args:
+    data_cfg: `config.data`; `data_cfg.<dataset>.root` is the manual dir.
+    dataset: "charades", "mmit" or "csv".
+    splits: splits to write (any already complete are kept).
+    data_dir: TFDS data dir.
+    short_side, fps: as the builder's.
+    shard_size: videos per shard.
+
+  Returns:
+    One summary per split (see `prepare_split`).
+  """
+  if not splits:
+    raise ValueError("no splits to prepare")
+  builder = builders.BUILDERS[dataset](data_dir=data_dir, data_cfg=data_cfg,
+                                       short_side=short_side, fps=fps, splits=splits)
+  out_dir = os.fspath(builder.data_path)
+  os.makedirs(out_dir, exist_ok=True)
+  summaries = []
+  for split in splits:
+    source = builder.source(split, data_cfg[dataset].root)
+    summaries.append(prepare_split(source, dataset, split, out_dir, short_side=short_side,
+                                   fps=fps, shard_size=shard_size))
+  # Splits prepared by an earlier run stay listed: read their metadata back.
+  metadata = tfds.core.MetadataDict()
+  if os.path.exists(os.path.join(out_dir, "metadata.json")):
+    metadata.load_metadata(out_dir)
+  metadata["class_names"] = list(source.class_names)
+  for s in summaries:
+    metadata.setdefault("labels", {})[s["split"]] = s["labels"]
+    metadata.setdefault("skipped", {})[s["split"]] = s["skipped_videos"]
+  info = builder.info
+  tfds.folder_dataset.write_metadata(
+      data_dir=out_dir, features=info.features, version=info.version,
+      split_infos=_split_infos(out_dir, dataset, set(metadata["labels"])),
+      check_data=False,  # TFDS's check reads through tf.data, not ArrayRecord
+      filename_template=tfds.core.ShardedFileTemplate(
+          data_dir=epath.Path(out_dir), dataset_name=builder.name,
+          template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",
+          filetype_suffix="array_record"),
+      description=info.description,
+      disable_shuffling=True, metadata=metadata)
+  return summaries
+
+
+def _split_infos(out_dir: str, dataset: str, splits: set[str]) -> list[tfds.core.SplitInfo]:
+  """SplitInfos of `splits`, all of whose shards are on disk."""
   pattern = re.compile(rf"^mlar_{re.escape(dataset)}-(\w+)\.array_record-(\d+)-of-(\d+)$")
-  shards: dict[str, list[tuple[int, int, str]]] = {}
+  shards: dict[str, list[str]] = {}
   for name in sorted(os.listdir(out_dir)):
     m = pattern.match(name)
-    if m:
-      shards.setdefault(m.group(1), []).append((int(m.group(2)), int(m.group(3)), name))
+    if m and m.group(1) in splits:
+      shards.setdefault(m.group(1), []).append(name)
   infos = []
   for split, files in sorted(shards.items()):
-    if len(files) != files[0][1]:
-      continue  # an incomplete split: not published until all its shards exist
     lengths = []
-    for _, _, name in sorted(files):
+    for name in files:
       reader = ArrayRecordReader(os.path.join(out_dir, name))
       lengths.append(reader.num_records())
       reader.close()
     infos.append(tfds.core.SplitInfo(
         name=split, shard_lengths=lengths,
-        num_bytes=sum(os.path.getsize(os.path.join(out_dir, f[2])) for f in files)))
+        num_bytes=sum(os.path.getsize(os.path.join(out_dir, f)) for f in files)))
   return infos
-
-
-def _labels_sidecar(out_dir: str, split: str, class_names: Sequence[str]) -> None:
-  """Labels of the prepared split in example order, and the class names, so a
-  reader gets counts and co-occurrence without reading the frames."""
-  src = tfds.builder_from_directory(out_dir).as_data_source(split)
-  labels = np.stack([np.asarray(ex["labels"]) for ex in src]) if len(src) else (
-      np.zeros((0, len(class_names)), np.int32))
-  np.save(os.path.join(out_dir, f"labels_{split}.npy"), labels)
-  with open(os.path.join(out_dir, "class_names.txt"), "w") as f:
-    f.write("\n".join(class_names) + "\n")
-
-
-def prepare(data_cfg, dataset: str, splits: Sequence[str], data_dir: str, *,
-            short_side: int, fps: float, shard_size: int) -> list[dict[str, Any]]:
-  """Prepares `splits` of `dataset` (config `data_cfg`) under `data_dir`."""
-  out_dir = sources.prepared_dir(data_dir, dataset)
-  os.makedirs(out_dir, exist_ok=True)
-  with data_cfg.unlocked():
-    data_cfg.name = dataset
-  summaries, class_names = [], None
-  for split in splits:
-    source = pipeline.make_source(data_cfg, split)
-    class_names = list(source.class_names)
-    summaries.append(prepare_split(source, dataset, split, out_dir, short_side=short_side,
-                                   fps=fps, shard_size=shard_size))
-  tfds.folder_dataset.write_metadata(
-      data_dir=out_dir, features=features(),
-      split_infos=_split_infos(out_dir, dataset),
-      check_data=False,  # TFDS's check reads through tf.data, not ArrayRecord
-      filename_template=tfds.core.ShardedFileTemplate(
-          data_dir=epath.Path(out_dir), dataset_name=f"mlar_{dataset}",
-          template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",
-          filetype_suffix="array_record"),
-      description=f"{dataset} prepared by mlar_jax.data.prepare "
-                  f"(short side {short_side}, fps {fps or 'native'})")
-  for split in splits:
-    _labels_sidecar(out_dir, split, class_names)
-  return summaries
 
 
 def main(argv):
@@ -189,7 +176,7 @@ def main(argv):
                                   else kind(value))
   for s in prepare(data_cfg, f.dataset, f.splits, f.data_dir, short_side=f.short_side,
                    fps=f.fps, shard_size=f.shard_size):
-    print(json.dumps(s))
+    print(json.dumps({k: s[k] for k in ("split", "shards", "written_now", "skipped")}))
 
 
 def define_flags() -> None:

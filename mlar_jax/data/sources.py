@@ -205,7 +205,7 @@ def video_list(split: str, *, root: str, csv_file: str, classes: str, videos: st
   return FileVideos(split, names, records)
 
 
-PREPARED_VERSION = "1.0.0"
+PREPARED_VERSION = "1.1.0"
 
 
 def prepared_dir(data_dir: str, dataset: str) -> str:
@@ -214,20 +214,33 @@ def prepared_dir(data_dir: str, dataset: str) -> str:
 
 
 class PreparedVideos(base.VideoSource):
-  """A split written by `mlar_jax.data.prepare`, read with TFDS's ArrayRecord
-  data source. Frames are JPEG bytes; only the sampled ones are decoded."""
+  """A split written by `mlar_jax.data.prepare` (its command or its TFDS
+  builders), read with TFDS's ArrayRecord data source. Frames are JPEG bytes;
+  only the sampled ones are decoded. Class names and the label matrix come
+  from the dataset's metadata.json, so counts and co-occurrence need no pass
+  over the examples."""
 
   def __init__(self, split: str, *, data_dir: str, dataset: str):
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     root = prepared_dir(data_dir, dataset)
-    labels_path = os.path.join(root, f"labels_{split}.npy")
-    if not os.path.exists(labels_path):
-      raise FileNotFoundError(f"{labels_path}: split {split!r} of {dataset!r} is not "
-                              f"prepared in {data_dir} (run python -m mlar_jax.data.prepare)")
+    hint = f"(run python -m mlar_jax.data.prepare --dataset {dataset} --data_dir {data_dir})"
+    if not os.path.exists(os.path.join(root, "dataset_info.json")):
+      raise FileNotFoundError(f"{root}: no prepared {dataset!r} data of version "
+                              f"{PREPARED_VERSION} {hint}")
+    builder = tfds.builder_from_directory(root)
+    meta = builder.info.metadata or {}
+    if split not in builder.info.splits or split not in meta.get("labels", {}):
+      raise FileNotFoundError(f"{root}: split {split!r} is not prepared; prepared: "
+                              f"{sorted(builder.info.splits)} {hint}")
     self.split = split
-    self._data = tfds.builder_from_directory(root).as_data_source(split)
-    self._labels = np.load(labels_path)
-    self._class_names = tuple(_read_lines(os.path.join(root, "class_names.txt")))
+    self._data = builder.as_data_source(split)
+    self._class_names = tuple(meta["class_names"])
+    self._labels = np.zeros((len(meta["labels"][split]), len(self._class_names)), np.int32)
+    for row, classes in zip(self._labels, meta["labels"][split]):
+      row[classes] = 1
+    if len(self._labels) != len(self._data):
+      raise ValueError(f"{root}/metadata.json: {len(self._labels)} labels for split "
+                       f"{split!r} of {len(self._data)} examples")
 
   def __len__(self) -> int:
     return len(self._data)
