@@ -1,14 +1,19 @@
-"""Training-clip throughput of the input pipeline on real mp4 files.
+"""Training-clip throughput of the input pipeline on real mp4 files, and on
+the same videos prepared as JPEG frames in ArrayRecord.
 
   .venv/bin/python benchmarks/input_pipeline.py [--videos 24] [--workers 0,1,2,4]
-      [--batches 20] [--frames 32] [--crop 224]
+      [--batches 20] [--frames 32] [--crop 224] [--sources mp4,prepared]
 
 Writes `--videos` H.264 mp4 files (320x240, 30 fps, 10 s, a keyframe every 2 s
 as typical downloads have) to a temporary folder, then times the training
 pipeline of `mlar_jax.data.pipeline.train_dataset`: random rate from {2, 4,
 8}, seek + decode of 32 frames, short-side jitter [256, 320], 224 crop, flip,
-batches of 8. Reports clips per second after one warm-up batch for each
-number of grain worker processes (0 = decode in the main process's threads).
+batches of 8. `prepared` first writes the videos with `mlar_jax.data.prepare`
+(short side 256, every frame) and then decodes only the sampled JPEG frames.
+Reports clips per second after one warm-up batch for each number of grain
+worker processes (0 = decode in the main process's threads), and for 0 the
+CPU-seconds per clip (the process's CPU time over the timed batches), which
+says how many cores a host needs to feed a given step rate.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from absl import flags
 
 from mlar_jax import config_lib
 from mlar_jax.data import pipeline
-from mlar_jax.data import sources
+from mlar_jax.data import prepare
 
 
 def write_videos(folder: str, n: int, seconds: int = 10, fps: int = 30) -> None:
@@ -50,6 +55,22 @@ def write_videos(folder: str, n: int, seconds: int = 10, fps: int = 30) -> None:
     f.write("\n".join(lines) + "\n")
 
 
+def time_pipeline(source, cfg, args) -> None:
+  for workers in map(int, args.workers.split(",")):
+    cfg.num_workers = workers
+    it = iter(pipeline.train_dataset(source, cfg, global_batch_size=args.batch_size, seed=0))
+    next(it)  # warm-up: worker start and first decode
+    t, cpu = time.perf_counter(), time.process_time()
+    for _ in range(args.batches):
+      batch = next(it)
+    dt, dcpu = time.perf_counter() - t, time.process_time() - cpu
+    assert batch["video"].shape == (args.batch_size, args.frames, args.crop, args.crop, 3)
+    clips = args.batches * args.batch_size
+    cpu_note = f", {dcpu / clips:.3f} CPU-s/clip" if workers == 0 else ""
+    print(f"  workers={workers}: {clips / dt:.1f} clips/s{cpu_note}", flush=True)
+    it.close()  # stop prefetching before the next setting (and the folder's removal)
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--videos", type=int, default=24)
@@ -58,6 +79,7 @@ def main():
   p.add_argument("--batch_size", type=int, default=8)
   p.add_argument("--frames", type=int, default=32)
   p.add_argument("--crop", type=int, default=224)
+  p.add_argument("--sources", default="mp4,prepared")
   args = p.parse_args()
   flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags
   with tempfile.TemporaryDirectory() as folder:
@@ -66,21 +88,21 @@ def main():
     cfg.update(name="csv", num_frames=args.frames, rates=(2, 4, 8), crop_size=args.crop,
                min_short_side=256, max_short_side=320, eval_short_side=256)
     cfg.csv.update(root=folder, classes="classes.txt")
-    source = pipeline.make_source(cfg, "train")
-    assert isinstance(source, sources.FileVideos)
     print(f"{args.videos} videos, clips of {args.frames} frames at {args.crop}px, "
           f"batch {args.batch_size}, {os.cpu_count()} CPUs")
-    for workers in map(int, args.workers.split(",")):
-      cfg.num_workers = workers
-      it = iter(pipeline.train_dataset(source, cfg, global_batch_size=args.batch_size, seed=0))
-      next(it)  # warm-up: worker start and first decode
-      t = time.perf_counter()
-      for _ in range(args.batches):
-        batch = next(it)
-      dt = time.perf_counter() - t
-      assert batch["video"].shape == (args.batch_size, args.frames, args.crop, args.crop, 3)
-      print(f"workers={workers}: {args.batches * args.batch_size / dt:.1f} clips/s", flush=True)
-      it.close()  # stop prefetching before the next setting (and the folder's removal)
+    for name in args.sources.split(","):
+      if name == "prepared":
+        t = time.perf_counter()
+        prepare.prepare(cfg, "csv", ["train"], os.path.join(folder, "tfds"), short_side=256,
+                        fps=0, shard_size=8)
+        print(f"prepared in {time.perf_counter() - t:.0f} s", flush=True)
+        cfg.name = "prepared"
+        cfg.prepared.update(data_dir=os.path.join(folder, "tfds"), dataset="csv")
+      else:
+        cfg.name = "csv"
+      source = pipeline.make_source(cfg, "train")
+      print(f"{name}:", flush=True)
+      time_pipeline(source, cfg, args)
 
 
 if __name__ == "__main__":

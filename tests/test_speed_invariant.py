@@ -46,9 +46,12 @@ def test_the_default_plan_is_the_papers_30_views():
   plan = evaluate.plan_from_config(config)
   rates = [v.rate for v in plan]
   assert len(plan) == 30 and rates.count(4) == 12 and rates.count(8) == 9 and rates.count(2) == 9
-  crops = transforms.uniform_crop(np.arange(36 * 36 * 3, dtype=np.uint8).reshape(1, 36, 36, 3)
-                                  .repeat(2, 0), 32, 2, 3)
-  assert crops.shape == (2, 32, 32, 3)
+  # PySlowFast's 3 crops: first, centre, last along the longer side.
+  assert [transforms.uniform_crop_origin(36, 48, 32, i, 3) for i in range(3)] == [
+      (2, 0), (2, 8), (2, 16)]
+  assert [transforms.uniform_crop_origin(48, 36, 32, i, 3) for i in range(3)] == [
+      (0, 2), (8, 2), (16, 2)]
+  assert transforms.uniform_crop_origin(36, 48, 32, 0, 1) == (2, 8)
 
 
 @pytest.mark.parametrize("how", ["sum", "mean", "max"])

@@ -17,11 +17,29 @@ def test_clip_indices_and_short_videos():
   assert transforms.random_clip_start(rng, 10, 8, 4) == 0
 
 
-def test_resize_matches_jax_image_resize_when_upsampling():
-  frames = np.random.default_rng(0).integers(0, 256, (2, 6, 7, 3), dtype=np.uint8)
-  got = transforms.resize(frames, 12, 11).astype(np.float32)
-  want = np.asarray(jax.image.resize(frames.astype(np.float32), (2, 12, 11, 3), "bilinear"))
-  np.testing.assert_allclose(got, np.clip(np.round(want), 0, 255), atol=1)
+def test_resize_matches_jax_image_resize():
+  frames = np.random.default_rng(0).integers(0, 256, (2, 24, 28, 3), dtype=np.uint8)
+  # Up, down (antialiased on both sides), and down on one axis only.
+  for height, width in ((48, 44), (12, 14), (24, 10)):
+    got = transforms.resize(frames, height, width).astype(np.float32)
+    want = np.asarray(jax.image.resize(frames.astype(np.float32), (2, height, width, 3),
+                                       "bilinear", antialias=True))
+    np.testing.assert_allclose(got, np.clip(np.round(want), 0, 255), atol=1)
+
+
+def test_resize_window_is_a_crop_of_the_full_resize():
+  frames = np.random.default_rng(1).integers(0, 256, (3, 24, 32, 3), dtype=np.uint8)
+  for height, width in ((30, 40), (12, 16), (24, 40)):  # up, down, one axis only
+    full = transforms.resize(frames, height, width)
+    window = transforms.resize(frames, height, width, (2, 3, 8, 9))
+    np.testing.assert_allclose(window, full[:, 2:10, 3:12], atol=1)  # PIL's rounding
+  # Each view of a 3-crop evaluation is that crop of the resized frames.
+  full = transforms.resize_short_side(frames, 30)
+  assert full.shape == (3, 30, 40, 3)
+  for i, left in enumerate((0, 5, 10)):
+    np.testing.assert_allclose(
+        transforms.eval_view(frames, short_side=30, crop_size=30, crop_index=i, num_crops=3),
+        full[:, :, left:left + 30], atol=1)
 
 
 def test_train_augment_shapes_and_determinism():
