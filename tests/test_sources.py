@@ -2,7 +2,9 @@
 and a training run on a Charades-format folder through the config alone."""
 
 import json
+import logging
 import os
+import re
 
 import numpy as np
 import pytest
@@ -135,11 +137,15 @@ def test_pipeline_skips_and_counts_corrupt_videos(charades_root):
       next(it)
 
 
-def test_training_on_a_charades_folder_by_config_alone(charades_root, tmp_path):
+def test_training_on_a_charades_folder_by_config_alone(charades_root, tmp_path, caplog):
   config = _config(charades_root)
   config.data.max_error_ratio = 0.5
   config.num_train_steps = 3
+  caplog.set_level(logging.INFO)
   results = train.train_and_evaluate(config, str(tmp_path / "run"))
+  # The step log says how much of the time went to waiting for the pipeline.
+  waits = [float(m) for m in re.findall(r"clips/s, (\d+)% waiting for input", caplog.text)]
+  assert waits and all(0 <= w <= 100 for w in waits)
   on_disk = json.loads((tmp_path / "run" / "eval_results.json").read_text())
   assert on_disk["num_videos"] == 2 and on_disk["skipped_clips"] == 0
   assert on_disk["train_skipped_samples"] >= 1
