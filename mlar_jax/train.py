@@ -210,6 +210,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   class_names = list(train_source.class_names)
   num_classes = len(class_names)
   train_errors = pipeline.DecodeErrors(config.data.max_error_ratio)
+  # Evaluation splits are opened (annotations parsed) now, so that a missing
+  # or malformed one fails before training rather than after it.
+  eval_splits = {config.eval.split} if mode != "train" else set()
+  if config.eval_every_steps and mode != "eval":
+    eval_splits.add("val")
+  eval_sources = {split: pipeline.make_source(config.data, split) for split in eval_splits}
 
   def train_iterator(start_batch: int = 0):
     return iter(pipeline.train_dataset(
@@ -231,7 +237,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   eval_step = evaluate.make_eval_step(model, config, mesh, state_shardings)
 
   def run_eval(state, split: str, write: bool = False) -> dict[str, Any]:
-    source = pipeline.make_source(config.data, split)
+    source = eval_sources[split]
     plan = evaluate.plan_from_config(config)
     collectors, errors = evaluate.run(eval_step, state, source, config, mesh)
     results = evaluate.report(

@@ -152,6 +152,28 @@ def test_training_on_a_charades_folder_by_config_alone(charades_root, tmp_path, 
   assert results["per_class_ap"].keys() == {n for n in CLASSES}
 
 
+def test_training_on_an_mmit_folder_by_config_alone(charades_root, tmp_path):
+  # M-MiT layout: "path,label,label" lines (names or indices) and a class file.
+  (tmp_path / "moments_categories.txt").write_text("holding,0\nopening,1\nsitting,2\n")
+  (tmp_path / "trainingSet.csv").write_text(
+      "AAA01.mp4,holding,sitting\nAAA02.mp4,opening\nAAA03.mp4,0\nAAA04.mp4,2,1\n")
+  (tmp_path / "validationSet.csv").write_text("AAA01.mp4,holding\nAAA02.mp4,opening\n")
+  config = _config(charades_root)
+  config.data.name = "mmit"
+  config.data.mmit.update(root=str(tmp_path), videos=str(charades_root / "videos"), fps=24.0)
+  config.data.label_mode = "video"
+  config.num_train_steps = 2
+  # M-MiT has no test CSV: asking for it fails before any training step.
+  with pytest.raises(ValueError, match="no test_csv for split 'test'"):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run" / "checkpoints").exists() or not os.listdir(
+      tmp_path / "run" / "checkpoints")
+  config.eval.split = "val"
+  results = train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert results["num_videos"] == 2 and results["split"] == "val"
+  assert list(results["per_class_ap"]) == ["holding", "opening", "sitting"]
+
+
 def _data_cfg(charades_root):
   from mlar_jax import config_lib
   data_cfg = config_lib.data_config()
