@@ -248,6 +248,18 @@ def test_prepare_resumes_after_a_lost_shard(charades_root, prepared, tmp_path):
   assert [src[i]["id"] for i in range(len(src))] == [ref[i]["id"] for i in range(len(ref))]
   np.testing.assert_array_equal(src.label_matrix(), ref.label_matrix())
   assert len(_prepared_source(out, "test")) == 2  # the other split is still listed
+  # A split left half done by an earlier run is not published until finished.
+  progress_path = os.path.join(root, "progress_test.json")
+  progress = json.loads(open(progress_path).read())
+  progress["shards"].pop("0")
+  open(progress_path, "w").write(json.dumps(progress))
+  prepare.prepare(_data_cfg(charades_root), "charades", ["train"], out, short_side=32,
+                  fps=12.0, shard_size=2)
+  with pytest.raises(FileNotFoundError, match="split 'test' is not prepared"):
+    _prepared_source(out, "test")
+  again = prepare.prepare(_data_cfg(charades_root), "charades", ["test"], out,
+                          short_side=32, fps=12.0, shard_size=2)
+  assert again[0]["written_now"] == 2 and len(_prepared_source(out, "test")) == 2
   with pytest.raises(ValueError, match="shard_size"):
     prepare.prepare(_data_cfg(charades_root), "charades", ["train"], out, short_side=32,
                     fps=12.0, shard_size=3)
@@ -276,3 +288,9 @@ def test_tfds_builder_writes_what_the_command_writes(charades_root, prepared, tm
   np.testing.assert_array_equal(src.label_matrix(), ref.label_matrix())
   assert src.class_names == ref.class_names
   assert list(builder.info.metadata["skipped"]["train"]) == ["BAD01"]
+  # Videos are decoded a chunk of frames at a time; the chunk changes nothing.
+  videos = _charades(charades_root)
+  whole, chunked = (builders.encode_video(videos, videos[0], short_side=32, fps=12.0, chunk=c)
+                    for c in (64, 5))
+  np.testing.assert_array_equal(whole["frames"], chunked["frames"])
+  np.testing.assert_array_equal(whole["timestamps"], chunked["timestamps"])

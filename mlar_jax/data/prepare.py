@@ -28,7 +28,7 @@ import tensorflow_datasets as tfds
 import tqdm
 from absl import app
 from absl import flags
-from array_record.python.array_record_module import ArrayRecordReader
+from absl import logging
 from array_record.python.array_record_module import ArrayRecordWriter
 from etils import epath
 
@@ -37,42 +37,53 @@ from mlar_jax.data import base
 from mlar_jax.data import builders
 
 
-def _shard_name(dataset: str, split: str, i: int, n: int) -> str:
-  # TFDS's default file template, so both writers produce the same files.
-  return f"mlar_{dataset}-{split}.array_record-{i:05d}-of-{n:05d}"
+def _progress_path(out_dir: str, split: str) -> str:
+  return os.path.join(out_dir, f"progress_{split}.json")
 
 
-def prepare_split(source: base.VideoSource, dataset: str, split: str, out_dir: str, *,
+def _file_template(out_dir: str, builder: tfds.core.DatasetBuilder,
+                   split: str | None = None) -> tfds.core.ShardedFileTemplate:
+  # TFDS's default file names, so both writers produce the same files.
+  return tfds.core.ShardedFileTemplate(
+      data_dir=epath.Path(out_dir), dataset_name=builder.name, split=split,
+      template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",
+      filetype_suffix="array_record")
+
+
+def prepare_split(source: base.VideoSource, template: tfds.core.ShardedFileTemplate, *,
                   short_side: int, fps: float, shard_size: int) -> dict[str, Any]:
   """Writes (or completes) the shards of one split.
 
+  Progress (settings, the labels of each complete shard, skipped videos) is
+  kept in `progress_SPLIT.json` beside the shards.
+
   Returns:
-    A summary: split, shards, written_now, skipped, and (once every shard is
-    on disk) `labels`, the class indices of each written example in order.
+    A summary: split, shards, written_now, skipped.
   """
+  split, out_dir = template.split, os.fspath(template.data_dir)
   feats = builders.features()
   num_shards = max(1, math.ceil(len(source) / shard_size))
   settings = {"videos": len(source), "shard_size": shard_size, "short_side": short_side,
               "fps": fps}
-  progress_path = os.path.join(out_dir, f"progress_{split}.json")
+  path = _progress_path(out_dir, split)
   progress = {"settings": settings, "shards": {}, "skipped": {}}
-  if os.path.exists(progress_path):
-    with open(progress_path) as f:
+  if os.path.exists(path):
+    with open(path) as f:
       progress = json.load(f)
     if progress["settings"] != settings:
-      raise ValueError(f"{progress_path}: split {split!r} was being prepared with "
+      raise ValueError(f"{path}: split {split!r} was being prepared with "
                        f"{progress['settings']}, now {settings}; use the same settings to "
                        f"resume, or delete {out_dir} to start again")
   written = 0
-  for shard in tqdm.trange(num_shards, desc=f"{dataset}/{split}", unit="shard"):
-    path = os.path.join(out_dir, _shard_name(dataset, split, shard, num_shards))
-    if os.path.exists(path) and str(shard) in progress["shards"]:
+  for shard in tqdm.trange(num_shards, desc=f"{template.dataset_name}/{split}", unit="shard"):
+    shard_path = os.fspath(template.sharded_filepath(shard_index=shard, num_shards=num_shards))
+    if os.path.exists(shard_path) and str(shard) in progress["shards"]:
       continue
     labels = []
-    writer = ArrayRecordWriter(path + ".tmp", "group_size:1")
-    for _, example in builders.examples(source, shard * shard_size,
-                               min((shard + 1) * shard_size, len(source)),
-                               progress["skipped"], short_side=short_side, fps=fps):
+    writer = ArrayRecordWriter(shard_path + ".tmp", "group_size:1")
+    for _, example in builders.examples(
+        source, shard * shard_size, min((shard + 1) * shard_size, len(source)),
+        progress["skipped"], short_side=short_side, fps=fps):
       writer.write(feats.serialize_example(feats.encode_example(example)))
       labels.append(builders.label_list(example))
       written += 1
@@ -80,14 +91,12 @@ def prepare_split(source: base.VideoSource, dataset: str, split: str, out_dir: s
     # Progress first: a crash before the rename leaves a shard to redo, never a
     # shard without its labels.
     progress["shards"][str(shard)] = labels
-    with open(progress_path + ".tmp", "w") as f:
+    with open(path + ".tmp", "w") as f:
       json.dump(progress, f)
-    os.replace(progress_path + ".tmp", progress_path)
     os.replace(path + ".tmp", path)
+    os.replace(shard_path + ".tmp", shard_path)
   return {"split": split, "shards": num_shards, "written_now": written,
-          "skipped": len(progress["skipped"]),
-          "labels": [l for s in range(num_shards) for l in progress["shards"][str(s)]],
-          "skipped_videos": progress["skipped"]}
+          "skipped": len(progress["skipped"])}
 
 
 def prepare(data_cfg: ml_collections.ConfigDict, dataset: str, splits: Sequence[str],
@@ -95,10 +104,12 @@ def prepare(data_cfg: ml_collections.ConfigDict, dataset: str, splits: Sequence[
             shard_size: int) -> list[dict[str, Any]]:
   """Prepares `splits` of `dataset` under `data_dir`, resumably.
 
+  Splits prepared earlier into the same directory stay listed.
+
   Args:
     data_cfg: `config.data`; `data_cfg.<dataset>.root` is the manual dir.
     dataset: "charades", "mmit" or "csv".
-    splits: splits to write (any already complete are kept).
+    splits: splits to write (complete shards are kept).
     data_dir: TFDS data dir.
     short_side, fps: as the builder's.
     shard_size: videos per shard.
@@ -108,56 +119,45 @@ def prepare(data_cfg: ml_collections.ConfigDict, dataset: str, splits: Sequence[
   """
   if not splits:
     raise ValueError("no splits to prepare")
-  builder = builders.BUILDERS[dataset](data_dir=data_dir, data_cfg=data_cfg,
-                                       short_side=short_side, fps=fps, splits=splits)
+  builder = builders.BUILDERS[dataset](
+      data_dir=data_dir, file_format="array_record", data_cfg=data_cfg,
+      short_side=short_side, fps=fps, splits=splits)
   out_dir = os.fspath(builder.data_path)
   os.makedirs(out_dir, exist_ok=True)
   summaries = []
   for split in splits:
     source = builder.source(split, data_cfg[dataset].root)
-    summaries.append(prepare_split(source, dataset, split, out_dir, short_side=short_side,
-                                   fps=fps, shard_size=shard_size))
-  # Splits prepared by an earlier run stay listed: read their metadata back.
-  metadata = tfds.core.MetadataDict()
-  if os.path.exists(os.path.join(out_dir, "metadata.json")):
-    metadata.load_metadata(out_dir)
-  metadata["class_names"] = list(source.class_names)
-  for s in summaries:
-    metadata.setdefault("labels", {})[s["split"]] = s["labels"]
-    metadata.setdefault("skipped", {})[s["split"]] = s["skipped_videos"]
+    summaries.append(prepare_split(source, _file_template(out_dir, builder, split),
+                                   short_side=short_side, fps=fps, shard_size=shard_size))
+  # Publish every complete split here, of this run or an earlier one.
   info = builder.info
-  tfds.folder_dataset.write_metadata(
-      data_dir=out_dir, features=info.features, version=info.version,
-      split_infos=_split_infos(out_dir, dataset, set(metadata["labels"])),
-      check_data=False,  # TFDS's check reads through tf.data, not ArrayRecord
-      filename_template=tfds.core.ShardedFileTemplate(
-          data_dir=epath.Path(out_dir), dataset_name=builder.name,
-          template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",
-          filetype_suffix="array_record"),
-      description=info.description,
-      disable_shuffling=True, metadata=metadata)
-  return summaries
-
-
-def _split_infos(out_dir: str, dataset: str, splits: set[str]) -> list[tfds.core.SplitInfo]:
-  """SplitInfos of `splits`, all of whose shards are on disk."""
-  pattern = re.compile(rf"^mlar_{re.escape(dataset)}-(\w+)\.array_record-(\d+)-of-(\d+)$")
-  shards: dict[str, list[str]] = {}
+  info.metadata.update(class_names=list(source.class_names), labels={}, skipped={})
+  split_infos = []
   for name in sorted(os.listdir(out_dir)):
-    m = pattern.match(name)
-    if m and m.group(1) in splits:
-      shards.setdefault(m.group(1), []).append(name)
-  infos = []
-  for split, files in sorted(shards.items()):
-    lengths = []
-    for name in files:
-      reader = ArrayRecordReader(os.path.join(out_dir, name))
-      lengths.append(reader.num_records())
-      reader.close()
-    infos.append(tfds.core.SplitInfo(
-        name=split, shard_lengths=lengths,
-        num_bytes=sum(os.path.getsize(os.path.join(out_dir, f)) for f in files)))
-  return infos
+    m = re.fullmatch(r"progress_(\w+)\.json", name)
+    if not m:
+      continue
+    split = m.group(1)
+    with open(os.path.join(out_dir, name)) as f:
+      progress = json.load(f)
+    settings = progress["settings"]
+    num_shards = max(1, math.ceil(settings["videos"] / settings["shard_size"]))
+    if len(progress["shards"]) < num_shards:
+      logging.warning("Split %r is not complete (%d of %d shards): not published; rerun "
+                      "with --splits=%s to finish it", split, len(progress["shards"]),
+                      num_shards, split)
+      continue
+    shards = [progress["shards"][str(i)] for i in range(num_shards)]
+    template = _file_template(out_dir, builder, split)
+    info.metadata["labels"][split] = [labels for shard in shards for labels in shard]
+    info.metadata["skipped"][split] = progress["skipped"]
+    split_infos.append(tfds.core.SplitInfo(
+        name=split, shard_lengths=[len(shard) for shard in shards],
+        num_bytes=sum(os.path.getsize(f) for f in template.sharded_filepaths(num_shards)),
+        filename_template=template))
+  info.set_splits(tfds.core.SplitDict(split_infos))
+  info.write_to_directory(out_dir)
+  return summaries
 
 
 def main(argv):
@@ -176,7 +176,7 @@ def main(argv):
                                   else kind(value))
   for s in prepare(data_cfg, f.dataset, f.splits, f.data_dir, short_side=f.short_side,
                    fps=f.fps, shard_size=f.shard_size):
-    print(json.dumps({k: s[k] for k in ("split", "shards", "written_now", "skipped")}))
+    print(json.dumps(s))
 
 
 def define_flags() -> None:
