@@ -6,6 +6,9 @@
 Arguments (comma-separated):
   root=DIR       the Charades folder: Charades_v1_{train,test}.csv,
                  Charades_v1_classes.txt and Charades_v1_480/ videos.
+  prepared=DIR   read the TFDS data dir written by `python -m
+                 mlar_jax.data.prepare --dataset charades` instead (prepare
+                 with --fps 0 to keep 24 fps, so that rates mean the same).
   backbone=NAME  slowfast_r101 (default), nl_r101, csn_r152, i3d_r50, ...
   head=NAME      mlar (default) or linear.
   runlocal       tiny sizes and a few steps, for a small local copy.
@@ -21,12 +24,13 @@ from mlar_jax import config_lib
 
 
 def get_config(arg=None):
-  args = config_lib.parse_arg(arg, root="", backbone="slowfast_r101", head="mlar",
-                              runlocal=False)
+  args = config_lib.parse_arg(arg, root="", prepared="", backbone="slowfast_r101",
+                              head="mlar", runlocal=False)
   config = config_lib.base_config()
   d = config.data
-  d.name = "charades"
+  d.name = "prepared" if args.prepared else "charades"
   d.charades.root = args.root
+  d.prepared.update(data_dir=args.prepared, dataset="charades")
   d.num_frames, d.rates = 32, (4,)
   d.label_mode = "window"
   config.model.backbone, config.model.head = args.backbone, args.head

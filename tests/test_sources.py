@@ -108,11 +108,12 @@ def test_frame_folders_source(tmp_path, charades_root):
   assert [read_index(f) for f in src.load_frames(src[1], [3, 9])] == [3, 9]
 
 
-def _config(root, **data):
+def _config(root, prepared="", **data):
   # The Charades config itself, with a tiny backbone and this folder's layout.
-  config = load_config("charades", f"runlocal,root={root},backbone=resnet3d_tiny")
+  config = load_config("charades", f"runlocal,root={root},prepared={prepared},"
+                                   "backbone=resnet3d_tiny")
   d = config.data
-  assert d.name == "charades" and d.charades.root == str(root)
+  assert d.name == ("prepared" if prepared else "charades") and d.charades.root == str(root)
   d.charades.videos = "videos"
   d.update(min_short_side=32, max_short_side=36, crop_size=32, eval_short_side=32,
            num_frames=4, rates=(4,), label_mode="window", **data)
@@ -182,11 +183,9 @@ def _data_cfg(charades_root):
 
 
 def _prepared_source(out, split="train"):
-  from mlar_jax import config_lib
-  cfg = config_lib.data_config()
-  cfg.name = "prepared"
-  cfg.prepared.update(data_dir=out, dataset="charades")
-  return pipeline.make_source(cfg, split)
+  # Through the Charades config's switch to prepared data.
+  config = load_config("charades", f"runlocal,prepared={out}")
+  return pipeline.make_source(config.data, split)
 
 
 @pytest.fixture(scope="module")
@@ -222,11 +221,14 @@ def test_prepare_writes_array_record_read_back_by_tfds(prepared):
   assert list(meta["skipped"]["train"]) == ["BAD01"] and meta["skipped"]["test"] == {}
   with pytest.raises(FileNotFoundError, match="split 'val' is not prepared"):
     _prepared_source(out, "val")
-  # Training clips with window labels come out of the same pipeline.
-  config = _config("unused")
-  batch = next(iter(pipeline.train_dataset(src, config.data, global_batch_size=4, seed=0)))
-  assert batch["video"].shape == (4, 4, 32, 32, 3)
-  assert batch["labels"].shape == (4, 4) and batch["labels"].sum() > 0
+
+
+def test_training_on_prepared_data(prepared, tmp_path):
+  config = _config("unused", prepared=prepared[0])
+  config.num_train_steps = 2
+  results = train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert results["num_videos"] == 2 and results["skipped_clips"] == 0
+  assert list(results["per_class_ap"]) == CLASSES
 
 
 def test_prepare_resumes_after_a_lost_shard(charades_root, prepared, tmp_path):
