@@ -91,7 +91,8 @@ def run(eval_step: Callable, state: Any, source: base.VideoSource,
   errors = pipeline.DecodeErrors(config.data.max_error_ratio)
   ds = pipeline.eval_dataset(source, config.data, plan, local_batch_size=local_bs,
                              process_index=pindex, process_count=pcount, errors=errors)
-  num_batches = math.ceil(math.ceil(len(source) * len(plan) / pcount) / local_bs)
+  num_batches = pipeline.eval_num_batches(len(source), plan, local_batch_size=local_bs,
+                                          process_count=pcount)
   # Any eval batch size works on any mesh: rows are padded (and masked) up to a
   # multiple of this host's devices on the batch axes.
   local_devices = mesh.shape["data"] * mesh.shape["fsdp"] // pcount

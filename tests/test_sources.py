@@ -138,6 +138,32 @@ def test_pipeline_skips_and_counts_corrupt_videos(charades_root):
       next(it)
 
 
+def test_eval_pipeline_decodes_a_window_once_for_its_crops(charades_root, monkeypatch):
+  from mlar_jax.data import sampling
+  config = _config(charades_root, max_error_ratio=0.5)
+  config.data.eval_short_side = 40  # room for two different 32-pixel crops
+  src = pipeline.make_source(config.data, "train")  # BAD01 (index 4) is truncated
+  plan = sampling.view_plan(((4, 2),), 2)
+  decodes = []
+  load = src.load_frames
+  monkeypatch.setattr(src, "load_frames", lambda r, i: decodes.append(r["id"]) or load(r, i))
+  errors = pipeline.DecodeErrors(0.5, min_samples=1000)
+  batches = list(pipeline.eval_dataset(src, config.data, plan, local_batch_size=3,
+                                       errors=errors))
+  got = sorted((int(i), int(v)) for b in batches for i, v in zip(b["index"], b["view"]))
+  assert got == [(i, v) for i in range(4) for v in range(4)]  # each clip once
+  # One decode per (video, window); BAD01 fails when opened, before decoding.
+  assert sorted(decodes) == [vid for vid in ("AAA01", "AAA02", "AAA03", "AAA04")
+                             for _ in range(2)]
+  assert errors.failed == 4  # BAD01's 4 views
+  # The two crops of a window are different clips.
+  b = batches[0]
+  assert b["view"][0] == 0 and b["view"][1] == 1
+  assert not np.array_equal(b["video"][0], b["video"][1])
+  assert pipeline.eval_num_batches(5, plan, local_batch_size=3) == 7  # 20 clips
+  assert pipeline.eval_num_batches(5, plan, local_batch_size=3, process_count=2) == 4
+
+
 def test_training_on_a_charades_folder_by_config_alone(charades_root, tmp_path, caplog):
   config = _config(charades_root)
   config.data.max_error_ratio = 0.5

@@ -75,7 +75,9 @@ def test_seven_videos_batch_four_on_eight_devices_count_once(devices):
   config = load_config("synthetic", "runlocal,speed_invariant")
   config.data.synthetic.num_test = 7
   config.eval.batch_size = 4
-  config.eval.views, config.eval.spatial_crops = ((4, 1), (2, 1)), 1
+  # 2 windows x 3 crops: each window is decoded once for its 3 views.
+  config.eval.views, config.eval.spatial_crops = ((4, 1), (2, 1)), 3
+  config.data.eval_short_side = config.data.crop_size + 4
   mesh = sharding.make_mesh(config.mesh, devices)
   source = pipeline.make_source(config.data, "test")
   model = registry.build_model(config.model, source.num_classes)
@@ -90,8 +92,8 @@ def test_seven_videos_batch_four_on_eight_devices_count_once(devices):
   collectors, errors = evaluate.run(step, state, source, config, mesh)
   assert errors.failed == 0
   arrays = collectors["logits"].arrays()
-  # 7 videos x 2 views = 14 clips in batches of 4 padded to 8 rows: each once.
-  assert sorted(zip(arrays["index"], arrays["view"])) == [(i, j) for i in range(7) for j in range(2)]
+  # 7 videos x 6 views = 42 clips in batches of 4 padded to 8 rows: each once.
+  assert sorted(zip(arrays["index"], arrays["view"])) == [(i, j) for i in range(7) for j in range(6)]
   scores = evaluate.video_scores(collectors["logits"], 7, "sum")
   # Against a loop: every clip through the model alone, summed per video.
   plan = evaluate.plan_from_config(config)
@@ -102,7 +104,8 @@ def test_seven_videos_batch_four_on_eight_devices_count_once(devices):
       clip = transforms.eval_view(
           source.load_frames(source[i], sampling.view_indices(source[i]["num_frames"],
                                                               config.data.num_frames, view)),
-          short_side=config.data.eval_short_side, crop_size=s)
+          short_side=config.data.eval_short_side, crop_size=s, crop_index=view.crop,
+          num_crops=view.num_crops)
       x = transforms.normalize(clip[None], config.data.mean, config.data.std)
       total = total + jax.nn.sigmoid(model.apply(variables, x, train=False)["logits"][0])
     np.testing.assert_allclose(scores[i], np.asarray(total), rtol=1e-4, atol=1e-5)

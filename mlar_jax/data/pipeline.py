@@ -168,30 +168,35 @@ class TrainClip(grain.transforms.RandomMap):
     return {"video": frames, "labels": labels}
 
 
-class VideoViews:
-  """Random-access (video, view) pairs: element i is view i % V of video i // V.
+class VideoWindows:
+  """Random-access (video, temporal window) pairs of a view plan.
 
-  Flattening the views lets evaluation batch clips of different videos and
-  views together, and shard them over hosts like any source.
+  The views of one window differ only in their spatial crop, so a window's
+  frames are decoded once for all its crops (3x fewer decodes for the
+  papers' 3-crop plans). Flattening videos x windows lets evaluation batch
+  clips of different videos together and shard them over hosts like any
+  source.
   """
 
   def __init__(self, source: base.VideoSource, plan: Sequence[sampling.View]):
-    self.source, self.plan = source, tuple(plan)
+    self.source, self.windows = source, sampling.temporal_windows(plan)
 
   def __len__(self) -> int:
-    return len(self.source) * len(self.plan)
+    return len(self.source) * len(self.windows)
 
-  def __getitem__(self, i: int) -> tuple[int, base.Record, int]:
-    video, view = divmod(int(i), len(self.plan))
-    return video, self.source[video], view
+  def __getitem__(self, i: int) -> tuple[int, base.Record, tuple[int, ...]]:
+    video, window = divmod(int(i), len(self.windows))
+    return video, self.source[video], self.windows[window]
 
 
 @dataclasses.dataclass(frozen=True)
-class EvalClip(grain.transforms.Map):
-  """(video position, record, view id) -> that view's clip.
+class EvalWindow(grain.transforms.Map):
+  """(video position, record, view ids of one window) -> a clip per view.
 
-  Output: {"video": uint8 [T, S, S, 3], "labels": int32 [C], "index": int32
-  video position in the split, "view": int32 view id in the plan}.
+  Output: a list with, per view, {"video": uint8 [T, S, S, 3], "labels":
+  int32 [C], "index": int32 video position in the split, "view": int32 view
+  id in the plan}; empty when the video cannot be decoded (each of its views
+  counts as a skipped clip).
   """
   source: base.VideoSource
   plan: tuple[sampling.View, ...]
@@ -200,22 +205,37 @@ class EvalClip(grain.transforms.Map):
   crop_size: int
   errors: DecodeErrors
 
-  def map(self, element: tuple[int, base.Record, int]) -> dict[str, Any] | None:
-    position, record, view_id = element
-    view = self.plan[view_id]
+  def map(self, element: tuple[int, base.Record, tuple[int, ...]]) -> list[dict[str, Any]]:
+    position, record, view_ids = element
     try:
       n, _ = self.source.video_info(record)
-      idx = sampling.view_indices(n, self.num_frames, view)
-      frames = self.source.load_frames(record, idx)
+      frames = self.source.load_frames(
+          record, sampling.view_indices(n, self.num_frames, self.plan[view_ids[0]]))
     except video.VideoDecodeError as e:
-      self.errors.failed_on(e)
-      return None
-    self.errors.ok()
-    frames = transforms.eval_view(frames, short_side=self.short_side,
-                                  crop_size=self.crop_size, crop_index=view.crop,
-                                  num_crops=view.num_crops)
-    return {"video": frames, "labels": record["labels"].astype(np.int32),
-            "index": np.int32(position), "view": np.int32(view_id)}
+      for _ in view_ids:
+        self.errors.failed_on(e)
+      return []
+    clips = []
+    for view_id in view_ids:
+      self.errors.ok()
+      view = self.plan[view_id]
+      clips.append({
+          "video": transforms.eval_view(frames, short_side=self.short_side,
+                                        crop_size=self.crop_size, crop_index=view.crop,
+                                        num_crops=view.num_crops),
+          "labels": record["labels"].astype(np.int32),
+          "index": np.int32(position), "view": np.int32(view_id)})
+    return clips
+
+
+class _Views(grain.experimental.FlatMapTransform):
+  """A window's list of clips -> its clips, one element each."""
+
+  def __init__(self, max_fan_out: int):
+    self.max_fan_out = max_fan_out
+
+  def flat_map(self, clips: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return clips
 
 
 def _read_options(cfg: ml_collections.ConfigDict) -> grain.ReadOptions:
@@ -311,6 +331,9 @@ def eval_dataset(source: base.VideoSource, cfg: ml_collections.ConfigDict,
                  errors: DecodeErrors | None = None) -> grain.IterDataset:
   """One pass over this host's shard of every (video, view) of `source`.
 
+  Hosts split the (video, temporal window) pairs; each window's frames are
+  decoded once and give a clip per spatial crop (`VideoWindows`).
+
   Args:
     source: the split to evaluate.
     cfg: `config.data`.
@@ -324,10 +347,23 @@ def eval_dataset(source: base.VideoSource, cfg: ml_collections.ConfigDict,
   video missing from a Charades submission.
   """
   errors = errors or DecodeErrors(cfg.max_error_ratio)
-  ds = grain.MapDataset.source(VideoViews(source, plan))[process_index::process_count]
-  ds = ds.map(EvalClip(source=source, plan=tuple(plan), num_frames=cfg.num_frames,
-                       short_side=cfg.eval_short_side, crop_size=cfg.crop_size,
-                       errors=errors))
-  ds = ds.to_iter_dataset(_read_options(cfg)).batch(local_batch_size, drop_remainder=False)
+  windows = VideoWindows(source, plan)
+  ds = grain.MapDataset.source(windows)[process_index::process_count]
+  ds = ds.map(EvalWindow(source=source, plan=tuple(plan), num_frames=cfg.num_frames,
+                         short_side=cfg.eval_short_side, crop_size=cfg.crop_size,
+                         errors=errors))
+  ds = grain.experimental.FlatMapIterDataset(
+      ds.to_iter_dataset(_read_options(cfg)),
+      _Views(max(len(ids) for ids in windows.windows)))
+  ds = ds.batch(local_batch_size, drop_remainder=False)
   return _maybe_multiprocess(ds, cfg)
+
+
+def eval_num_batches(num_videos: int, plan: Sequence[sampling.View], *,
+                     local_batch_size: int, process_count: int = 1) -> int:
+  """Batches of `eval_dataset` on the host with the most clips: every host
+  runs that many evaluation steps (they are collective), padding the rest."""
+  sizes = np.tile([len(ids) for ids in sampling.temporal_windows(plan)], num_videos)
+  most = max(int(sizes[p::process_count].sum()) for p in range(process_count))
+  return -(-most // local_batch_size)
 

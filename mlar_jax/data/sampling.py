@@ -47,6 +47,15 @@ def view_plan(views: Sequence[Sequence[int]], spatial_crops: int) -> tuple[View,
   return tuple(plan)
 
 
+def temporal_windows(plan: Sequence[View]) -> tuple[tuple[int, ...], ...]:
+  """The plan's view ids grouped by temporal window (rate and position): the
+  views of a group read the same frames and differ only in their crop."""
+  groups: dict[tuple[int, int, int], list[int]] = {}
+  for view_id, v in enumerate(plan):
+    groups.setdefault((v.rate, v.position, v.num_positions), []).append(view_id)
+  return tuple(tuple(ids) for ids in groups.values())
+
+
 def view_start(num_video_frames: int, num_frames: int, view: View) -> int:
   """First frame of `view`'s clip: positions evenly from 0 to the last fit."""
   if view.num_positions == 1:
