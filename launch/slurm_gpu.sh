@@ -12,24 +12,13 @@
 # --dry-run prints the sbatch script and the commands instead of submitting.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [[ $# -lt 2 ]]; then
-  sed -n '2,13p' "$0" >&2
-  exit 2
-fi
-config=$1 workdir=$2
-shift 2
-dry=0
-args=()
-for a in "$@"; do
-  if [[ $a == --dry-run ]]; then dry=1; else args+=("$a"); fi
-done
+source launch/args.sh 2 2,12 "$@"
+config=${positional[0]} workdir=${positional[1]}
 NODES=${NODES:-2}
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
 PARTITION=${PARTITION:-gpu}
 TIME=${TIME:-24:00:00}
 CPUS_PER_TASK=${CPUS_PER_TASK:-32}
-extra=""
-if [[ ${#args[@]} -gt 0 ]]; then extra=$(printf ' %q' "${args[@]}"); fi
 account=""
 if [[ -n ${ACCOUNT:-} ]]; then account="#SBATCH --account=$ACCOUNT"; fi
 

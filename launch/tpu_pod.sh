@@ -18,17 +18,8 @@
 # workers at once (--worker=all). --dry-run prints the commands instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [[ $# -lt 1 ]]; then
-  sed -n '2,20p' "$0" >&2
-  exit 2
-fi
-step=$1
-shift
-run=()
-args=()
-for a in "$@"; do
-  if [[ $a == --dry-run ]]; then run=(echo); else args+=("$a"); fi
-done
+source launch/args.sh 1 2,18 "$@"
+step=${positional[0]}
 
 TPU_NAME=${TPU_NAME:-mlar-pod}
 ZONE=${ZONE:-us-west4-a}
@@ -62,8 +53,6 @@ data() {
 }
 
 train() {
-  local extra=""
-  if [[ ${#args[@]} -gt 0 ]]; then extra=$(printf ' %q' "${args[@]}"); fi
   "${run[@]}" "${tpu[@]}" ssh "$TPU_NAME" "${on_all[@]}" --command \
     "cd ~/mlar_jax && .venv/bin/python -m mlar_jax.main --config '$CONFIG' --workdir '$WORKDIR'$extra"
 }

@@ -7,16 +7,7 @@
 # --dry-run prints the commands instead of running them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [[ $# -lt 2 ]]; then
-  sed -n '2,8p' "$0" >&2
-  exit 2
-fi
-config=$1 workdir=$2
-shift 2
-run=()
-args=()
-for a in "$@"; do
-  if [[ $a == --dry-run ]]; then run=(echo); else args+=("$a"); fi
-done
+source launch/args.sh 2 2,7 "$@"
+config=${positional[0]} workdir=${positional[1]}
 "${run[@]}" make install
 "${run[@]}" .venv/bin/python -m mlar_jax.main --config "$config" --workdir "$workdir" "${args[@]}"

@@ -113,6 +113,9 @@ def test_logical_activation_constraints_reach_the_compiled_step(devices):
 def test_launch_scripts_parse_and_dry_run(script, args):
   path = os.path.join(REPO, script)
   assert subprocess.run(["bash", "-n", path]).returncode == 0
+  usage = subprocess.run([path], capture_output=True, text=True)  # too few arguments
+  assert usage.returncode == 2 and "--dry-run" in usage.stderr
+  assert not usage.stderr.rstrip().endswith("pipefail")  # the header only
   out = subprocess.run([path, *args, "--dry-run", "--config.num_train_steps=7"],
                        capture_output=True, text=True, env={**os.environ, "BUCKET": "bkt"})
   assert out.returncode == 0, out.stderr
