@@ -293,6 +293,21 @@ def test_prepare_resumes_after_a_lost_shard(charades_root, prepared, tmp_path):
                     fps=12.0, shard_size=3)
 
 
+def test_prepare_reads_every_split_before_decoding(charades_root, tmp_path):
+  from mlar_jax import config_lib
+  from mlar_jax.data import prepare
+  (tmp_path / "moments_categories.txt").write_text("holding,0\nopening,1\n")
+  (tmp_path / "trainingSet.csv").write_text("AAA01.mp4,holding\n")
+  data_cfg = config_lib.data_config()
+  data_cfg.mmit.update(root=str(tmp_path), videos=str(charades_root / "videos"))
+  out = tmp_path / "tfds"
+  # M-MiT's default splits are train and val; val's CSV is missing here.
+  with pytest.raises(FileNotFoundError, match="validationSet.csv"):
+    prepare.prepare(data_cfg, "mmit", None, str(out), short_side=32, fps=12.0,
+                    shard_size=2)
+  assert not list(out.rglob("*array_record*"))  # nothing decoded or written
+
+
 def test_tfds_builder_writes_what_the_command_writes(charades_root, prepared, tmp_path):
   import tensorflow_datasets as tfds
   from mlar_jax.data import builders  # registers mlar_charades

@@ -108,10 +108,11 @@ class MlarVideos(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       training config's defaults.
     short_side: frames are resized to this short side.
     fps: frames kept per second (0: every frame).
-    splits: splits to build.
+    splits: splits to build (default: the format's SPLITS).
   """
 
   DATASET = ""
+  SPLITS: tuple[str, ...] = ("train", "test")
   VERSION = tfds.core.Version(sources.PREPARED_VERSION)
   RELEASE_NOTES = {
       "1.0.0": "JPEG frames, time stamps, labels and segments per video.",
@@ -126,9 +127,10 @@ class MlarVideos(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def __init__(self, *, data_cfg: ml_collections.ConfigDict | None = None,
                short_side: int = 256, fps: float = 0.0,
-               splits: Sequence[str] = ("train", "test"), **kwargs):
+               splits: Sequence[str] | None = None, **kwargs):
     self._data_cfg = config_lib.data_config() if data_cfg is None else data_cfg
-    self._short_side, self._fps, self._splits = short_side, fps, tuple(splits)
+    self._short_side, self._fps = short_side, fps
+    self.splits = tuple(splits or self.SPLITS)
     super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -149,7 +151,7 @@ class MlarVideos(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     return {split: self._generate_examples(split, self.source(split, dl_manager.manual_dir))
-            for split in self._splits}
+            for split in self.splits}
 
   def _generate_examples(self, split: str, source: base.VideoSource):
     # TFDS writes metadata.json after every split is generated, so labels
@@ -172,11 +174,13 @@ class MlarCharades(MlarVideos):
 class MlarMmit(MlarVideos):
   """Multi-Moments in Time style `path,label,...` lists as `mlar_mmit`."""
   DATASET = "mmit"
+  SPLITS = ("train", "val")  # M-MiT's test labels are not public
 
 
 class MlarCsv(MlarVideos):
   """A generic CSV with `path` and `labels` columns as `mlar_csv`."""
   DATASET = "csv"
+  SPLITS = ("train", "val", "test")
 
 
 BUILDERS = {b.DATASET: b for b in (MlarCharades, MlarMmit, MlarCsv)}

@@ -99,7 +99,7 @@ def prepare_split(source: base.VideoSource, template: tfds.core.ShardedFileTempl
           "skipped": len(progress["skipped"])}
 
 
-def prepare(data_cfg: ml_collections.ConfigDict, dataset: str, splits: Sequence[str],
+def prepare(data_cfg: ml_collections.ConfigDict, dataset: str, splits: Sequence[str] | None,
             data_dir: str, *, short_side: int, fps: float,
             shard_size: int) -> list[dict[str, Any]]:
   """Prepares `splits` of `dataset` under `data_dir`, resumably.
@@ -109,7 +109,8 @@ def prepare(data_cfg: ml_collections.ConfigDict, dataset: str, splits: Sequence[
   Args:
     data_cfg: `config.data`; `data_cfg.<dataset>.root` is the manual dir.
     dataset: "charades", "mmit" or "csv".
-    splits: splits to write (complete shards are kept).
+    splits: splits to write (complete shards are kept); None: the builder's
+      SPLITS (M-MiT: train and val).
     data_dir: TFDS data dir.
     short_side, fps: as the builder's.
     shard_size: videos per shard.
@@ -117,21 +118,21 @@ def prepare(data_cfg: ml_collections.ConfigDict, dataset: str, splits: Sequence[
   Returns:
     One summary per split (see `prepare_split`).
   """
-  if not splits:
-    raise ValueError("no splits to prepare")
   builder = builders.BUILDERS[dataset](
       data_dir=data_dir, file_format="array_record", data_cfg=data_cfg,
       short_side=short_side, fps=fps, splits=splits)
+  # Every split's annotations are read first: a missing or malformed file
+  # fails before hours of decoding, not after.
+  sources = {split: builder.source(split, data_cfg[dataset].root) for split in builder.splits}
   out_dir = os.fspath(builder.data_path)
   os.makedirs(out_dir, exist_ok=True)
-  summaries = []
-  for split in splits:
-    source = builder.source(split, data_cfg[dataset].root)
-    summaries.append(prepare_split(source, _file_template(out_dir, builder, split),
-                                   short_side=short_side, fps=fps, shard_size=shard_size))
+  summaries = [prepare_split(source, _file_template(out_dir, builder, split),
+                             short_side=short_side, fps=fps, shard_size=shard_size)
+               for split, source in sources.items()]
   # Publish every complete split here, of this run or an earlier one.
   info = builder.info
-  info.metadata.update(class_names=list(source.class_names), labels={}, skipped={})
+  info.metadata.update(class_names=list(sources[builder.splits[0]].class_names),
+                       labels={}, skipped={})
   split_infos = []
   for name in sorted(os.listdir(out_dir)):
     m = re.fullmatch(r"progress_(\w+)\.json", name)
@@ -184,7 +185,8 @@ def define_flags() -> None:
   flags.DEFINE_enum("dataset", None, ["charades", "mmit", "csv"], "Dataset format.")
   flags.DEFINE_string("manual_dir", None, "Folder with the annotations and videos.")
   flags.DEFINE_string("data_dir", None, "TFDS data directory to write to.")
-  flags.DEFINE_list("splits", ["train", "test"], "Splits to prepare.")
+  flags.DEFINE_list("splits", None, "Splits to prepare (default: the dataset's; "
+                    "train,test for Charades, train,val for M-MiT, all three for csv).")
   flags.DEFINE_integer("short_side", 256, "Resize frames to this short side.")
   flags.DEFINE_float("fps", 0.0, "Frames per second to keep (0: all).")
   flags.DEFINE_integer("shard_size", 64, "Videos per ArrayRecord shard.")
