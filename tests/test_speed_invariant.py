@@ -1,6 +1,5 @@
 """View plans, view aggregation, stage-2 freezing and multi-view evaluation."""
 
-import functools
 import json
 
 import jax
@@ -11,14 +10,12 @@ from flax import traverse_util
 
 from conftest import load_config
 from mlar_jax import evaluate
-from mlar_jax import optimizers
 from mlar_jax import sharding
 from mlar_jax import speed_invariant
 from mlar_jax import train
 from mlar_jax.data import pipeline
 from mlar_jax.data import sampling
 from mlar_jax.data import transforms
-from mlar_jax.models import registry
 
 
 @pytest.mark.parametrize("num_video_frames", [64, 100, 33])
@@ -80,14 +77,12 @@ def test_seven_videos_batch_four_on_eight_devices_count_once(devices):
   config.data.eval_short_side = config.data.crop_size + 4
   mesh = sharding.make_mesh(config.mesh, devices)
   source = pipeline.make_source(config.data, "test")
-  model = registry.build_model(config.model, source.num_classes)
-  schedule = optimizers.make_schedule(config.schedule, config.num_train_steps)
-  tx = optimizers.make_optimizer(config.optimizer, schedule)
-  s = config.data.crop_size
-  init = functools.partial(train.init_state, model, tx, (1, config.data.num_frames, s, s, 3))
-  shardings = sharding.state_shardings(jax.eval_shape(init, jax.random.key(0)), mesh,
-                                       config.sharding)
-  state = jax.jit(init, out_shardings=shardings)(jax.random.key(0))
+  # The trainer's own model, state and shardings (train.build_training).
+  setup = train.build_training(config, mesh, source.num_classes,
+                               {"counts": source.class_counts(),
+                                "cooccurrence": source.cooccurrence()})
+  model, shardings, s = setup.model, setup.state_shardings, config.data.crop_size
+  state = jax.jit(setup.init_fn, out_shardings=shardings)(jax.random.key(0))
   step = evaluate.make_eval_step(model, config, mesh, shardings)
   collectors, errors = evaluate.run(step, state, source, config, mesh)
   assert errors.failed == 0

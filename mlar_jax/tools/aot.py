@@ -9,14 +9,14 @@ training runs (`train.build_training`: same model, optimizer, loss, mesh
 from `config.mesh`, shardings from `config.sharding`), lowered on abstract
 arrays, so nothing is allocated.
 
-Printed per device (a chip; a TensorCore where libtpu lists those, v4): argument, output, temporary and peak memory (peak =
-arguments + outputs + temporaries - donated aliases, XLA's memory analysis)
-against the chip's HBM; the compiler's FLOPs of the partitioned program (per
-chip), and the model's FLOPs per step (XLA's count of the whole step before
-partitioning; it does not depend on the sharding). With `--step_time`, the
-model FLOPs utilisation: model FLOPs / (chips x step time x the chip's
-published bf16 peak). Exits with status 1 and a
-message when the step does not fit in the chip's memory.
+Printed per device (a chip; a TensorCore where libtpu lists those, v4):
+argument, output, temporary and peak memory (peak = arguments + outputs +
+temporaries - donated aliases, XLA's memory analysis) against its HBM; the
+compiler's FLOPs of the partitioned program (per chip), and the model's FLOPs
+per step (XLA's count of the whole step before partitioning; it does not
+depend on the sharding). With `--step_time`, the model FLOPs utilisation:
+model FLOPs / (chips x step time x the chip's published bf16 peak). Exits
+with status 1 and a message when the step does not fit in the chip's memory.
 
 JSON keys: topology, chips, device_kind, mesh, global_batch, argument_bytes,
 output_bytes, temp_bytes, alias_bytes, peak_bytes, hbm_bytes, fits,
