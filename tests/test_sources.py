@@ -249,6 +249,16 @@ def test_prepare_writes_array_record_read_back_by_tfds(prepared):
     _prepared_source(out, "val")
 
 
+def test_data_of_an_older_version_is_not_prepared(prepared, tmp_path):
+  import shutil
+  # Version 1.1.0 had no ids in metadata.json: it is to be prepared again.
+  shutil.copytree(sources.prepared_dir(prepared[0], "charades"),
+                  tmp_path / "mlar_charades" / "1.1.0")
+  hint = re.escape(f"version {sources.PREPARED_VERSION} (run python -m mlar_jax.data.prepare")
+  with pytest.raises(FileNotFoundError, match="no prepared 'charades' data of " + hint):
+    _prepared_source(str(tmp_path))
+
+
 def test_training_on_prepared_data(prepared, tmp_path):
   config = _config("unused", prepared=prepared[0])
   config.num_train_steps = 2

@@ -14,8 +14,9 @@ go (not resumable):
 
 or shard by shard, resumably, by `python -m mlar_jax.data.prepare`, which
 writes the same files. `metadata.json` holds the class names, every split's
-labels in example order and the videos that failed to decode, so
-`sources.PreparedVideos` has counts and co-occurrence without reading frames.
+video ids and labels in example order and the videos that failed to decode, so
+`sources.PreparedVideos` has ids, counts and co-occurrence without reading an
+example.
 (The `tfds build` command line needs apache_beam, not a dependency here.)
 """
 
@@ -117,6 +118,7 @@ class MlarVideos(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   RELEASE_NOTES = {
       "1.0.0": "JPEG frames, time stamps, labels and segments per video.",
       "1.1.0": "Class names, labels per split and skipped videos in metadata.json.",
+      "1.2.0": "Video ids per split in metadata.json.",
   }
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   Put the dataset's annotation files and its videos (or frame folders) in the
@@ -136,7 +138,8 @@ class MlarVideos(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
         features=features(), metadata=tfds.core.MetadataDict(),
-        # Example order is record order, so metadata labels line up with it.
+        # Example order is record order, so metadata ids and labels line up
+        # with it.
         disable_shuffling=True,
         description=f"{self.DATASET} decoded by mlar_jax (short side {self._short_side}, "
                     f"fps {self._fps or 'native'})")
@@ -154,14 +157,16 @@ class MlarVideos(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             for split in self.splits}
 
   def _generate_examples(self, split: str, source: base.VideoSource):
-    # TFDS writes metadata.json after every split is generated, so labels
-    # gathered while generating land in it.
+    # TFDS writes metadata.json after every split is generated, so ids and
+    # labels gathered while generating land in it.
     meta = self.info.metadata
     meta["class_names"] = list(source.class_names)
+    ids = meta.setdefault("ids", {}).setdefault(split, [])
     labels = meta.setdefault("labels", {}).setdefault(split, [])
     skipped = meta.setdefault("skipped", {}).setdefault(split, {})
     for i, example in examples(source, 0, len(source), skipped,
                                short_side=self._short_side, fps=self._fps):
+      ids.append(example["id"])
       labels.append(label_list(example))
       yield i, example
 

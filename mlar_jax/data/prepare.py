@@ -5,9 +5,9 @@
 
 Writes the dataset of `builders.MlarCharades` (or MlarMmit, MlarCsv) into the
 builder's directory, `DATA_DIR/mlar_DATASET/VERSION/`, shard by shard: a shard
-is written under a temporary name and renamed when complete, its labels and
-skipped videos are kept in `progress_SPLIT.json`, and a rerun does only the
-shards missing. When every split asked for is complete the TFDS metadata is
+is written under a temporary name and renamed when complete, its video ids,
+labels and skipped videos are kept in `progress_SPLIT.json`, and a rerun does
+only the shards missing. When every split asked for is complete the TFDS metadata is
 written, so `tfds.data_source("mlar_DATASET", data_dir=DATA_DIR, split=SPLIT)`
 reads it and `config.data.name=prepared` trains on it. Videos that fail to
 decode are logged, left out and listed in metadata.json. The annotation files
@@ -54,8 +54,8 @@ def prepare_split(source: base.VideoSource, template: tfds.core.ShardedFileTempl
                   short_side: int, fps: float, shard_size: int) -> dict[str, Any]:
   """Writes (or completes) the shards of one split.
 
-  Progress (settings, the labels of each complete shard, skipped videos) is
-  kept in `progress_SPLIT.json` beside the shards.
+  Progress (settings, the video ids and labels of each complete shard,
+  skipped videos) is kept in `progress_SPLIT.json` beside the shards.
 
   Returns:
     A summary: split, shards, written_now, skipped.
@@ -79,18 +79,19 @@ def prepare_split(source: base.VideoSource, template: tfds.core.ShardedFileTempl
     shard_path = os.fspath(template.sharded_filepath(shard_index=shard, num_shards=num_shards))
     if os.path.exists(shard_path) and str(shard) in progress["shards"]:
       continue
-    labels = []
+    ids, labels = [], []
     writer = ArrayRecordWriter(shard_path + ".tmp", "group_size:1")
     for _, example in builders.examples(
         source, shard * shard_size, min((shard + 1) * shard_size, len(source)),
         progress["skipped"], short_side=short_side, fps=fps):
       writer.write(feats.serialize_example(feats.encode_example(example)))
+      ids.append(example["id"])
       labels.append(builders.label_list(example))
       written += 1
     writer.close()
     # Progress first: a crash before the rename leaves a shard to redo, never a
-    # shard without its labels.
-    progress["shards"][str(shard)] = labels
+    # shard without its ids and labels.
+    progress["shards"][str(shard)] = {"ids": ids, "labels": labels}
     with open(path + ".tmp", "w") as f:
       json.dump(progress, f)
     os.replace(path + ".tmp", path)
@@ -132,7 +133,7 @@ def prepare(data_cfg: ml_collections.ConfigDict, dataset: str, splits: Sequence[
   # Publish every complete split here, of this run or an earlier one.
   info = builder.info
   info.metadata.update(class_names=list(sources[builder.splits[0]].class_names),
-                       labels={}, skipped={})
+                       ids={}, labels={}, skipped={})
   split_infos = []
   for name in sorted(os.listdir(out_dir)):
     m = re.fullmatch(r"progress_(\w+)\.json", name)
@@ -150,10 +151,11 @@ def prepare(data_cfg: ml_collections.ConfigDict, dataset: str, splits: Sequence[
       continue
     shards = [progress["shards"][str(i)] for i in range(num_shards)]
     template = _file_template(out_dir, builder, split)
-    info.metadata["labels"][split] = [labels for shard in shards for labels in shard]
+    for key in ("ids", "labels"):
+      info.metadata[key][split] = [x for shard in shards for x in shard[key]]
     info.metadata["skipped"][split] = progress["skipped"]
     split_infos.append(tfds.core.SplitInfo(
-        name=split, shard_lengths=[len(shard) for shard in shards],
+        name=split, shard_lengths=[len(shard["ids"]) for shard in shards],
         num_bytes=sum(os.path.getsize(f) for f in template.sharded_filepaths(num_shards)),
         filename_template=template))
   info.set_splits(tfds.core.SplitDict(split_infos))

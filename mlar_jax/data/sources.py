@@ -205,7 +205,7 @@ def video_list(split: str, *, root: str, csv_file: str, classes: str, videos: st
   return FileVideos(split, names, records)
 
 
-PREPARED_VERSION = "1.1.0"
+PREPARED_VERSION = "1.2.0"
 
 
 def prepared_dir(data_dir: str, dataset: str) -> str:
@@ -216,9 +216,9 @@ def prepared_dir(data_dir: str, dataset: str) -> str:
 class PreparedVideos(base.VideoSource):
   """A split written by `mlar_jax.data.prepare` (its command or its TFDS
   builders), read with TFDS's ArrayRecord data source. Frames are JPEG bytes;
-  only the sampled ones are decoded. Class names and the label matrix come
-  from the dataset's metadata.json, so counts and co-occurrence need no pass
-  over the examples."""
+  only the sampled ones are decoded. Class names, video ids and the label
+  matrix come from the dataset's metadata.json, so ids, counts and
+  co-occurrence need no pass over the examples."""
 
   def __init__(self, split: str, *, data_dir: str, dataset: str):
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
@@ -235,12 +235,13 @@ class PreparedVideos(base.VideoSource):
     self.split = split
     self._data = builder.as_data_source(split)
     self._class_names = tuple(meta["class_names"])
+    self._ids = list(meta["ids"][split])
     self._labels = np.zeros((len(meta["labels"][split]), len(self._class_names)), np.int32)
     for row, classes in zip(self._labels, meta["labels"][split]):
       row[classes] = 1
-    if len(self._labels) != len(self._data):
-      raise ValueError(f"{root}/metadata.json: {len(self._labels)} labels for split "
-                       f"{split!r} of {len(self._data)} examples")
+    if not len(self._ids) == len(self._labels) == len(self._data):
+      raise ValueError(f"{root}/metadata.json: {len(self._ids)} ids and {len(self._labels)} "
+                       f"labels for split {split!r} of {len(self._data)} examples")
 
   def __len__(self) -> int:
     return len(self._data)
