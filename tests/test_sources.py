@@ -61,6 +61,10 @@ def test_charades_labels_counts_cooccurrence(charades_root):
   assert src.cooccurrence()[0, 2] == 1 and src.cooccurrence()[0, 3] == 1
   assert len(_charades(charades_root, "test")) == 2
   assert src.video_info(src[0]) == (96, 24.0)
+  for split in ("train", "test"):
+    videos = _charades(charades_root, split)
+    assert videos.video_ids() == [videos[i]["id"] for i in range(len(videos))]
+  assert src.video_ids() == ["AAA01", "AAA02", "AAA03", "AAA04", "BAD01"]
 
 
 def test_window_labels(charades_root):
@@ -94,6 +98,8 @@ def test_mmit_and_csv_lists(tmp_path):
   gen = sources.video_list("train", root=str(tmp_path), csv_file="gen.csv",
                            classes="names.txt", videos="", fps=30, header=True)
   np.testing.assert_array_equal(gen.label_matrix(), [[1, 1], [0, 0]])
+  for videos, ids in ((mmit, ["a/v1", "b/v2"]), (gen, ["x", "y"])):
+    assert videos.video_ids() == [videos[i]["id"] for i in range(len(videos))] == ids
   (tmp_path / "bad.csv").write_text("id,path,labels\nz,z.mp4,flying\n")
   with pytest.raises(ValueError, match=r"bad.csv:2: unknown labels \['flying'\]"):
     sources.video_list("train", root=str(tmp_path), csv_file="bad.csv",
@@ -234,7 +240,10 @@ def test_prepare_writes_array_record_read_back_by_tfds(prepared):
   np.testing.assert_allclose(ex["timestamps"][:3], [0, 2 / 24, 4 / 24], rtol=1e-6)
   # The same pipeline reads it back, labels and class names from metadata.json.
   src = _prepared_source(out)
-  assert [src[i]["id"] for i in range(4)] == ["AAA01", "AAA02", "AAA03", "AAA04"]
+  ids = [src[i]["id"] for i in range(len(src))]
+  assert ids == ["AAA01", "AAA02", "AAA03", "AAA04"] and src.video_ids() == ids
+  test = _prepared_source(out, "test")
+  assert test.video_ids() == [test[i]["id"] for i in range(len(test))] == ["AAA01", "AAA02"]
   assert list(src.class_names) == CLASSES
   np.testing.assert_array_equal(src.class_counts(), [2, 1, 1, 1])
   np.testing.assert_array_equal(src.label_matrix(), np.stack([src[i]["labels"] for i in range(4)]))
@@ -247,6 +256,16 @@ def test_prepare_writes_array_record_read_back_by_tfds(prepared):
   assert list(meta["skipped"]["train"]) == ["BAD01"] and meta["skipped"]["test"] == {}
   with pytest.raises(FileNotFoundError, match="split 'val' is not prepared"):
     _prepared_source(out, "val")
+
+
+def test_prepared_video_ids_read_no_example(prepared, monkeypatch):
+  src = _prepared_source(prepared[0])
+
+  def no_read(self, index):
+    raise AssertionError("video_ids read an example")
+
+  monkeypatch.setattr(type(src._data), "__getitem__", no_read)
+  assert src.video_ids() == ["AAA01", "AAA02", "AAA03", "AAA04"]
 
 
 def test_data_of_an_older_version_is_not_prepared(prepared, tmp_path):
@@ -284,6 +303,7 @@ def test_prepare_resumes_after_a_lost_shard(charades_root, prepared, tmp_path):
   assert again[0]["written_now"] == 2
   src, ref = _prepared_source(out), _prepared_source(prepared[0])
   assert [src[i]["id"] for i in range(len(src))] == [ref[i]["id"] for i in range(len(ref))]
+  assert src.video_ids() == ref.video_ids()
   np.testing.assert_array_equal(src.label_matrix(), ref.label_matrix())
   assert len(_prepared_source(out, "test")) == 2  # the other split is still listed
   # A split left half done by an earlier run is not published until finished.
@@ -337,8 +357,10 @@ def test_tfds_builder_writes_what_the_command_writes(charades_root, prepared, tm
       assert a.keys() == b.keys()
       for key in a:
         np.testing.assert_array_equal(a[key], b[key])
-  src, ref = _prepared_source(out), _prepared_source(prepared[0])
-  np.testing.assert_array_equal(src.label_matrix(), ref.label_matrix())
+  for split in ("train", "test"):
+    src, ref = _prepared_source(out, split), _prepared_source(prepared[0], split)
+    np.testing.assert_array_equal(src.label_matrix(), ref.label_matrix())
+    assert src.video_ids() == [src[i]["id"] for i in range(len(src))] == ref.video_ids()
   assert src.class_names == ref.class_names
   assert list(builder.info.metadata["skipped"]["train"]) == ["BAD01"]
   # Videos are decoded a chunk of frames at a time; the chunk changes nothing.

@@ -58,6 +58,15 @@ class VideoSource(abc.ABC):
   def label_matrix(self) -> np.ndarray:
     """Returns the labels of every video of the split, int32 [N, C]."""
 
+  @abc.abstractmethod
+  def video_ids(self) -> list[str]:
+    """Returns the id of every video of the split, in index order.
+
+    The same N strings as `self[i]["id"]`, taken from the annotations (or the
+    prepared metadata) without building records: a record may read a whole
+    video, and reports such as `predictions.txt` need only the ids.
+    """
+
   @property
   def num_classes(self) -> int:
     return len(self.class_names)

@@ -51,6 +51,9 @@ class FileVideos(base.VideoSource):
   def label_matrix(self) -> np.ndarray:
     return self._labels
 
+  def video_ids(self) -> list[str]:
+    return [r["id"] for r in self._records]
+
   def video_info(self, record: base.Record) -> tuple[int, float]:
     if record["num_frames"] > 0:
       return record["num_frames"], record["fps"]
@@ -260,6 +263,9 @@ class PreparedVideos(base.VideoSource):
 
   def label_matrix(self) -> np.ndarray:
     return self._labels
+
+  def video_ids(self) -> list[str]:
+    return list(self._ids)
 
   def load_frames(self, record: base.Record, indices: np.ndarray) -> np.ndarray:
     try:

@@ -293,12 +293,15 @@ class SyntheticVideos(base.VideoSource):
       raise IndexError(f"index {index} out of range for {self!r}")
     return _plan(self.seed, self.split, int(index), self.video_frames)
 
+  def _video_id(self, index: int) -> str:
+    return f"{self.split}{int(index):06d}"
+
   def __getitem__(self, index: int) -> base.Record:
     plan = self.plan(index)
     present = np.flatnonzero(plan.labels)
     segments = np.concatenate([present[:, None], plan.segments[present] / FPS], axis=1)
     return {
-        "id": f"{self.split}{int(index):06d}",
+        "id": self._video_id(index),
         "index": int(index),
         "labels": plan.labels,
         "segments": segments.astype(np.float32),
@@ -317,3 +320,7 @@ class SyntheticVideos(base.VideoSource):
   @functools.cache
   def label_matrix(self) -> np.ndarray:
     return np.stack([self.plan(i).labels for i in range(self.num_videos)])
+
+  def video_ids(self) -> list[str]:
+    # From the split and index alone: no plan is drawn, no frame rendered.
+    return [self._video_id(i) for i in range(self.num_videos)]
