@@ -11,7 +11,7 @@ import ml_collections
 from absl import flags
 from absl import logging
 
-from mlar_jax import config_lib
+from mlar_jax import validation
 
 FLAGS = flags.FLAGS
 
@@ -39,7 +39,7 @@ def setup(config: ml_collections.ConfigDict) -> None:
   # ABSLHandler.handle forwards to its python_handler, whose filters apply.
   logging.get_absl_handler().python_handler.addFilter(_quiet_orbax)
   try:
-    config_lib.validate(config)
+    validation.validate(config)
   except ValueError as e:
     sys.exit(f"Invalid config: {e}")
 

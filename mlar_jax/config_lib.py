@@ -1,22 +1,35 @@
-"""Config helpers: the `get_config(arg)` argument parser, shared fragments, and
-validation that fails before anything is built or compiled.
+"""Configs as plain data: the `get_config(arg)` argument parser, the shared
+fragments every config starts from, and the checks of values that need no
+other module.
 
-Unknown keys are rejected by ml_collections itself (configs are locked, and
-`--config.KEY=VALUE` on a missing KEY is an error naming it); `validate` checks
-the values, naming the offending key.
+Imports only ml_collections and the standard library, so a config file loads
+in milliseconds without jax (tested). Unknown keys are rejected by
+ml_collections itself (configs are locked, and `--config.KEY=VALUE` on a
+missing KEY is an error naming it). Values are checked by their owners, each
+against its one list of allowed values (`models.registry.validate_config`,
+`losses.validate_config`, ...), all called by `validation.validate`; the
+helpers here (`fail`, `check_choice`, `check_positive`) give every message
+the same form: `config.KEY=VALUE: why`.
 """
 
 from __future__ import annotations
 
 import re
+from typing import Any, Iterable
 
-import jax
 import ml_collections
 
-from mlar_jax import losses
-from mlar_jax import sharding
-from mlar_jax.data import pipeline
-from mlar_jax.models import registry as models
+# Default parameter rules (`mlar_jax.sharding`): the MLAR head's per-activity
+# leaves (and the linear head's classifier) split their activity dimension
+# over the `model` mesh axis. (regex over a state leaf's path, mesh axis per
+# dimension).
+SHARDING_RULES = (
+    (r"head/activity_queries$", ("model", None)),
+    (r"head/out_\w+_bias$", ("model",)),
+    (r"head/correlation_mask$", ("model", None)),
+    (r"head/classifier/kernel$", (None, "model")),
+    (r"head/classifier/bias$", ("model",)),
+)
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -134,103 +147,52 @@ def base_config() -> ml_collections.ConfigDict:
       # params: replicated (data parallel) | fsdp. rules: (regex over a state
       # leaf's path, mesh axis per dimension), before the fsdp rule.
       "sharding": {"params": "replicated", "fsdp_min_size": 2**18,
-                   "rules": sharding.DEFAULT_RULES},
+                   "rules": SHARDING_RULES},
   })
 
 
-def _fail(key: str, value, why: str):
+def fail(key: str, value: Any, why: str):
+  """Raises the ValueError of a bad config value: `config.KEY=VALUE: why`."""
   raise ValueError(f"config.{key}={value!r}: {why}")
 
 
-def _positive(config, *keys):
-  for key in keys:
-    value = config[key] if "." not in key else _get(config, key)
-    if not isinstance(value, int) or value <= 0:
-      _fail(key, value, "must be a positive integer")
-
-
-def _get(config, dotted: str):
+def get(config: ml_collections.ConfigDict, dotted: str) -> Any:
+  """`config["a"]["b"]` for "a.b"."""
   node = config
   for part in dotted.split("."):
     node = node[part]
   return node
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-  """Checks every value the loop uses; raises ValueError naming the key."""
-  _positive(config, "batch_size", "num_train_steps", "log_every_steps",
-            "data.num_frames", "data.crop_size", "eval.spatial_crops",
-            "data.min_short_side", "data.max_short_side", "data.eval_short_side",
-            "checkpoint.every_steps", "checkpoint.keep", "eval.batch_size")
-  if config.eval_every_steps < 0:
-    _fail("eval_every_steps", config.eval_every_steps, "must be >= 0")
-  for key, reg in (("data.name", pipeline.SOURCES), ("model.backbone", models.BACKBONES),
-                   ("model.head", models.HEADS), ("loss.name", losses.LOSSES)):
-    if _get(config, key) not in reg:
-      _fail(key, _get(config, key), f"unknown; choose from {reg.names()}")
-  choices = {"model.dtype": tuple(models.DTYPES),
-             "model.conv_impl": ("auto", "native", "folded"),
-             "loss.class_weights": losses.CLASS_WEIGHT_MODES,
-             "optimizer.name": ("sgd", "adamw"),
-             "sharding.params": ("replicated", "fsdp"),
-             "eval.split": ("train", "val", "test"),
-             "eval.aggregate": ("sum", "mean", "max"),
-             "data.label_mode": ("video", "window")}
-  for key, allowed in choices.items():
-    if _get(config, key) not in allowed:
-      _fail(key, _get(config, key), f"must be one of {list(allowed)}")
-  d = config.data
-  if not d.rates or any(not isinstance(r, int) or r <= 0 for r in d.rates):
-    _fail("data.rates", d.rates, "must be a non-empty tuple of positive integers")
-  if d.rate_probs:
-    if len(d.rate_probs) != len(d.rates):
-      _fail("data.rate_probs", d.rate_probs, f"needs one probability per rate {d.rates}")
-    if any(p < 0 for p in d.rate_probs) or abs(sum(d.rate_probs) - 1) > 1e-6:
-      _fail("data.rate_probs", d.rate_probs, "must be non-negative and sum to 1")
-  if d.min_short_side > d.max_short_side:
-    _fail("data.min_short_side", d.min_short_side,
-          f"exceeds data.max_short_side={d.max_short_side}")
-  if d.crop_size > d.min_short_side:
-    _fail("data.crop_size", d.crop_size, f"exceeds data.min_short_side={d.min_short_side}")
-  views = config.eval.views
-  if (not views or any(len(v) != 2 or not all(isinstance(x, int) and x > 0 for x in v)
-                       for v in views)
-      or len({v[0] for v in views}) != len(views)):
-    _fail("eval.views", views, "must be ((rate, positions), ...) with positive "
-          "integers and each rate once")
-  if d.crop_size > d.eval_short_side:
-    _fail("data.crop_size", d.crop_size, f"exceeds data.eval_short_side={d.eval_short_side}")
-  if len(d.mean) != 3 or len(d.std) != 3 or min(d.std) <= 0:
-    _fail("data.std", d.std, "mean and std need 3 channels, std > 0")
-  if d.num_workers < 0 or d.num_threads <= 0:
-    _fail("data.num_workers", d.num_workers, "workers >= 0 and threads > 0")
-  for key in ("optimizer.freeze", "init_from_skip"):
+def check_positive(config: ml_collections.ConfigDict, *keys: str) -> None:
+  """Each dotted key of `config` holds a positive integer."""
+  for key in keys:
+    value = get(config, key)
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+      fail(key, value, "must be a positive integer")
+
+
+def check_choice(config: ml_collections.ConfigDict, key: str, allowed: Iterable[str]) -> None:
+  """`config.KEY` is one of `allowed` (the owner's one list of them)."""
+  allowed = sorted(allowed)
+  if get(config, key) not in allowed:
+    fail(key, get(config, key), f"unknown; choose from {allowed}")
+
+
+def check_regex(config: ml_collections.ConfigDict, *keys: str) -> None:
+  """Each dotted key holds a valid regular expression."""
+  for key in keys:
     try:
-      re.compile(_get(config, key))
+      re.compile(get(config, key))
     except re.error as e:
-      _fail(key, _get(config, key), f"is not a valid regex: {e}")
-  m = config.model.mlar
-  _positive(config, "model.mlar.num_observations", "model.mlar.groups",
-            "model.mlar.features")
-  if m.features % m.groups:
-    _fail("model.mlar.features", m.features, f"must be divisible by model.mlar.groups={m.groups}")
-  if not 0.0 <= config.model.dropout_rate < 1.0:
-    _fail("model.dropout_rate", config.model.dropout_rate, "must be in [0, 1)")
-  s = config.schedule
-  if s.base_lr <= 0:
-    _fail("schedule.base_lr", s.base_lr, "must be > 0")
-  if not 0 <= s.warmup_steps <= config.num_train_steps:
-    _fail("schedule.warmup_steps", s.warmup_steps, "must be in [0, num_train_steps]")
+      fail(key, get(config, key), f"is not a valid regex: {e}")
 
 
-def validate_for_mesh(config: ml_collections.ConfigDict, mesh) -> None:
-  """Checks the batch sizes against the mesh and the process count."""
-  batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
-  if config.batch_size % batch_devices:
-    _fail("batch_size", config.batch_size, f"must be a multiple of the {batch_devices} "
-          "devices of the mesh's data and fsdp axes")
-  # Evaluation batches are padded up to a multiple of the devices instead.
-  for key in ("batch_size", "eval.batch_size"):
-    value = _get(config, key)
-    if value % jax.process_count():
-      _fail(key, value, f"must be a multiple of the {jax.process_count()} processes")
+def validate(config: ml_collections.ConfigDict) -> None:
+  """The training loop's own keys (steps, batch sizes, checkpoints, init_from);
+  every other part is checked by its owner (`validation.validate`)."""
+  check_positive(config, "batch_size", "num_train_steps", "log_every_steps",
+                 "checkpoint.every_steps", "checkpoint.keep")
+  if config.eval_every_steps < 0:
+    fail("eval_every_steps", config.eval_every_steps, "must be >= 0")
+  check_regex(config, "init_from_skip")

@@ -1,5 +1,11 @@
 """Evaluation: every view of every video of a split, aggregated per video.
 
+`Evaluator` owns evaluation: the splits' sources, the view plan, the jitted
+eval step, the results, `predictions.txt`, the metric writer's scalars and
+`eval_results.json`; the training loop only calls `evaluator.run(state,
+split)`, and `evaluate(config, workdir)` (`--mode eval`) restores a
+checkpoint's variables and runs it.
+
 The view plan (`config.eval.views` x `config.eval.spatial_crops`, see
 `data/sampling.py`) is flattened into (video, view) clips, batched across
 devices. Every host reads its shard and pads its last batches so that all
@@ -9,10 +15,12 @@ arrays. Padding rows are masked out, and each video's views are aggregated
 (sum of sigmoid scores by default, as the MLAR paper; mean or max), so each
 video counts exactly once whatever the batch size.
 
-Reports: the combined plan, and every subset of the plan's rates on its own
+Results: the combined plan, and every subset of the plan's rates on its own
 (the rows of MLAR Table 3d), for the output `config.eval.output`; the
-summary metrics for every output; `predictions.txt` in the Charades
-submission format (video id, then one score per class).
+summary metrics for every output. For `config.eval.split` they are written
+to `eval_results.json` with `predictions.txt` in the Charades submission
+format (video id, then one score per class); every split's summary goes to
+the metric writer under `SPLIT/`.
 """
 
 from __future__ import annotations
@@ -20,46 +28,223 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from typing import Any, Callable, Sequence
+import os
+from typing import Any, Sequence
 
+import flax
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from clu import metric_writers
 from etils import epath
 from jax.sharding import Mesh
 
+from mlar_jax import checkpointing
 from mlar_jax import metrics
 from mlar_jax import sharding
+from mlar_jax import validation
 from mlar_jax.data import base
 from mlar_jax.data import pipeline
 from mlar_jax.data import sampling
 from mlar_jax.data import transforms
+from mlar_jax.models import registry as models
 
 
-def make_eval_step(model: nn.Module, config: ml_collections.ConfigDict, mesh: Mesh,
-                   state_shardings: Any) -> Callable:
-  """jit(state, batch) -> {"scores": {output: [B, A]}, "labels", "mask", "index", "view"}.
+Variables = dict[str, Any]   # {"params": ..., "model_state": ...}
 
-  Scores are sigmoid probabilities of every head output; never softmax.
+
+@flax.struct.dataclass
+class EvalState:
+  """What evaluation reads of a train state (a `train.TrainState` has these
+  fields too): the step evaluated and the model's variables."""
+  step: jax.Array
+  params: Any
+  model_state: Any
+
+
+def variable_shardings(state_shardings: Any) -> Variables:
+  """The params and model-state shardings of a train state's shardings."""
+  return {"params": state_shardings.params, "model_state": state_shardings.model_state}
+
+
+class Evaluator:
+  """Scores, reports and writes the evaluation of a model on its splits.
+
+  Args:
+    config: the experiment config (`eval`, `data`, `seed`).
+    mesh: the device mesh.
+    model: the classifier, [B, T, S, S, 3] -> {output: [B, A] logits}.
+    shardings: `variable_shardings` of the state that `run` is given.
+    splits: the splits it evaluates; opened (annotations parsed) now, so a
+      missing one fails before any training.
+    class_names: [A] names keying the per-class AP.
+    train_stats: training-label statistics; their frequencies are the
+      constant predictor whose mAP is the chance reference.
+    workdir: where `eval_results.json` and `predictions.txt` go.
+    writer: the metric writer (None: no scalars).
+    train_errors: the training pipeline's skip count, reported beside the
+      results.
   """
 
-  def eval_step(state, batch):
-    video = transforms.normalize(batch["video"], config.data.mean, config.data.std)
-    with sharding.constraints(mesh):
-      outputs = model.apply({"params": state.params, **state.model_state}, video,
-                            train=False)
+  def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh, model: nn.Module,
+               shardings: Variables, *, splits: Sequence[str], class_names: Sequence[str],
+               train_stats: base.ClassStats, workdir: str,
+               writer: metric_writers.MetricWriter | None = None,
+               train_errors: pipeline.DecodeErrors | None = None):
+    self.config, self.mesh, self.model = config, mesh, model
+    self.class_names, self.train_stats = list(class_names), train_stats
+    self.workdir, self.writer, self.train_errors = workdir, writer, train_errors
+    self.plan = sampling.view_plan(config.eval.views, config.eval.spatial_crops)
+    self.sources = {split: pipeline.make_source(config.data, split) for split in splits}
+    self._step = jax.jit(sharding.with_constraints(self._eval_step, mesh),
+                         in_shardings=(shardings, sharding.batch_sharding(mesh)),
+                         out_shardings=sharding.replicated(mesh))
+
+  def _eval_step(self, variables: Variables, batch: dict[str, jax.Array]) -> dict[str, Any]:
+    """{"scores": {output: [B, A] sigmoid}, "labels", "mask", "index", "view"};
+    never softmax."""
+    data = self.config.data
+    video = transforms.normalize(batch["video"], data.mean, data.std)
+    outputs = self.model.apply({"params": variables["params"], **variables["model_state"]},
+                               video, train=False)
     return {"scores": {k: jax.nn.sigmoid(v) for k, v in outputs.items()},
             **{k: batch[k] for k in ("labels", "mask", "index", "view")}}
 
-  return jax.jit(eval_step,
-                 in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
-                 out_shardings=sharding.replicated(mesh))
+  def score(self, state: Any, split: str
+            ) -> tuple[dict[str, metrics.MultiLabelCollector], pipeline.DecodeErrors]:
+    """Scores every view of every video of `split` once.
+
+    Args:
+      state: a `train.TrainState` or `EvalState`.
+      split: one of the evaluator's splits.
+
+    Returns:
+      A collector per model output, and this host's count of clips skipped
+      because their video could not be decoded.
+    """
+    config, source = self.config, self.sources[split]
+    pcount, pindex = jax.process_count(), jax.process_index()
+    local_bs = config.eval.batch_size // pcount
+    errors = pipeline.DecodeErrors(config.data.max_error_ratio)
+    ds = pipeline.eval_dataset(source, config.data, self.plan, local_batch_size=local_bs,
+                               process_index=pindex, process_count=pcount, errors=errors)
+    num_batches = pipeline.eval_num_batches(len(source), self.plan,
+                                            local_batch_size=local_bs, process_count=pcount)
+    # Any eval batch size works on any mesh: rows are padded (and masked) up to a
+    # multiple of this host's devices on the batch axes.
+    local_devices = self.mesh.shape["data"] * self.mesh.shape["fsdp"] // pcount
+    padded_bs = math.ceil(local_bs / local_devices) * local_devices
+    template = {k: np.zeros(v.shape, v.dtype) for k, v in pipeline.batch_spec(
+        config.data, padded_bs, source.num_classes, evaluation=True).items()}
+    batch_sharding = sharding.batch_sharding(self.mesh)
+    variables = {"params": state.params, "model_state": state.model_state}
+    collectors: dict[str, metrics.MultiLabelCollector] = {}
+    it = iter(ds)
+    for _ in range(num_batches):
+      batch = _padded(next(it, None), template)
+      out = jax.device_get(self._step(variables, sharding.to_global(batch, batch_sharding)))
+      for name, scores in out["scores"].items():
+        update = metrics.MultiLabelCollector.from_model_output(
+            scores=scores, **{k: out[k] for k in ("labels", "mask", "index", "view")})
+        collectors[name] = (update if name not in collectors
+                            else collectors[name].merge(update))
+    return collectors, errors
+
+  def run(self, state: Any, split: str) -> dict[str, Any]:
+    """Evaluates `split`: logs the summary, writes it to the metric writer
+    under `SPLIT/`, and for `config.eval.split` writes `eval_results.json` and
+    `predictions.txt` (process 0).
+
+    Args:
+      state: a `train.TrainState` or `EvalState` (step, params, model_state).
+      split: one of the evaluator's splits.
+
+    Returns:
+      The results dict (the contents of `eval_results.json`).
+    """
+    collectors, errors = self.score(state, split)
+    source = self.sources[split]
+    results = self._results(collectors, source.label_matrix(), int(state.step), split)
+    results["skipped_clips"] = errors.failed
+    results["skipped_files"] = sorted(errors.files)
+    results["train_skipped_samples"] = self.train_errors.failed if self.train_errors else 0
+    if self.writer is not None:
+      self.writer.write_scalars(results["step"], {
+          f"{split}/{k}": results[k]
+          for k in ("macro_map", "micro_map", "top1", "top5", "chance_macro_map")})
+      self.writer.flush()
+    _log(results)
+    if split == self.config.eval.split and jax.process_index() == 0:
+      scores = _video_scores(collectors[self.config.eval.output], len(source),
+                             self.config.eval.aggregate)
+      lines = (f"{vid} " + " ".join(f"{x:.6g}" for x in row)
+               for vid, row in zip(source.video_ids(), scores))
+      (epath.Path(self.workdir) / "predictions.txt").write_text("\n".join(lines) + "\n")
+      path = epath.Path(self.workdir) / "eval_results.json"
+      path.write_text(json.dumps(results, indent=2) + "\n")
+      logging.info("Wrote %s", path)
+    return results
+
+  def _results(self, collectors: dict[str, metrics.MultiLabelCollector],
+               labels: np.ndarray, step: int, split: str) -> dict[str, Any]:
+    """The results dict from the collectors of `score` and the split's
+    labels [N, A]."""
+    output, how, plan = self.config.eval.output, self.config.eval.aggregate, self.plan
+    if output not in collectors:
+      raise ValueError(f"config.eval.output={output!r} is not a model output; "
+                       f"outputs: {sorted(collectors)}")
+    num_videos = len(labels)
+    scores = _video_scores(collectors[output], num_videos, how)
+    seen = np.unique(collectors[output].arrays()["index"])
+    summary = metrics.all_metrics(scores, labels)
+    # The constant predictor scoring every video with the training frequencies:
+    # its AP per class is the class's positive rate.
+    chance = metrics.macro_map(np.broadcast_to(self.train_stats.frequency, labels.shape),
+                               labels)
+    per_rate = {}
+    for rates in rate_subsets(plan):
+      keep = [i for i, v in enumerate(plan) if v.rate in rates]
+      s = _video_scores(collectors[output], num_videos, how, keep)
+      per_rate["+".join(map(str, rates))] = {
+          "views": len(keep), "macro_map": _json_number(metrics.macro_map(s, labels))}
+    results = {
+        "split": split, "step": int(step), "output": output,
+        "num_videos": int(num_videos),
+        "num_videos_without_views": int(num_videos - len(seen)),
+        "views": len(plan), "aggregate": how,
+        "macro_map": _json_number(summary["macro_map"]),
+        "micro_map": _json_number(summary["micro_map"]),
+        "top1": _json_number(summary["top1"]),
+        "top5": _json_number(summary["top5"]),
+        "chance_macro_map": _json_number(chance),
+        "map_over_chance": _json_number(summary["macro_map"] / chance),
+        "num_classes_with_positives": summary["num_classes_with_positives"],
+        "per_class_ap": {n: _json_number(a)
+                         for n, a in zip(self.class_names, summary["per_class_ap"])},
+        "per_rate": per_rate,
+        "outputs": {},
+    }
+    for name, collector in sorted(collectors.items()):
+      m = metrics.all_metrics(_video_scores(collector, num_videos, how), labels)
+      results["outputs"][name] = {k: _json_number(m[k])
+                                  for k in ("macro_map", "micro_map", "top1", "top5")}
+    return results
 
 
-def plan_from_config(config: ml_collections.ConfigDict) -> tuple[sampling.View, ...]:
-  return sampling.view_plan(config.eval.views, config.eval.spatial_crops)
+def _log(results: dict[str, Any]) -> None:
+  logging.info(
+      "%s split, step %d, %d videos x %d views: macro mAP %.4f (chance %.4f, %.2fx), "
+      "micro mAP %.4f, top-1 %.4f, top-5 %.4f", results["split"], results["step"],
+      results["num_videos"], results["views"], results["macro_map"],
+      results["chance_macro_map"], results["map_over_chance"], results["micro_map"],
+      results["top1"], results["top5"])
+  if len(results["per_rate"]) > 1:
+    logging.info("macro mAP by rates: %s", ", ".join(
+        f"{k} ({v['views']} views): {v['macro_map']:.4f}"
+        for k, v in results["per_rate"].items()))
 
 
 def _padded(batch: dict[str, np.ndarray] | None, template: dict[str, np.ndarray]
@@ -76,49 +261,8 @@ def _padded(batch: dict[str, np.ndarray] | None, template: dict[str, np.ndarray]
   return out
 
 
-def run(eval_step: Callable, state: Any, source: base.VideoSource,
-        config: ml_collections.ConfigDict, mesh: Mesh
-        ) -> tuple[dict[str, metrics.MultiLabelCollector], pipeline.DecodeErrors]:
-  """Scores every view of every video of `source` once.
-
-  Returns:
-    A collector per model output, and this host's count of clips skipped
-    because their video could not be decoded.
-  """
-  plan = plan_from_config(config)
-  pcount, pindex = jax.process_count(), jax.process_index()
-  local_bs = config.eval.batch_size // pcount
-  errors = pipeline.DecodeErrors(config.data.max_error_ratio)
-  ds = pipeline.eval_dataset(source, config.data, plan, local_batch_size=local_bs,
-                             process_index=pindex, process_count=pcount, errors=errors)
-  num_batches = pipeline.eval_num_batches(len(source), plan, local_batch_size=local_bs,
-                                          process_count=pcount)
-  # Any eval batch size works on any mesh: rows are padded (and masked) up to a
-  # multiple of this host's devices on the batch axes.
-  local_devices = mesh.shape["data"] * mesh.shape["fsdp"] // pcount
-  padded_bs = math.ceil(local_bs / local_devices) * local_devices
-  s, t = config.data.crop_size, config.data.num_frames
-  template = {"video": np.zeros((padded_bs, t, s, s, 3), np.uint8),
-              "labels": np.zeros((padded_bs, source.num_classes), np.int32),
-              "index": np.zeros((padded_bs,), np.int32),
-              "view": np.zeros((padded_bs,), np.int32),
-              "mask": np.zeros((padded_bs,), bool)}
-  batch_sharding = sharding.batch_sharding(mesh)
-  collectors: dict[str, metrics.MultiLabelCollector] = {}
-  it = iter(ds)
-  for _ in range(num_batches):
-    batch = _padded(next(it, None), template)
-    out = jax.device_get(eval_step(state, sharding.to_global(batch, batch_sharding)))
-    for name, scores in out["scores"].items():
-      update = metrics.MultiLabelCollector.from_model_output(
-          scores=scores, **{k: out[k] for k in ("labels", "mask", "index", "view")})
-      collectors[name] = (update if name not in collectors
-                          else collectors[name].merge(update))
-  return collectors, errors
-
-
-def video_scores(collector: metrics.MultiLabelCollector, num_videos: int, how: str,
-                 keep_views: Sequence[int] | None = None) -> np.ndarray:
+def _video_scores(collector: metrics.MultiLabelCollector, num_videos: int, how: str,
+                  keep_views: Sequence[int] | None = None) -> np.ndarray:
   """Aggregated per-video scores [N, A] from clip scores; a video none of whose
   (kept) views could be decoded scores -inf, ranking last."""
   v = collector.arrays()
@@ -136,74 +280,33 @@ def _json_number(x: float) -> float | None:
   return None if x is None or not np.isfinite(x) else float(x)
 
 
-def report(collectors: dict[str, metrics.MultiLabelCollector], *, labels: np.ndarray,
-           class_names: Sequence[str], train_frequency: np.ndarray, output: str,
-           step: int, split: str, plan: Sequence[sampling.View], how: str
-           ) -> dict[str, Any]:
-  """The results dict written to `eval_results.json`.
+def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """`--mode eval`: evaluates checkpoint `config.eval.step` (-1: the latest) of
+  `workdir` on `config.eval.split`, writing the results there.
 
-  Args:
-    collectors: from `run`.
-    labels: [N, A] ground truth of the split (`source.label_matrix()`).
-    class_names: [A] names keying the per-class AP.
-    train_frequency: [A] fraction of training videos with each class; the
-      constant predictor that scores every video with it is the chance
-      reference (its AP per class is the class's positive rate).
-    output: the model output that ranks (`config.eval.output`).
-    step: checkpoint step evaluated.
-    split: split evaluated.
-    plan: the view plan evaluated.
-    how: view aggregation.
+  Only the model's variables are restored (as host arrays, placed on this
+  mesh), so a checkpoint from any topology evaluates on any other.
   """
-  if output not in collectors:
-    raise ValueError(f"config.eval.output={output!r} is not a model output; "
-                     f"outputs: {sorted(collectors)}")
-  num_videos = len(labels)
-  scores = video_scores(collectors[output], num_videos, how)
-  seen = np.unique(collectors[output].arrays()["index"])
-  summary = metrics.all_metrics(scores, labels)
-  chance = metrics.macro_map(np.broadcast_to(train_frequency, labels.shape), labels)
-  per_rate = {}
-  for rates in rate_subsets(plan):
-    keep = [i for i, v in enumerate(plan) if v.rate in rates]
-    s = video_scores(collectors[output], num_videos, how, keep)
-    per_rate["+".join(map(str, rates))] = {
-        "views": len(keep), "macro_map": _json_number(metrics.macro_map(s, labels))}
-  results = {
-      "split": split, "step": int(step), "output": output,
-      "num_videos": int(num_videos),
-      "num_videos_without_views": int(num_videos - len(seen)),
-      "views": len(plan), "aggregate": how,
-      "macro_map": _json_number(summary["macro_map"]),
-      "micro_map": _json_number(summary["micro_map"]),
-      "top1": _json_number(summary["top1"]),
-      "top5": _json_number(summary["top5"]),
-      "chance_macro_map": _json_number(chance),
-      "map_over_chance": _json_number(summary["macro_map"] / chance),
-      "num_classes_with_positives": summary["num_classes_with_positives"],
-      "per_class_ap": {n: _json_number(a) for n, a in zip(class_names, summary["per_class_ap"])},
-      "per_rate": per_rate,
-      "outputs": {},
-  }
-  for name, collector in sorted(collectors.items()):
-    m = metrics.all_metrics(video_scores(collector, num_videos, how), labels)
-    results["outputs"][name] = {k: _json_number(m[k]) for k in ("macro_map", "micro_map", "top1", "top5")}
-  return results
-
-
-def write_results(workdir: str, results: dict[str, Any], name: str = "eval_results.json") -> None:
-  """Writes results as JSON, from process 0 only."""
-  if jax.process_index() != 0:
-    return
-  path = epath.Path(workdir) / name
-  path.write_text(json.dumps(results, indent=2) + "\n")
-  logging.info("Wrote %s", path)
-
-
-def write_predictions(workdir: str, video_ids: Sequence[str], scores: np.ndarray,
-                      name: str = "predictions.txt") -> None:
-  """Charades submission format: `id s_1 ... s_A` per line, from process 0."""
-  if jax.process_index() != 0:
-    return
-  lines = (f"{vid} " + " ".join(f"{x:.6g}" for x in row) for vid, row in zip(video_ids, scores))
-  (epath.Path(workdir) / name).write_text("\n".join(lines) + "\n")
+  validation.validate(config)
+  mesh = sharding.make_mesh(config.mesh)
+  sharding.validate_for_mesh(config, mesh)
+  train_source = pipeline.make_source(config.data, "train")
+  stats = train_source.class_stats()
+  model = models.build_model(config.model, stats.num_classes, stats)
+  with checkpointing.make_manager(workdir, config.checkpoint) as manager:
+    steps, directory = manager.all_steps(), epath.Path(manager.directory)
+  step = max(steps, default=None) if config.eval.step < 0 else config.eval.step
+  if step not in steps:
+    raise FileNotFoundError(
+        f"No checkpoint {'(latest)' if config.eval.step < 0 else config.eval.step} "
+        f"in {directory}; steps there: {sorted(steps)}")
+  loaded = checkpointing.load_variables(os.fspath(directory / str(step)))
+  shardings = sharding.state_shardings(loaded, mesh, config.sharding)
+  variables = jax.device_put(loaded, shardings)
+  evaluator = Evaluator(
+      config, mesh, model, shardings, splits=[config.eval.split],
+      class_names=train_source.class_names, train_stats=stats, workdir=workdir,
+      writer=metric_writers.create_default_writer(
+          workdir, just_logging=jax.process_index() > 0))
+  state = EvalState(step=jnp.asarray(step, jnp.int32), **variables)
+  return evaluator.run(state, config.eval.split)

@@ -38,8 +38,10 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
+from mlar_jax import config_lib
 from mlar_jax import registry
 
 Array = jax.Array
@@ -219,3 +221,9 @@ def class_weights_from_counts(counts, mode: str = "min_over_count",
   else:
     raise ValueError(f"class weight mode must be one of {CLASS_WEIGHT_MODES}, got {mode!r}")
   return np.where(present, w, 1.0).astype(np.float32)
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """`config.loss`: a registered loss and a class-weight mode."""
+  config_lib.check_choice(config, "loss.name", LOSSES.names())
+  config_lib.check_choice(config, "loss.class_weights", CLASS_WEIGHT_MODES)

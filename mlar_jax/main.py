@@ -15,6 +15,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from mlar_jax import cli
+from mlar_jax import evaluate
 from mlar_jax import train
 
 FLAGS = flags.FLAGS
@@ -32,7 +33,11 @@ def main(argv):
   cli.initialize_distributed()
   cli.setup(FLAGS.config)
   logging.info("Config:\n%s", FLAGS.config)
-  results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.mode)
+  if FLAGS.mode == "eval":
+    results = evaluate.evaluate(FLAGS.config, FLAGS.workdir)
+  else:
+    results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir,
+                                       final_eval=FLAGS.mode == "train_and_eval")
   if results is not None and jax.process_index() == 0:
     print(f"{results['split']} macro mAP {results['macro_map']:.4f} | constant predictor "
           f"{results['chance_macro_map']:.4f} | ratio {results['map_over_chance']:.2f} | "

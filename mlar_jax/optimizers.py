@@ -9,6 +9,11 @@ import ml_collections
 import optax
 from flax import traverse_util
 
+from mlar_jax import config_lib
+
+
+OPTIMIZERS = ("sgd", "adamw")
+
 
 def make_schedule(cfg: ml_collections.ConfigDict, num_train_steps: int) -> optax.Schedule:
   """Linear warmup from 0 to `cfg.base_lr`, then cosine decay to
@@ -69,5 +74,16 @@ def _base_optimizer(cfg: ml_collections.ConfigDict, schedule: optax.Schedule
   elif cfg.name == "adamw":
     parts.append(optax.adamw(schedule, weight_decay=cfg.weight_decay, mask=_decay_mask))
   else:
-    raise ValueError(f"config.optimizer.name must be sgd|adamw, got {cfg.name!r}")
+    config_lib.fail("optimizer.name", cfg.name, f"unknown; choose from {sorted(OPTIMIZERS)}")
   return optax.chain(*parts)
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """`config.optimizer` and `config.schedule`."""
+  config_lib.check_choice(config, "optimizer.name", OPTIMIZERS)
+  config_lib.check_regex(config, "optimizer.freeze")
+  s = config.schedule
+  if s.base_lr <= 0:
+    config_lib.fail("schedule.base_lr", s.base_lr, "must be > 0")
+  if not 0 <= s.warmup_steps <= config.num_train_steps:
+    config_lib.fail("schedule.warmup_steps", s.warmup_steps, "must be in [0, num_train_steps]")

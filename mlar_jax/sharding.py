@@ -11,7 +11,7 @@ The mesh has three axes:
 The global batch is split over `data` x `fsdp`.
 
 Parameters: `config.sharding.rules` (regex over the leaf's path -> mesh axis
-per dimension) place the named leaves; every other leaf is replicated, or
+per dimension; default `config_lib.SHARDING_RULES`) place the named leaves; every other leaf is replicated, or
 with `config.sharding.params = "fsdp"` split over `fsdp` along its largest
 dimension that `fsdp` divides when it has at least `fsdp_min_size` elements
 (the big_vision rule). One switch moves between data parallel and FSDP.
@@ -24,9 +24,10 @@ Activations: modules name their axes (`nn.with_logical_constraint`, e.g.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import re
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import flax.linen as nn
 from absl import logging
@@ -34,6 +35,8 @@ import jax
 import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from mlar_jax import config_lib
 
 AXES = ("data", "fsdp", "model")
 BATCH_AXES = ("data", "fsdp")
@@ -44,15 +47,8 @@ LOGICAL_RULES = (
     ("channels", None), ("activities", "model"), ("features", None),
 )
 
-# Default parameter rules: the MLAR head's per-activity leaves (and the
-# linear head's classifier) split their activity dimension over `model`.
-DEFAULT_RULES = (
-    (r"head/activity_queries$", ("model", None)),
-    (r"head/out_\w+_bias$", ("model",)),
-    (r"head/correlation_mask$", ("model", None)),
-    (r"head/classifier/kernel$", (None, "model")),
-    (r"head/classifier/bias$", ("model",)),
-)
+# How parameters are laid out: `config.sharding.params`.
+PARAM_MODES = ("replicated", "fsdp")
 
 
 def mesh_shape(cfg: ml_collections.ConfigDict, num_devices: int) -> tuple[int, ...]:
@@ -105,11 +101,28 @@ def replicated(mesh: Mesh) -> NamedSharding:
 @contextlib.contextmanager
 def constraints(mesh: Mesh) -> Iterator[None]:
   """Activates `LOGICAL_RULES` and `mesh` for the logical constraints of a
-  function being traced (wrap the body of a jitted step; the abstract mesh
-  is what may be set inside `jax.jit`)."""
+  function being traced (the abstract mesh is what may be set inside
+  `jax.jit`). Steps take it through `with_constraints`."""
   with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), \
       nn.logical_axis_rules(LOGICAL_RULES):
     yield
+
+
+def with_constraints(fn: Callable[..., Any], mesh: Mesh) -> Callable[..., Any]:
+  """`fn` traced with the modules' logical activation constraints mapped onto
+  `mesh`: the one way a pure step function becomes the step for a mesh.
+
+  The pure function stays usable without a mesh (e.g. to count a model's
+  FLOPs unpartitioned); the constraints are what make XLA keep activations
+  split as `LOGICAL_RULES` says inside `jax.jit` over `mesh`.
+  """
+
+  @functools.wraps(fn)
+  def wrapped(*args, **kwargs):
+    with constraints(mesh):
+      return fn(*args, **kwargs)
+
+  return wrapped
 
 
 def _path(key_path) -> str:
@@ -128,11 +141,23 @@ def _fsdp_spec(shape: tuple[int, ...], fsdp: int, min_size: int) -> P:
   return P()
 
 
-def _rule_spec(shape: tuple[int, ...], axes: Sequence[str | None], mesh: Mesh) -> P:
+def _rule_spec(pattern: str, path: str, shape: tuple[int, ...],
+               axes: Sequence[str | None], mesh: Mesh) -> P:
   """A rule's axes for `shape`, dropping an axis its dimension cannot split
-  into (e.g. 157 activities over model=2 stay whole)."""
+  into (e.g. 157 activities over model=2 stay whole).
+
+  Raises:
+    ValueError naming the rule when its rank is not the leaf's: a rule that
+    matches the wrong leaves would otherwise leave them silently replicated.
+  """
   if len(axes) != len(shape):
-    return P()
+    raise ValueError(
+        f"config.sharding.rules: rule ({pattern!r}, {tuple(axes)}) has {len(axes)} axes but "
+        f"matches {path} of shape {tuple(shape)}; give one mesh axis (or None) per dimension")
+  unknown = [a for a in axes if a is not None and a not in mesh.shape]
+  if unknown:
+    raise ValueError(f"config.sharding.rules: rule ({pattern!r}, {tuple(axes)}) names "
+                     f"{unknown}, not mesh axes {list(mesh.shape)}")
   return P(*[a if a is not None and shape[d] % mesh.shape[a] == 0 else None
              for d, a in enumerate(axes)])
 
@@ -141,9 +166,9 @@ def leaf_spec(path: str, shape: tuple[int, ...], mesh: Mesh,
               cfg: ml_collections.ConfigDict) -> P:
   """The PartitionSpec of one state leaf (params, model_state or optimizer
   state: their paths end alike, so a parameter and its moments match)."""
-  for pattern, axes in cfg.get("rules", DEFAULT_RULES):
+  for pattern, axes in cfg.rules:
     if re.search(pattern, path):
-      return _rule_spec(shape, axes, mesh)
+      return _rule_spec(pattern, path, shape, axes, mesh)
   fsdp = mesh.shape["fsdp"] if cfg.params == "fsdp" else 1
   return _fsdp_spec(shape, fsdp, cfg.fsdp_min_size)
 
@@ -157,11 +182,42 @@ def state_shardings(abstract_state: Any, mesh: Mesh,
     mesh: the (data, fsdp, model) mesh.
     cfg: `config.sharding` (params: "replicated" | "fsdp", fsdp_min_size, rules).
   """
-  if cfg.params not in ("replicated", "fsdp"):
-    raise ValueError(f"config.sharding.params must be replicated|fsdp, got {cfg.params!r}")
   return jax.tree_util.tree_map_with_path(
       lambda p, x: NamedSharding(mesh, leaf_spec(_path(p), tuple(x.shape), mesh, cfg)),
       abstract_state)
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """`config.mesh` and `config.sharding` (the mesh's size is checked against
+  the devices by `mesh_shape`, the batch against the mesh by
+  `validate_for_mesh`)."""
+  config_lib.check_choice(config, "sharding.params", PARAM_MODES)
+  shape = [config.mesh.data, config.mesh.fsdp, config.mesh.model]
+  if shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
+    config_lib.fail("mesh", dict(config.mesh), "sizes must be positive, one of them may be -1")
+  config_lib.check_positive(config, "sharding.fsdp_min_size")
+  for rule in config.sharding.rules:
+    if (len(rule) != 2 or not isinstance(rule[0], str)
+        or any(a is not None and a not in AXES for a in rule[1])):
+      config_lib.fail("sharding.rules", rule, f"must be (regex, (axis or None, ...)) with axes "
+                      f"from {list(AXES)}")
+    try:
+      re.compile(rule[0])
+    except re.error as e:
+      config_lib.fail("sharding.rules", rule, f"is not a valid regex: {e}")
+
+
+def validate_for_mesh(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
+  """Checks the batch sizes against the mesh and the process count."""
+  batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
+  if config.batch_size % batch_devices:
+    config_lib.fail("batch_size", config.batch_size, f"must be a multiple of the "
+                    f"{batch_devices} devices of the mesh's data and fsdp axes")
+  # Evaluation batches are padded up to a multiple of the devices instead.
+  for key in ("batch_size", "eval.batch_size"):
+    value = config_lib.get(config, key)
+    if value % jax.process_count():
+      config_lib.fail(key, value, f"must be a multiple of the {jax.process_count()} processes")
 
 
 def to_global(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:

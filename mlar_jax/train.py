@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 import flax
 import flax.linen as nn
@@ -20,11 +21,12 @@ from clu import periodic_actions
 from etils import epath
 
 from mlar_jax import checkpointing
-from mlar_jax import config_lib
 from mlar_jax import evaluate
 from mlar_jax import losses
 from mlar_jax import optimizers
 from mlar_jax import sharding
+from mlar_jax import validation
+from mlar_jax.data import base
 from mlar_jax.data import pipeline
 from mlar_jax.data import transforms
 from mlar_jax.models import registry as models
@@ -44,11 +46,18 @@ class TrainState:
 
 
 def init_state(model: nn.Module, tx: optax.GradientTransformation,
-               input_shape: tuple[int, ...], rng: jax.Array) -> TrainState:
-  """Fresh parameters, batch statistics and optimizer state."""
+               video_shape: tuple[int, ...], rng: jax.Array) -> TrainState:
+  """Fresh parameters, model state and optimizer state.
+
+  Args:
+    model: the classifier.
+    tx: the optimizer.
+    video_shape: [B, T, S, S, 3] of the clips it will see (B = 1 will do).
+    rng: the initialisation key.
+  """
   params_rng, dropout_rng = jax.random.split(rng)
   variables = model.init({"params": params_rng, "dropout": dropout_rng},
-                         jnp.zeros(input_shape, jnp.float32), train=False)
+                         jnp.zeros(video_shape, jnp.float32), train=False)
   params = variables.pop("params")
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     model_state=dict(variables), opt_state=tx.init(params))
@@ -57,23 +66,20 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation,
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, loss_fn: losses.LossFn,
                     class_weights: np.ndarray | None,
-                    config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Callable:
-  """(state, batch) -> (state, metrics); every model output is trained.
+                    config: ml_collections.ConfigDict) -> Callable:
+  """The pure update step (state, batch) -> (state, metrics); every model
+  output is trained.
 
+  Pure: no mesh, no sharding. `Training.jit_step` makes it the step of a
+  mesh (`sharding.with_constraints`, shardings, donation); unjitted or
+  jitted alone it is the unpartitioned step (the AOT tool counts its FLOPs).
   The dropout key is a function of (seed, step) so a resumed run draws the
-  same masks as an uninterrupted one. With a `mesh`, the modules' logical
-  activation constraints apply (`sharding.constraints`).
+  same masks as an uninterrupted one.
   """
   compute_dtype = models.DTYPES[config.model.dtype]
   weights = None if class_weights is None else jnp.asarray(class_weights)
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]):
-    if mesh is None:
-      return _train_step(state, batch)
-    with sharding.constraints(mesh):
-      return _train_step(state, batch)
-
-  def _train_step(state: TrainState, batch: dict[str, jax.Array]):
     rng = jax.random.fold_in(jax.random.key(config.seed), state.step)
     video = transforms.normalize(batch["video"], config.data.mean, config.data.std,
                                  compute_dtype)
@@ -101,12 +107,6 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
   return train_step
 
 
-def _class_statistics(source) -> dict[str, np.ndarray]:
-  counts = source.class_counts()
-  return {"counts": counts, "cooccurrence": source.cooccurrence(),
-          "frequency": counts / max(len(source), 1)}
-
-
 def _log_line(step: int, total: int, metrics: dict[str, float], steps_per_sec: float,
               batch_size: int) -> str:
   eta = (total - step) / steps_per_sec if steps_per_sec > 0 else float("nan")
@@ -122,74 +122,85 @@ def _log_line(step: int, total: int, metrics: dict[str, float], steps_per_sec: f
              if metrics.get("skipped_samples") else ""))
 
 
-class Training(NamedTuple):
-  """What `build_training` assembles."""
+@dataclasses.dataclass(frozen=True)
+class Training:
+  """What `build_training` assembles: the model, the optimizer, and the one
+  pure update step with the state shardings that make it the step of `mesh`.
+
+  Everything else is derived: `abstract_state` from `init_fn`, the jitted
+  step and initialiser from `step_fn` / `init_fn` and the shardings.
+  """
   model: nn.Module
   tx: optax.GradientTransformation
-  schedule: optax.Schedule
-  init_fn: Callable[[jax.Array], TrainState]
-  abstract_state: TrainState         # ShapeDtypeStructs
-  state_shardings: TrainState        # NamedShardings
-  train_step: Callable               # jitted (state, batch) -> (state, metrics)
-  step_fn: Callable                  # the same, unjitted and without sharding constraints
+  mesh: Mesh
+  init_fn: Callable[[jax.Array], TrainState]   # rng -> fresh state
+  step_fn: Callable                            # pure (state, batch) -> (state, metrics)
+  state_shardings: TrainState                  # NamedShardings over `mesh`
+
+  @functools.cached_property
+  def abstract_state(self) -> TrainState:
+    """The state's ShapeDtypeStructs (`jax.eval_shape`: nothing allocated)."""
+    return jax.eval_shape(self.init_fn, jax.random.key(0))
+
+  def jit_init(self) -> Callable[[jax.Array], TrainState]:
+    """jit(rng -> state), the state laid out by `state_shardings`."""
+    return jax.jit(self.init_fn, out_shardings=self.state_shardings)
+
+  def jit_step(self) -> Callable:
+    """jit(state, batch) -> (state, metrics) over `mesh`: the modules' logical
+    activation constraints, the batch split over (data, fsdp), metrics
+    replicated, the input state donated."""
+    return jax.jit(sharding.with_constraints(self.step_fn, self.mesh),
+                   in_shardings=(self.state_shardings, sharding.batch_sharding(self.mesh)),
+                   out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
+                   donate_argnums=(0,))
 
 
-def build_training(config: ml_collections.ConfigDict, mesh: Mesh, num_classes: int,
-                   stats: dict[str, np.ndarray]) -> Training:
-  """Model, optimizer, state shardings and the jitted update step for `mesh`.
+def build_training(config: ml_collections.ConfigDict, mesh: Mesh,
+                   stats: base.ClassStats) -> Training:
+  """Model, optimizer, update step and state shardings for `mesh`.
 
   Nothing is allocated: the state is abstract (`jax.eval_shape`), so the
-  same call serves training and ahead-of-time compilation for a topology
-  (`mlar_jax.tools.aot`).
+  same call serves training, the tests and ahead-of-time compilation for a
+  topology (`mlar_jax.tools.aot`).
 
   Args:
     config: the experiment config.
     mesh: the device mesh (real devices, or a TPU topology's).
-    num_classes: activities A.
-    stats: training-label statistics ("counts", "cooccurrence").
+    stats: training-label statistics (`VideoSource.class_stats()`, or
+      `ClassStats.placeholder(A)` where only shapes matter); A is its size.
   """
-  model = models.build_model(config.model, num_classes, stats)
+  model = models.build_model(config.model, stats.num_classes, stats)
   schedule = optimizers.make_schedule(config.schedule, config.num_train_steps)
   tx = optimizers.make_optimizer(config.optimizer, schedule)
-  loss_fn = losses.LOSSES.get(config.loss.name)
   class_weights = None
   if config.loss.class_weights != "none":
-    class_weights = losses.class_weights_from_counts(stats["counts"], config.loss.class_weights)
-  s = config.data.crop_size
-  input_shape = (1, config.data.num_frames, s, s, 3)
-  init_fn = functools.partial(init_state, model, tx, input_shape)
-  abstract_state = jax.eval_shape(init_fn, jax.random.key(config.seed))
-  state_shardings = sharding.state_shardings(abstract_state, mesh, config.sharding)
-  step_fn = make_train_step(model, tx, schedule, loss_fn, class_weights, config)
-  train_step = jax.jit(
-      make_train_step(model, tx, schedule, loss_fn, class_weights, config, mesh),
-      in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
-      out_shardings=(state_shardings, sharding.replicated(mesh)),
-      donate_argnums=(0,))
-  return Training(model=model, tx=tx, schedule=schedule, init_fn=init_fn,
-                  abstract_state=abstract_state, state_shardings=state_shardings,
-                  train_step=train_step, step_fn=step_fn)
+    class_weights = losses.class_weights_from_counts(stats.counts, config.loss.class_weights)
+  step_fn = make_train_step(model, tx, schedule, losses.LOSSES.get(config.loss.name),
+                            class_weights, config)
+  video_shape = pipeline.batch_spec(config.data, 1, stats.num_classes)["video"].shape
+  init_fn = functools.partial(init_state, model, tx, video_shape)
+  state_shardings = sharding.state_shardings(
+      jax.eval_shape(init_fn, jax.random.key(0)), mesh, config.sharding)
+  return Training(model=model, tx=tx, mesh=mesh, init_fn=init_fn, step_fn=step_fn,
+                  state_shardings=state_shardings)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       mode: str = "train_and_eval") -> dict[str, Any] | None:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       final_eval: bool = True) -> dict[str, Any] | None:
   """Trains (resuming from the latest checkpoint in `workdir`) and evaluates.
 
   Args:
     config: a validated experiment config.
     workdir: where checkpoints, TensorBoard events and results go.
-    mode: "train", "eval" (latest or `config.eval.step` checkpoint, no
-      training) or "train_and_eval".
+    final_eval: evaluate `config.eval.split` after the last step (results
+      in `workdir/eval_results.json`, `predictions.txt`).
 
   Returns:
-    The evaluation results (also written to `workdir/eval_results.json`), or
-    None in "train" mode.
+    The final evaluation results, or None without `final_eval`.
   """
-  config_lib.validate(config)
-  if mode not in ("train", "eval", "train_and_eval"):
-    raise ValueError(f"mode must be train|eval|train_and_eval, got {mode!r}")
-  workdir_path = epath.Path(workdir)
-  workdir_path.mkdir(parents=True, exist_ok=True)
+  validation.validate(config)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)
 
@@ -197,7 +208,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # Mesh.
   # --------------------------------------------------------------------------
   mesh = sharding.make_mesh(config.mesh)
-  config_lib.validate_for_mesh(config, mesh)
+  sharding.validate_for_mesh(config, mesh)
   batch_sharding = sharding.batch_sharding(mesh)
   logging.info("Mesh %s over %d devices (%d processes)", dict(mesh.shape),
                mesh.size, jax.process_count())
@@ -206,16 +217,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # Input pipeline.
   # --------------------------------------------------------------------------
   train_source = pipeline.make_source(config.data, "train")
-  stats = _class_statistics(train_source)
-  class_names = list(train_source.class_names)
-  num_classes = len(class_names)
+  stats = train_source.class_stats()
   train_errors = pipeline.DecodeErrors(config.data.max_error_ratio)
-  # Evaluation splits are opened (annotations parsed) now, so that a missing
-  # or malformed one fails before training rather than after it.
-  eval_splits = {config.eval.split} if mode != "train" else set()
-  if config.eval_every_steps and mode != "eval":
-    eval_splits.add("val")
-  eval_sources = {split: pipeline.make_source(config.data, split) for split in eval_splits}
 
   def train_iterator(start_batch: int = 0):
     return iter(pipeline.train_dataset(
@@ -226,50 +229,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # --------------------------------------------------------------------------
   # Model, optimizer, loss, shardings, update step.
   # --------------------------------------------------------------------------
-  setup = build_training(config, mesh, num_classes, stats)
-  model, tx, init_fn, state_shardings, train_step = (
-      setup.model, setup.tx, setup.init_fn, setup.state_shardings, setup.train_step)
-  rng = jax.random.key(config.seed)
-  restore_target = checkpointing.abstract_with_shardings(setup.abstract_state, state_shardings)
-  num_params = sum(x.size for x in jax.tree.leaves(setup.abstract_state.params))
+  training = build_training(config, mesh, stats)
+  train_step = training.jit_step()
+  num_params = sum(x.size for x in jax.tree.leaves(training.abstract_state.params))
   logging.info("Model %s + %s head: %d parameters", config.model.backbone,
                config.model.head, num_params)
-  eval_step = evaluate.make_eval_step(model, config, mesh, state_shardings)
-
-  def run_eval(state, split: str, write: bool = False) -> dict[str, Any]:
-    source = eval_sources[split]
-    plan = evaluate.plan_from_config(config)
-    collectors, errors = evaluate.run(eval_step, state, source, config, mesh)
-    results = evaluate.report(
-        collectors, labels=source.label_matrix(), class_names=class_names,
-        train_frequency=stats["frequency"], output=config.eval.output,
-        step=int(state.step), split=split, plan=plan, how=config.eval.aggregate)
-    results["skipped_clips"] = errors.failed
-    results["skipped_files"] = sorted(errors.files)
-    results["train_skipped_samples"] = train_errors.failed
-    if write:
-      scores = evaluate.video_scores(collectors[config.eval.output], len(source),
-                                     config.eval.aggregate)
-      evaluate.write_predictions(workdir, [source[i]["id"] for i in range(len(source))],
-                                 scores)
-      _finish_eval(writer, workdir, results)
-    return results
 
   # --------------------------------------------------------------------------
-  # Checkpoint: restore the latest (or the requested one for evaluation).
+  # Evaluation: its splits are opened (annotations parsed) now, so that a
+  # missing or malformed one fails before training rather than after it.
+  # --------------------------------------------------------------------------
+  eval_splits = ["val"] if config.eval_every_steps else []
+  if final_eval and config.eval.split not in eval_splits:
+    eval_splits.append(config.eval.split)
+  evaluator = evaluate.Evaluator(
+      config, mesh, training.model,
+      evaluate.variable_shardings(training.state_shardings), splits=eval_splits,
+      class_names=train_source.class_names, train_stats=stats, workdir=workdir,
+      writer=writer, train_errors=train_errors)
+
+  # --------------------------------------------------------------------------
+  # Checkpoint: restore the latest, or initialise.
   # --------------------------------------------------------------------------
   manager = checkpointing.make_manager(workdir, config.checkpoint)
   latest = manager.latest_step()
-  if mode == "eval":
-    step = latest if config.eval.step < 0 else config.eval.step
-    if step is None or step not in manager.all_steps():
-      raise FileNotFoundError(
-          f"No checkpoint {'(latest)' if config.eval.step < 0 else config.eval.step} "
-          f"in {workdir_path / 'checkpoints'}; steps there: {manager.all_steps()}")
-    state = checkpointing.restore(manager, step, restore_target)
-    return run_eval(state, config.eval.split, write=True)
-
   if latest is not None:
+    restore_target = checkpointing.abstract_with_shardings(training.abstract_state,
+                                                           training.state_shardings)
     written_by = checkpointing.saved_process_count(manager, latest)
     if written_by in (None, jax.process_count()):
       train_iter = train_iterator()
@@ -284,9 +270,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     logging.info("Resumed from checkpoint at step %d", latest)
   else:
     train_iter = train_iterator()
-    state = jax.jit(init_fn, out_shardings=state_shardings)(rng)
+    state = training.jit_init()(jax.random.key(config.seed))
     if config.init_from:
-      state = _init_from(state, config, tx, state_shardings)
+      state = _init_from(state, config, training.tx, training.state_shardings)
   start_step = int(state.step)
 
   # --------------------------------------------------------------------------
@@ -328,18 +314,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if step % config.checkpoint.every_steps == 0 or step == total:
       checkpointing.save(manager, step, state, train_iter)
     if config.eval_every_steps and step % config.eval_every_steps == 0 and step < total:
-      results = run_eval(state, "val")
-      writer.write_scalars(step, {f"val/{k}": results[k] for k in
-                                  ("macro_map", "micro_map", "top1", "top5")})
-      logging.info("step %d: val macro mAP %.4f", step, results["macro_map"])
+      evaluator.run(state, "val")
   manager.wait_until_finished()
-
-  if mode == "train":
+  manager.close()
+  if not final_eval:
     writer.flush()
     return None
-  results = run_eval(state, config.eval.split, write=True)
-  manager.close()
-  return results
+  return evaluator.run(state, config.eval.split)
 
 
 def _init_from(state: TrainState, config: ml_collections.ConfigDict,
@@ -356,20 +337,3 @@ def _init_from(state: TrainState, config: ml_collections.ConfigDict,
   logging.info("Initialised from %s; kept fresh: %s", config.init_from,
                skipped + skipped_state or "nothing")
   return state.replace(params=params, model_state=model_state, opt_state=opt_state)
-
-
-def _finish_eval(writer, workdir: str, results: dict[str, Any]) -> None:
-  writer.write_scalars(results["step"], {
-      f"{results['split']}/{k}": results[k]
-      for k in ("macro_map", "micro_map", "top1", "top5", "chance_macro_map")})
-  writer.flush()
-  evaluate.write_results(workdir, results)
-  logging.info(
-      "%s split, step %d, %d videos x %d views: macro mAP %.4f (chance %.4f, %.2fx), "
-      "micro mAP %.4f, top-1 %.4f, top-5 %.4f", results["split"], results["step"],
-      results["num_videos"], results["views"], results["macro_map"],
-      results["chance_macro_map"], results["map_over_chance"], results["micro_map"],
-      results["top1"], results["top5"])
-  if len(results["per_rate"]) > 1:
-    logging.info("macro mAP by rates: %s", ", ".join(
-        f"{k} ({v['views']} views): {v['macro_map']:.4f}" for k, v in results["per_rate"].items()))

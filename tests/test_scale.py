@@ -91,6 +91,20 @@ def test_parameter_rules_fsdp_and_model_axis(devices):
   assert specs["params"]["backbone"]["conv"]["kernel"] == P()
 
 
+def test_a_rule_of_the_wrong_rank_fails_naming_it(devices):
+  cfg = config_lib.base_config()
+  mesh = sharding.make_mesh(cfg.mesh, devices)
+  kernel = {"params": {"head": {"classifier": {
+      "kernel": jax.ShapeDtypeStruct((64, 10), np.float32)}}}}
+  cfg.sharding.rules = ((r"classifier/kernel$", ("model",)),)
+  with pytest.raises(ValueError, match=r"rule \('classifier/kernel\$', \('model',\)\) has 1 "
+                     r"axes but matches params/head/classifier/kernel of shape \(64, 10\)"):
+    sharding.state_shardings(kernel, mesh, cfg.sharding)
+  cfg.sharding.rules = ((r"classifier/kernel$", ("tensor", None)),)
+  with pytest.raises(ValueError, match=r"names \['tensor'\], not mesh axes"):
+    sharding.state_shardings(kernel, mesh, cfg.sharding)
+
+
 def test_logical_activation_constraints_reach_the_compiled_step(devices):
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   cfg = config_lib.base_config()
@@ -98,10 +112,10 @@ def test_logical_activation_constraints_reach_the_compiled_step(devices):
   mesh = sharding.make_mesh(cfg.mesh, devices)
 
   def f(x):
-    with sharding.constraints(mesh):
-      return nn.with_logical_constraint(x * 2, ("batch", "activities", "features"))
+    return nn.with_logical_constraint(x * 2, ("batch", "activities", "features"))
 
-  text = jax.jit(f).lower(np.ones((8, 6, 4), np.float32)).as_text()
+  assert "sharding_constraint" not in jax.jit(f).lower(np.ones((8, 6, 4), np.float32)).as_text()
+  text = jax.jit(sharding.with_constraints(f, mesh)).lower(np.ones((8, 6, 4), np.float32)).as_text()
   assert 'sharding_constraint' in text and '{"model"}' in text
 
 

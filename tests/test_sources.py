@@ -57,8 +57,8 @@ def test_charades_labels_counts_cooccurrence(charades_root):
   np.testing.assert_array_equal(src[0]["labels"], [1, 0, 1, 0])
   np.testing.assert_array_equal(src[3]["labels"], [0, 0, 0, 0])
   np.testing.assert_allclose(src[0]["segments"], [[0, 0.0, 2.0], [2, 1.0, 4.0]])
-  np.testing.assert_array_equal(src.class_counts(), [2, 1, 2, 1])
-  assert src.cooccurrence()[0, 2] == 1 and src.cooccurrence()[0, 3] == 1
+  np.testing.assert_array_equal(src.class_stats().counts, [2, 1, 2, 1])
+  assert src.class_stats().cooccurrence[0, 2] == 1 and src.class_stats().cooccurrence[0, 3] == 1
   assert len(_charades(charades_root, "test")) == 2
   assert src.video_info(src[0]) == (96, 24.0)
   for split in ("train", "test"):
@@ -245,7 +245,7 @@ def test_prepare_writes_array_record_read_back_by_tfds(prepared):
   test = _prepared_source(out, "test")
   assert test.video_ids() == [test[i]["id"] for i in range(len(test))] == ["AAA01", "AAA02"]
   assert list(src.class_names) == CLASSES
-  np.testing.assert_array_equal(src.class_counts(), [2, 1, 1, 1])
+  np.testing.assert_array_equal(src.class_stats().counts, [2, 1, 1, 1])
   np.testing.assert_array_equal(src.label_matrix(), np.stack([src[i]["labels"] for i in range(4)]))
   # Frames keep their identity: stored frame k is source frame 2k.
   frames = src.load_frames(src[1], [0, 5, 47])

@@ -11,7 +11,7 @@ from flax import traverse_util
 from conftest import load_config
 from mlar_jax import evaluate
 from mlar_jax import sharding
-from mlar_jax import speed_invariant
+from mlar_jax.tools import speed_invariant
 from mlar_jax import train
 from mlar_jax.data import pipeline
 from mlar_jax.data import sampling
@@ -40,7 +40,7 @@ def test_view_plan_covers_the_video_uniformly(num_video_frames, rate, positions)
 
 def test_the_default_plan_is_the_papers_30_views():
   config = load_config("synthetic", "speed_invariant")
-  plan = evaluate.plan_from_config(config)
+  plan = sampling.view_plan(config.eval.views, config.eval.spatial_crops)
   rates = [v.rate for v in plan]
   assert len(plan) == 30 and rates.count(4) == 12 and rates.count(8) == 9 and rates.count(2) == 9
   # PySlowFast's 3 crops: first, centre, last along the longer side.
@@ -68,7 +68,7 @@ def test_aggregation_equals_a_loop(how):
     np.testing.assert_allclose(got[i], want)
 
 
-def test_seven_videos_batch_four_on_eight_devices_count_once(devices):
+def test_seven_videos_batch_four_on_eight_devices_count_once(devices, tmp_path):
   config = load_config("synthetic", "runlocal,speed_invariant")
   config.data.synthetic.num_test = 7
   config.eval.batch_size = 4
@@ -78,20 +78,21 @@ def test_seven_videos_batch_four_on_eight_devices_count_once(devices):
   mesh = sharding.make_mesh(config.mesh, devices)
   source = pipeline.make_source(config.data, "test")
   # The trainer's own model, state and shardings (train.build_training).
-  setup = train.build_training(config, mesh, source.num_classes,
-                               {"counts": source.class_counts(),
-                                "cooccurrence": source.cooccurrence()})
-  model, shardings, s = setup.model, setup.state_shardings, config.data.crop_size
-  state = jax.jit(setup.init_fn, out_shardings=shardings)(jax.random.key(0))
-  step = evaluate.make_eval_step(model, config, mesh, shardings)
-  collectors, errors = evaluate.run(step, state, source, config, mesh)
+  training = train.build_training(config, mesh, source.class_stats())
+  model, s = training.model, config.data.crop_size
+  state = training.jit_init()(jax.random.key(0))
+  evaluator = evaluate.Evaluator(
+      config, mesh, model, evaluate.variable_shardings(training.state_shardings),
+      splits=["test"], class_names=source.class_names, train_stats=source.class_stats(),
+      workdir=str(tmp_path))
+  collectors, errors = evaluator.score(state, "test")
   assert errors.failed == 0
   arrays = collectors["logits"].arrays()
   # 7 videos x 6 views = 42 clips in batches of 4 padded to 8 rows: each once.
   assert sorted(zip(arrays["index"], arrays["view"])) == [(i, j) for i in range(7) for j in range(6)]
-  scores = evaluate.video_scores(collectors["logits"], 7, "sum")
+  scores = sampling.aggregate_views(arrays["scores"], arrays["index"], arrays["view"], 7, "sum")
   # Against a loop: every clip through the model alone, summed per video.
-  plan = evaluate.plan_from_config(config)
+  plan = evaluator.plan
   variables = {"params": jax.device_get(state.params), **jax.device_get(state.model_state)}
   for i in range(7):
     total = 0

@@ -44,7 +44,8 @@ def test_video_ids_are_the_records_ids_without_drawing_a_video(monkeypatch):
 
 def test_label_statistics_follow_the_rules(train):
   labels = train.label_matrix()
-  n = train.cooccurrence()
+  stats = train.class_stats()
+  n = stats.cooccurrence
   freq = labels.mean(0)
   assert len(synthetic.CLASS_NAMES) >= 12
   assert labels.sum(1).mean() >= 2.0
@@ -62,8 +63,10 @@ def test_label_statistics_follow_the_rules(train):
   # Long tail: the most frequent class is >10x the rarest.
   assert freq.max() / freq.min() > 10
   np.testing.assert_allclose(freq[C["move_right"]], 0.7 * 0.65, atol=0.03)
-  # Counts and co-occurrence agree.
-  np.testing.assert_array_equal(np.diag(n), train.class_counts())
+  # Counts and co-occurrence agree with the labels.
+  np.testing.assert_array_equal(np.diag(n), labels.sum(0))
+  np.testing.assert_array_equal(stats.counts, labels.sum(0))
+  np.testing.assert_allclose(stats.frequency, freq)
 
 
 def test_durations_long_and_short(train):

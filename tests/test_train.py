@@ -9,8 +9,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from mlar_jax import evaluate
 from mlar_jax import sharding
 from mlar_jax import train
+from mlar_jax.data import base
 from mlar_jax.data import pipeline
 from conftest import load_config
 
@@ -29,10 +31,8 @@ def _fixed_batch(config, size):
 
 def _compiled_step(config, num_classes, mesh):
   """The trainer's own state and jitted step for `mesh` (train.build_training)."""
-  stats = {"counts": np.ones(num_classes), "cooccurrence": np.eye(num_classes)}
-  training = train.build_training(config, mesh, num_classes, stats)
-  state = jax.jit(training.init_fn, out_shardings=training.state_shardings)(jax.random.key(0))
-  return state, training.train_step
+  training = train.build_training(config, mesh, base.ClassStats.placeholder(num_classes))
+  return training.jit_init()(jax.random.key(0)), training.jit_step()
 
 
 @pytest.fixture(scope="module")
@@ -88,11 +88,11 @@ def test_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_path):
   config.checkpoint.every_steps = 3
   config.checkpoint.async_save = True
   straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
-  train.train_and_evaluate(config, str(straight), mode="train")
-  train.train_and_evaluate(config, str(interrupted), mode="train")
+  train.train_and_evaluate(config, str(straight), final_eval=False)
+  train.train_and_evaluate(config, str(interrupted), final_eval=False)
   # Interrupt after step 3: drop the later checkpoint and run the same command.
   shutil.rmtree(interrupted / "checkpoints" / "6")
-  train.train_and_evaluate(config, str(interrupted), mode="train")
+  train.train_and_evaluate(config, str(interrupted), final_eval=False)
   a, b = _params_at(straight, 6), _params_at(interrupted, 6)
   assert int(a["step"]) == int(b["step"]) == 6
   jax.tree.map(np.testing.assert_array_equal, a, b)
@@ -107,9 +107,9 @@ def test_eval_mode_reads_a_checkpoint_and_writes_results(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   config = _config(num_train_steps=4)
   config.checkpoint.every_steps = 2
-  train.train_and_evaluate(config, "run", mode="train")
+  train.train_and_evaluate(config, "run", final_eval=False)
   config.eval.step = 2
-  results = train.train_and_evaluate(config, "run", mode="eval")
+  results = evaluate.evaluate(config, "run")
   on_disk = json.loads((tmp_path / "run" / "eval_results.json").read_text())
   assert on_disk == json.loads(json.dumps(results))
   assert on_disk["step"] == 2 and on_disk["num_videos"] == config.data.synthetic.num_test
@@ -118,4 +118,4 @@ def test_eval_mode_reads_a_checkpoint_and_writes_results(tmp_path, monkeypatch):
     assert 0.0 <= on_disk[key] <= 1.0
   config.eval.step = 3
   with pytest.raises(FileNotFoundError, match="No checkpoint 3"):
-    train.train_and_evaluate(config, "run", mode="eval")
+    evaluate.evaluate(config, "run")

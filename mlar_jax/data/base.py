@@ -11,11 +11,53 @@ rendered.
 from __future__ import annotations
 
 import abc
+import dataclasses
 from typing import Any, Sequence
 
 import numpy as np
 
 Record = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassStats:
+  """Training-label statistics that heads, losses and reports are built from.
+
+  Attributes:
+    counts: int64 [A], videos labelled with each activity.
+    cooccurrence: int64 [A, A], `N[j, k]` = videos labelled with both j and
+      k; the diagonal is `counts`, so `N / diag(N)[:, None]` is the
+      conditional `P(k | j)` of the MLAR correlation mask (eq. 10).
+    num_videos: videos in the split.
+  """
+  counts: np.ndarray
+  cooccurrence: np.ndarray
+  num_videos: int
+
+  @classmethod
+  def from_labels(cls, labels: np.ndarray) -> "ClassStats":
+    """Statistics of a label matrix int [N, A]."""
+    labels = np.asarray(labels, np.int64)
+    return cls(counts=labels.sum(axis=0), cooccurrence=labels.T @ labels,
+               num_videos=len(labels))
+
+  @classmethod
+  def placeholder(cls, num_classes: int) -> "ClassStats":
+    """Statistics of the right shapes without data (one video per class, no
+    co-occurrence): for compiling, counting FLOPs or parameters, and tests.
+    Only values derived from them (the MLAR mask, class weights) differ from
+    a real run's."""
+    return cls(counts=np.ones(num_classes, np.int64),
+               cooccurrence=np.eye(num_classes, dtype=np.int64), num_videos=num_classes)
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.counts)
+
+  @property
+  def frequency(self) -> np.ndarray:
+    """float64 [A], the fraction of videos with each activity."""
+    return self.counts / max(self.num_videos, 1)
 
 
 class VideoSource(abc.ABC):
@@ -71,15 +113,6 @@ class VideoSource(abc.ABC):
   def num_classes(self) -> int:
     return len(self.class_names)
 
-  def class_counts(self) -> np.ndarray:
-    """Videos per class, int64 [C]."""
-    return self.label_matrix().sum(axis=0, dtype=np.int64)
-
-  def cooccurrence(self) -> np.ndarray:
-    """`N[j, k]`: videos labelled with both j and k, int64 [C, C].
-
-    The diagonal is `N[j, j] = class_counts()[j]`, so `N / diag(N)[:, None]` is
-    the conditional `P(k | j)` used by the MLAR correlation mask (eq. 10).
-    """
-    labels = self.label_matrix().astype(np.int64)
-    return labels.T @ labels
+  def class_stats(self) -> ClassStats:
+    """Label counts and co-occurrence of the split, from its annotations."""
+    return ClassStats.from_labels(self.label_matrix())

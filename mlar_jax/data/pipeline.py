@@ -20,10 +20,12 @@ import threading
 from typing import Any, Sequence
 
 import grain
+import jax
 import ml_collections
 import numpy as np
 from absl import logging
 
+from mlar_jax import config_lib
 from mlar_jax import registry
 from mlar_jax.data import base
 from mlar_jax.data import sampling
@@ -34,6 +36,10 @@ from mlar_jax.data import video
 
 # name -> fn(data_config, split) -> VideoSource
 SOURCES: registry.Registry = registry.Registry("dataset")
+SPLITS = ("train", "val", "test")
+# Training labels: a video's (video) or those of the actions overlapping the
+# sampled clip (window; needs segment annotations, e.g. Charades).
+LABEL_MODES = ("video", "window")
 
 
 @SOURCES.register("synthetic")
@@ -129,6 +135,62 @@ def window_labels(record: base.Record, indices: np.ndarray, fps: float) -> np.nd
 def make_source(cfg: ml_collections.ConfigDict, split: str) -> base.VideoSource:
   """The `split` of the dataset named by `cfg.name`."""
   return SOURCES.get(cfg.name)(cfg, split)
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """`config.data` and the split `config.eval.split` evaluates."""
+  config_lib.check_choice(config, "data.name", SOURCES.names())
+  config_lib.check_choice(config, "data.label_mode", LABEL_MODES)
+  config_lib.check_choice(config, "eval.split", SPLITS)
+  config_lib.check_positive(config, "data.num_frames", "data.crop_size", "data.min_short_side",
+                            "data.max_short_side", "data.eval_short_side")
+  d = config.data
+  if not d.rates or any(not isinstance(r, int) or r <= 0 for r in d.rates):
+    config_lib.fail("data.rates", d.rates, "must be a non-empty tuple of positive integers")
+  if d.rate_probs:
+    if len(d.rate_probs) != len(d.rates):
+      config_lib.fail("data.rate_probs", d.rate_probs, f"needs one probability per rate {d.rates}")
+    if any(p < 0 for p in d.rate_probs) or abs(sum(d.rate_probs) - 1) > 1e-6:
+      config_lib.fail("data.rate_probs", d.rate_probs, "must be non-negative and sum to 1")
+  if d.min_short_side > d.max_short_side:
+    config_lib.fail("data.min_short_side", d.min_short_side,
+                    f"exceeds data.max_short_side={d.max_short_side}")
+  if d.crop_size > d.min_short_side:
+    config_lib.fail("data.crop_size", d.crop_size,
+                    f"exceeds data.min_short_side={d.min_short_side}")
+  if d.crop_size > d.eval_short_side:
+    config_lib.fail("data.crop_size", d.crop_size,
+                    f"exceeds data.eval_short_side={d.eval_short_side}")
+  if len(d.mean) != 3 or len(d.std) != 3 or min(d.std) <= 0:
+    config_lib.fail("data.std", d.std, "mean and std need 3 channels, std > 0")
+  if d.num_workers < 0 or d.num_threads <= 0:
+    config_lib.fail("data.num_workers", d.num_workers, "workers >= 0 and threads > 0")
+
+
+def batch_spec(cfg: ml_collections.ConfigDict, batch_size: int, num_classes: int,
+               evaluation: bool = False) -> dict[str, jax.ShapeDtypeStruct]:
+  """Shapes and dtypes of the batches the pipelines yield: the one description
+  of a batch for model initialisation, compilation and padding.
+
+  Args:
+    cfg: `config.data`.
+    batch_size: B.
+    num_classes: A.
+    evaluation: add the evaluation keys.
+
+  Returns:
+    {"video": uint8 [B, T, S, S, 3], "labels": int32 [B, A]} and, for
+    evaluation, "index" (video position) and "view" (view id) int32 [B] and
+    "mask" bool [B] (False on padding rows).
+  """
+  s = cfg.crop_size
+  spec = {"video": jax.ShapeDtypeStruct((batch_size, cfg.num_frames, s, s, 3), np.uint8),
+          "labels": jax.ShapeDtypeStruct((batch_size, num_classes), np.int32)}
+  if evaluation:
+    spec.update(index=jax.ShapeDtypeStruct((batch_size,), np.int32),
+                view=jax.ShapeDtypeStruct((batch_size,), np.int32),
+                mask=jax.ShapeDtypeStruct((batch_size,), np.bool_))
+  return spec
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,8 +17,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
+import ml_collections
 import numpy as np
 
+from mlar_jax import config_lib
 from mlar_jax.data import transforms
 
 
@@ -70,6 +72,10 @@ def view_indices(num_video_frames: int, num_frames: int, view: View) -> np.ndarr
                                  view_start(num_video_frames, num_frames, view))
 
 
+# How a video's view scores combine (`config.eval.aggregate`).
+AGGREGATIONS = ("sum", "mean", "max")
+
+
 def aggregate_views(scores: np.ndarray, video: np.ndarray, view_ids: np.ndarray,
                     num_videos: int, how: str = "sum",
                     keep_views: Sequence[int] | None = None) -> np.ndarray:
@@ -94,11 +100,23 @@ def aggregate_views(scores: np.ndarray, video: np.ndarray, view_ids: np.ndarray,
     out[:] = -np.inf
     np.maximum.at(out, v, s)
     return out
-  if how not in ("sum", "mean"):
-    raise ValueError(f"aggregation must be sum|mean|max, got {how!r}")
+  if how not in AGGREGATIONS:
+    raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {how!r}")
   np.add.at(out, v, s)
   counts = np.bincount(v, minlength=num_videos)
   out[counts == 0] = -np.inf
   if how == "mean":
     out = out / np.maximum(counts, 1)[:, None]
   return out
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """The view plan and its aggregation (`config.eval`)."""
+  config_lib.check_positive(config, "eval.spatial_crops", "eval.batch_size")
+  config_lib.check_choice(config, "eval.aggregate", AGGREGATIONS)
+  views = config.eval.views
+  if (not views or any(len(v) != 2 or not all(isinstance(x, int) and x > 0 for x in v)
+                       for v in views)
+      or len({v[0] for v in views}) != len(views)):
+    config_lib.fail("eval.views", views, "must be ((rate, positions), ...) with positive "
+                    "integers and each rate once")

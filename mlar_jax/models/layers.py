@@ -38,6 +38,8 @@ def _torch_pads(size: int, kernel: int, stride: int) -> tuple[int, int, int]:
 
 
 PADDINGS = {"SAME": _same_pads, "torch": _torch_pads}
+# `Conv3D.impl` (`config.model.conv_impl`).
+CONV_IMPLS = ("auto", "native", "folded")
 
 
 class Conv3D(nn.Module):
@@ -100,7 +102,7 @@ class Conv3D(nn.Module):
     elif impl == "folded":
       y = self._folded(x, kernel)
     else:
-      raise ValueError(f"Conv3D impl must be auto|native|folded, got {impl!r}")
+      raise ValueError(f"Conv3D impl must be one of {CONV_IMPLS}, got {impl!r}")
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(self.dtype)
     return y

@@ -7,8 +7,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from mlar_jax import config_lib
 from mlar_jax import registry
 from mlar_jax.models import heads
+from mlar_jax.models import layers
 from mlar_jax.models import resnet3d
 from mlar_jax.models import video_resnets as vr
 
@@ -130,7 +132,7 @@ def _mlar(cfg, num_classes, class_stats):
   m = cfg.mlar
   mask = None
   if class_stats is not None:
-    mask = heads.correlation_mask(class_stats["cooccurrence"])
+    mask = heads.correlation_mask(class_stats.cooccurrence)
   return heads.MLARHead(
       num_classes, num_observations=m.num_observations, groups=m.groups,
       features=m.features, use_activity_specific=m.use_activity_specific,
@@ -153,9 +155,25 @@ def build_model(cfg: ml_collections.ConfigDict, num_classes: int,
   Args:
     cfg: `config.model`.
     num_classes: activities A.
-    class_stats: training-label statistics ("counts" [A], "cooccurrence"
+    class_stats: training-label statistics (`data.base.ClassStats`: counts [A], cooccurrence
       [A, A]) for heads that are built from them.
   """
   return VideoClassifier(
       backbone=BACKBONES.get(cfg.backbone)(cfg),
       head=HEADS.get(cfg.head)(cfg, num_classes, class_stats))
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """`config.model`: registered backbone and head, dtype, conv path, head sizes."""
+  config_lib.check_choice(config, "model.backbone", BACKBONES.names())
+  config_lib.check_choice(config, "model.head", HEADS.names())
+  config_lib.check_choice(config, "model.dtype", DTYPES)
+  config_lib.check_choice(config, "model.conv_impl", layers.CONV_IMPLS)
+  config_lib.check_positive(config, "model.mlar.num_observations", "model.mlar.groups",
+                            "model.mlar.features")
+  m = config.model.mlar
+  if m.features % m.groups:
+    config_lib.fail("model.mlar.features", m.features,
+                    f"must be divisible by model.mlar.groups={m.groups}")
+  if not 0.0 <= config.model.dropout_rate < 1.0:
+    config_lib.fail("model.dropout_rate", config.model.dropout_rate, "must be in [0, 1)")

@@ -37,7 +37,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from mlar_jax import cli
-from mlar_jax import speed_invariant
+from mlar_jax.tools import speed_invariant
 from mlar_jax import train
 
 FLAGS = flags.FLAGS

@@ -31,18 +31,16 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 
 from mlar_jax import checkpointing
 from mlar_jax import cli
-from mlar_jax import config_lib
 from mlar_jax import sharding
 from mlar_jax import train
+from mlar_jax.data import base
 from mlar_jax.data import pipeline
 
 FLAGS = flags.FLAGS
@@ -95,22 +93,19 @@ def compile_for(config: ml_collections.ConfigDict, devices: list, num_classes: i
     hbm_bytes: memory per chip to check against (0: the chip's HBM).
   """
   mesh = sharding.make_mesh(config.mesh, devices)
-  config_lib.validate_for_mesh(config, mesh)
+  sharding.validate_for_mesh(config, mesh)
   if config.model.conv_impl == "auto":
     # "auto" decides by the backend this process runs on (CPU here); the
     # target is a TPU, which takes the native 3D convolution.
     config = config.copy_and_resolve_references()
     config.model.conv_impl = "native"
   # Only shapes matter for compilation: statistics of the right sizes.
-  stats = {"counts": np.ones(num_classes), "cooccurrence": np.eye(num_classes)}
-  training = train.build_training(config, mesh, num_classes, stats)
+  training = train.build_training(config, mesh, base.ClassStats.placeholder(num_classes))
   state = checkpointing.abstract_with_shardings(training.abstract_state,
                                                 training.state_shardings)
-  b, t, s = config.batch_size, config.data.num_frames, config.data.crop_size
   batch_sharding = sharding.batch_sharding(mesh)
-  batch = {"video": jax.ShapeDtypeStruct((b, t, s, s, 3), jnp.uint8, sharding=batch_sharding),
-           "labels": jax.ShapeDtypeStruct((b, num_classes), jnp.int32,
-                                          sharding=batch_sharding)}
+  batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding) for k, v in
+           pipeline.batch_spec(config.data, config.batch_size, num_classes).items()}
   # The model's FLOPs: XLA's count of the whole, unpartitioned step (what MFU
   # counts), lowered for this host; it does not depend on the sharding.
   unsharded = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
@@ -118,7 +113,7 @@ def compile_for(config: ml_collections.ConfigDict, devices: list, num_classes: i
   model_flops = float(_first(jax.jit(training.step_fn).lower(*unsharded).cost_analysis()
                              ).get("flops", 0.0))
   start = time.time()
-  compiled = training.train_step.lower(state, batch).compile()
+  compiled = training.jit_step().lower(state, batch).compile()
   compile_s = time.time() - start
   mem = compiled.memory_analysis()
   cost = _first(compiled.cost_analysis())
@@ -137,7 +132,7 @@ def compile_for(config: ml_collections.ConfigDict, devices: list, num_classes: i
   mfu = model_flops / (n * step_time * peak_flops) if step_time and peak_flops else None
   return {
       "topology": None, "chips": len(devices), "device_kind": kind,
-      "mesh": dict(mesh.shape), "global_batch": b, "argument_bytes": arg,
+      "mesh": dict(mesh.shape), "global_batch": config.batch_size, "argument_bytes": arg,
       "output_bytes": out, "temp_bytes": temp, "alias_bytes": alias, "peak_bytes": peak,
       "hbm_bytes": hbm, "fits": bool(hbm == 0 or peak <= hbm),
       "flops_per_chip": flops, "flops_per_step": flops * n,

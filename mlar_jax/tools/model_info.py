@@ -24,8 +24,10 @@ from absl import flags
 from ml_collections import config_flags
 
 from mlar_jax import cli
+from mlar_jax import sharding
+from mlar_jax import train
+from mlar_jax.data import base
 from mlar_jax.data import pipeline
-from mlar_jax.models import registry
 
 FLAGS = flags.FLAGS
 
@@ -51,16 +53,16 @@ def _gflops(fn, *args) -> float:
 def model_info(config: ml_collections.ConfigDict) -> dict:
   """Parameter counts and per-view GFLOPs of `config`'s model."""
   num_classes = pipeline.make_source(config.data, "train").num_classes
-  # The head's shapes do not depend on the label statistics, only its mask
-  # values do; an identity co-occurrence keeps this independent of the data.
-  stats = {"cooccurrence": jnp.eye(num_classes)}
-  model = registry.build_model(config.model, num_classes, stats)
-  s = config.data.crop_size
-  video = jax.ShapeDtypeStruct((1, config.data.num_frames, s, s, 3), jnp.float32)
-  variables = jax.eval_shape(
-      lambda x: model.init({"params": jax.random.key(0), "dropout": jax.random.key(0)},
-                           x, train=False), video)
-  params = variables["params"]
+  # The trainer's own model and state on one device. The head's shapes do
+  # not depend on the label statistics (only its mask values do), so
+  # placeholder statistics keep this independent of the data.
+  mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": 1, "fsdp": 1, "model": 1}),
+                            jax.devices()[:1])
+  training = train.build_training(config, mesh, base.ClassStats.placeholder(num_classes))
+  model, state = training.model, training.abstract_state
+  variables = {"params": state.params, **state.model_state}
+  clip = pipeline.batch_spec(config.data, 1, num_classes)["video"]
+  video = jax.ShapeDtypeStruct(clip.shape, jnp.float32)
   fmap = jax.eval_shape(
       lambda v, x: model.apply(v, x, train=False, method=lambda m, x, train: m.backbone(x, train=train)),
       variables, video)
@@ -69,7 +71,8 @@ def model_info(config: ml_collections.ConfigDict) -> dict:
   head = _gflops(lambda v, f: model.head.apply(v, f, train=False), head_vars, fmap)
   return {
       "backbone": config.model.backbone, "head": config.model.head,
-      "backbone_params": _count(params["backbone"]), "head_params": _count(params["head"]),
+      "backbone_params": _count(state.params["backbone"]),
+      "head_params": _count(state.params["head"]),
       "gflops_per_view": total, "head_gflops": head,
       "gmacs_per_view": total / 2, "head_gmacs": head / 2,
       "feature_map": list(fmap["map"].shape),

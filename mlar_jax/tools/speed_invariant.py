@@ -16,14 +16,54 @@ stage resumes from its own checkpoints, and a finished stage 1 is not rerun.
 
 from __future__ import annotations
 
+import copy
+import os
+from typing import Any
+
+import ml_collections
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 
 from mlar_jax import cli
-from mlar_jax import speed_invariant
+from mlar_jax import train
+from mlar_jax import validation
 
 FLAGS = flags.FLAGS
+
+
+def stage2_config(config: ml_collections.ConfigDict, stage1_dir: str
+                  ) -> ml_collections.ConfigDict:
+  """The fine-tuning config derived from a stage-1 config and its workdir."""
+  s = config.stage2
+  out = copy.deepcopy(config)
+  with out.unlocked():
+    out.num_train_steps = s.num_train_steps
+    out.data.rates, out.data.rate_probs = tuple(s.rates), tuple(s.rate_probs)
+    out.schedule.base_lr, out.schedule.warmup_steps = s.base_lr, s.warmup_steps
+    out.optimizer.freeze = s.freeze
+    out.model.frozen_bn = s.frozen_bn
+    out.init_from = os.path.abspath(stage1_dir)
+    out.init_from_skip = ""
+    out.checkpoint.every_steps = min(out.checkpoint.every_steps, s.num_train_steps)
+  return out
+
+
+def run_two_stage(config: ml_collections.ConfigDict, workdir: str,
+                  stage1_dir: str | None = None) -> dict[str, Any]:
+  """Runs (or resumes) stage 1, then stage 2; returns stage 2's evaluation.
+
+  Args:
+    config: the stage-1 config with its `stage2` settings.
+    workdir: stage 2 runs in WORKDIR/stage2.
+    stage1_dir: where stage 1 runs (default WORKDIR/stage1); studies share one
+      stage 1 between several stage-2 variants.
+  """
+  stage1_dir = stage1_dir or os.path.join(workdir, "stage1")
+  train.train_and_evaluate(config, stage1_dir, final_eval=False)
+  second = stage2_config(config, stage1_dir)
+  validation.validate(second)
+  return train.train_and_evaluate(second, os.path.join(workdir, "stage2"))
 
 
 def define_flags() -> None:
@@ -37,7 +77,7 @@ def define_flags() -> None:
 def main(argv):
   del argv
   cli.setup(FLAGS.config)
-  results = speed_invariant.run_two_stage(FLAGS.config, FLAGS.workdir)
+  results = run_two_stage(FLAGS.config, FLAGS.workdir)
   print(f"stage 2 {results['split']} macro mAP {results['macro_map']:.4f} "
         f"({results['views']} views); by rates: " +
         ", ".join(f"{k}: {v['macro_map']:.4f}" for k, v in results["per_rate"].items()))
