@@ -116,3 +116,31 @@ class VideoSource(abc.ABC):
   def class_stats(self) -> ClassStats:
     """Label counts and co-occurrence of the split, from its annotations."""
     return ClassStats.from_labels(self.label_matrix())
+
+
+class AnnotatedVideos(VideoSource):
+  """A split whose annotations are in memory (parsed files, prepared
+  metadata): class names, the label matrix and the ids are given once."""
+
+  def __init__(self, split: str, class_names: Sequence[str], labels: np.ndarray,
+               ids: Sequence[str]):
+    """Args: split; class_names [A]; labels int32 [N, A]; ids [N] in index order."""
+    if len(ids) != len(labels):
+      raise ValueError(f"split {split!r}: {len(ids)} ids for {len(labels)} label rows")
+    self.split = split
+    self._class_names = tuple(class_names)
+    self._labels = labels
+    self._ids = list(ids)
+
+  def __len__(self) -> int:
+    return len(self._labels)
+
+  @property
+  def class_names(self) -> Sequence[str]:
+    return self._class_names
+
+  def label_matrix(self) -> np.ndarray:
+    return self._labels
+
+  def video_ids(self) -> list[str]:
+    return list(self._ids)

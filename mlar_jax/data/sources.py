@@ -26,33 +26,19 @@ from mlar_jax.data import base
 from mlar_jax.data import video
 
 
-class FileVideos(base.VideoSource):
+class FileVideos(base.AnnotatedVideos):
   """A split whose records were parsed from annotation files."""
 
   def __init__(self, split: str, class_names: Sequence[str], records: list[base.Record]):
-    self.split = split
-    self._class_names = tuple(class_names)
-    self._records = records
     for i, r in enumerate(records):
       r["index"] = i
-    self._labels = (np.stack([r["labels"] for r in records]) if records
-                    else np.zeros((0, len(class_names)), np.int32))
-
-  def __len__(self) -> int:
-    return len(self._records)
+    labels = (np.stack([r["labels"] for r in records]) if records
+              else np.zeros((0, len(class_names)), np.int32))
+    super().__init__(split, class_names, labels, [r["id"] for r in records])
+    self._records = records
 
   def __getitem__(self, index: int) -> base.Record:
     return self._records[index]
-
-  @property
-  def class_names(self) -> Sequence[str]:
-    return self._class_names
-
-  def label_matrix(self) -> np.ndarray:
-    return self._labels
-
-  def video_ids(self) -> list[str]:
-    return [r["id"] for r in self._records]
 
   def video_info(self, record: base.Record) -> tuple[int, float]:
     if record["num_frames"] > 0:
@@ -216,7 +202,7 @@ def prepared_dir(data_dir: str, dataset: str) -> str:
   return os.path.join(data_dir, f"mlar_{dataset}", PREPARED_VERSION)
 
 
-class PreparedVideos(base.VideoSource):
+class PreparedVideos(base.AnnotatedVideos):
   """A split written by `mlar_jax.data.prepare` (its command or its TFDS
   builders), read with TFDS's ArrayRecord data source. Frames are JPEG bytes;
   only the sampled ones are decoded. Class names, video ids and the label
@@ -235,19 +221,15 @@ class PreparedVideos(base.VideoSource):
     if split not in builder.info.splits or split not in meta.get("labels", {}):
       raise FileNotFoundError(f"{root}: split {split!r} is not prepared; prepared: "
                               f"{sorted(builder.info.splits)} {hint}")
-    self.split = split
     self._data = builder.as_data_source(split)
-    self._class_names = tuple(meta["class_names"])
-    self._ids = list(meta["ids"][split])
-    self._labels = np.zeros((len(meta["labels"][split]), len(self._class_names)), np.int32)
-    for row, classes in zip(self._labels, meta["labels"][split]):
+    ids = meta["ids"][split]
+    labels = np.zeros((len(meta["labels"][split]), len(meta["class_names"])), np.int32)
+    for row, classes in zip(labels, meta["labels"][split]):
       row[classes] = 1
-    if not len(self._ids) == len(self._labels) == len(self._data):
-      raise ValueError(f"{root}/metadata.json: {len(self._ids)} ids and {len(self._labels)} "
+    if not len(ids) == len(labels) == len(self._data):
+      raise ValueError(f"{root}/metadata.json: {len(ids)} ids and {len(labels)} "
                        f"labels for split {split!r} of {len(self._data)} examples")
-
-  def __len__(self) -> int:
-    return len(self._data)
+    super().__init__(split, meta["class_names"], labels, ids)
 
   def __getitem__(self, index: int) -> base.Record:
     ex = self._data[int(index)]
@@ -256,16 +238,6 @@ class PreparedVideos(base.VideoSource):
             "segments": np.asarray(ex["segments"], np.float32),
             "num_frames": len(ex["frames"]), "fps": float(ex["fps"]),
             "frames": ex["frames"]}
-
-  @property
-  def class_names(self) -> Sequence[str]:
-    return self._class_names
-
-  def label_matrix(self) -> np.ndarray:
-    return self._labels
-
-  def video_ids(self) -> list[str]:
-    return list(self._ids)
 
   def load_frames(self, record: base.Record, indices: np.ndarray) -> np.ndarray:
     try:
