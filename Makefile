@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 WORKDIR ?= runs/demo
 DEMO_CONFIG ?= configs/synthetic.py
 
-.PHONY: demo test install clean-demo
+.PHONY: demo test lint format install clean-demo
 
 install: $(STAMP)
 
@@ -25,6 +25,16 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# The formatter's and linter's verdict (configuration in pyproject.toml);
+# `make format` applies both.
+lint: $(STAMP)
+	$(PY) -m ruff format --check .
+	$(PY) -m ruff check .
+
+format: $(STAMP)
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
 
 clean-demo:
 	rm -rf $(WORKDIR)
