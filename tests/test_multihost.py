@@ -111,6 +111,16 @@ def test_two_processes_equal_one_and_resume_after_a_restart(reference, tmp_path)
   np.testing.assert_allclose(results["macro_map"], ref_results["macro_map"], atol=1e-4)
   assert "| ratio" in outputs[0] and "| ratio" not in outputs[1]  # the summary line
 
+  # --mode eval on 2 processes of the 1-process run's checkpoint: its
+  # variables restore onto the other topology and score the same.
+  eval_dir = tmp_path / "evaluated_on_two"
+  shutil.copytree(ref_dir, eval_dir)
+  os.remove(eval_dir / "eval_results.json")
+  _run(str(eval_dir), 6, "eval", processes=2, devices_per_process=2)
+  results = json.loads((eval_dir / "eval_results.json").read_text())
+  assert results["step"] == 6
+  np.testing.assert_allclose(results["macro_map"], ref_results["macro_map"], atol=1e-4)
+
 
 def test_checkpoint_written_by_two_processes_continues_in_one(reference, tmp_path):
   ref_dir, _ = reference
