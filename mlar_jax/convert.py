@@ -355,7 +355,7 @@ def convert_state_dict(state: dict[str, np.ndarray], arch: str, source: str = "a
                      f"not to {arch!r}")
   cfg = config_lib.base_config().model
   cfg.backbone = arch
-  backbone = registry.BACKBONES.get(arch)(cfg)
+  backbone = registry.build_backbone(cfg)
   t = 8 if _family(arch) == "slowfast" else 4
   init = lambda: backbone.init(jax.random.key(seed), jnp.zeros((1, t, 32, 32, 3)), train=False)
   fresh_ok = _FRESH_OK.get(source)

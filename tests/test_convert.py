@@ -183,7 +183,9 @@ def test_inflated_2d_resnet_on_a_static_clip_gives_the_2d_features(arch, t):
   frame = np.random.RandomState(4).randn(1, 32, 32, 3).astype(np.float32)
   want = _resnet50_2d_features(sd, frame)[0]
   variables = convert.convert_state_dict(sd, arch, source="auto")
-  backbone = registry.BACKBONES.get(arch)(config_lib.base_config().model)
+  cfg = config_lib.base_config().model
+  cfg.backbone = arch
+  backbone = registry.build_backbone(cfg)
   clip = np.repeat(frame[:, None], t, axis=1)
   fmap = backbone.apply({"params": variables["params"]["backbone"],
                          "batch_stats": variables["model_state"]["batch_stats"]["backbone"]},
