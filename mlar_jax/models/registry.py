@@ -104,13 +104,13 @@ def _linear(cfg, num_classes, class_stats):
 def _mlar(cfg, num_classes, class_stats):
   """The MLAR head; its correlation mask comes from the training labels."""
   m = cfg.mlar
-  mask = None
+  mask_init = nn.initializers.zeros
   if class_stats is not None:
-    mask = heads.correlation_mask(class_stats["cooccurrence"])
+    mask_init = nn.initializers.constant(heads.correlation_mask(class_stats["cooccurrence"]))
   return heads.MLARHead(
       num_classes, num_observations=m.num_observations, groups=m.groups,
       features=m.features, use_activity_specific=m.use_activity_specific,
-      use_correlation=m.use_correlation, dropout_rate=cfg.dropout_rate, mask=mask)
+      use_correlation=m.use_correlation, dropout_rate=cfg.dropout_rate, mask_init=mask_init)
 
 
 class VideoClassifier(nn.Module):
