@@ -17,7 +17,7 @@ import pytest
 
 from mlar_jax import checkpointing
 from mlar_jax import config_lib
-from mlar_jax import convert
+from mlar_jax.tools import convert
 from mlar_jax.models import registry
 from mlar_jax.models import video_resnets
 
@@ -183,7 +183,9 @@ def test_inflated_2d_resnet_on_a_static_clip_gives_the_2d_features(arch, t):
   frame = np.random.RandomState(4).randn(1, 32, 32, 3).astype(np.float32)
   want = _resnet50_2d_features(sd, frame)[0]
   variables = convert.convert_state_dict(sd, arch, source="auto")
-  backbone = registry.BACKBONES.get(arch)(config_lib.base_config().model)
+  cfg = config_lib.base_config().model
+  cfg.backbone = arch
+  backbone = registry.build_backbone(cfg)
   clip = np.repeat(frame[:, None], t, axis=1)
   fmap = backbone.apply({"params": variables["params"]["backbone"],
                          "batch_stats": variables["model_state"]["batch_stats"]["backbone"]},
@@ -223,7 +225,7 @@ def test_mismatched_checkpoint_lists_keys_and_shapes():
 
 
 def test_convert_command_writes_a_checkpoint_that_init_from_loads(tmp_path):
-  """torch.save file -> `python -m mlar_jax.convert` -> a model with an MLAR
+  """torch.save file -> `python -m mlar_jax.tools.convert` -> a model with an MLAR
   head of another class count, merged the way `config.init_from` does."""
   model, _ = ptv_reference.build("x3d_xs", 400, 4, 64)
   ptv_reference.randomize_(model, seed=7)
@@ -231,7 +233,7 @@ def test_convert_command_writes_a_checkpoint_that_init_from_loads(tmp_path):
   torch.save({"model_state": {f"module.{k}": v for k, v in model.state_dict().items()},
               "epoch": 299}, path)
   out = tmp_path / "x3d_xs_converted"
-  subprocess.run([sys.executable, "-m", "mlar_jax.convert", "--arch=x3d_xs",
+  subprocess.run([sys.executable, "-m", "mlar_jax.tools.convert", "--arch=x3d_xs",
                   f"--checkpoint={path}", f"--out={out}"], check=True,
                  env={**os.environ, "JAX_PLATFORMS": "cpu"})
   loaded = checkpointing.load_variables(str(out))

@@ -2,6 +2,7 @@
 
 import itertools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 from scipy.linalg import block_diag
 
 from mlar_jax import config_lib
+from mlar_jax.data import base
 from mlar_jax.models import heads
 from mlar_jax.models import registry
 
@@ -55,7 +57,8 @@ def test_matches_the_literal_equations():
   a, c = 5, 16
   labels = np.random.default_rng(0).random((40, a)) < 0.4
   mask = heads.correlation_mask(labels.T.astype(int) @ labels.astype(int))
-  head = heads.MLARHead(a, num_observations=3, groups=4, features=8, mask=mask)
+  head = heads.MLARHead(a, num_observations=3, groups=4, features=8,
+                        mask_init=nn.initializers.constant(mask))
   x = jax.random.normal(jax.random.key(0), (2, 2, 3, 3, c))
   variables = head.init(jax.random.key(1), {"map": x}, train=False)
   params = jax.tree.map(np.asarray, variables["params"])
@@ -75,7 +78,8 @@ def test_mask_matches_a_hand_count_and_survives_absent_classes():
     njk = sum(1 for row in labels if row[j] and row[k])
     assert mask[j, k] == pytest.approx(njk / nj if nj else 0.0)
   assert np.isfinite(mask).all() and (mask[3] == 0).all()  # class 3 never occurs
-  head = heads.MLARHead(4, num_observations=2, groups=2, features=4, mask=mask)
+  head = heads.MLARHead(4, num_observations=2, groups=2, features=4,
+                        mask_init=nn.initializers.constant(mask))
   x = jax.random.normal(jax.random.key(0), (2, 1, 2, 2, 4))
   variables = head.init(jax.random.key(1), {"map": x}, train=False)
   np.testing.assert_array_equal(variables["constants"]["correlation_mask"], mask)
@@ -83,12 +87,29 @@ def test_mask_matches_a_hand_count_and_survives_absent_classes():
   assert all(np.isfinite(np.asarray(v)).all() for v in out.values())
 
 
+
+def test_registry_head_holds_no_mask_array_and_inits_the_mask_from_the_labels():
+  cfg = config_lib.base_config().model
+  cfg.head = "mlar"
+  cfg.mlar.update(num_observations=2, groups=2, features=4)
+  cooc = np.array([[4, 1, 0], [1, 2, 0], [0, 0, 0]])
+  stats = base.ClassStats(counts=np.diag(cooc), cooccurrence=cooc, num_videos=5)
+  head = registry.HEADS.get("mlar")(cfg, 3, stats)
+  # The module holds an initializer, not the [A, A] array (which its repr printed).
+  hash(head)
+  assert "0.25" not in repr(head) and "array" not in repr(head)
+  x = jax.random.normal(jax.random.key(0), (1, 1, 2, 2, 4))
+  variables = head.init(jax.random.key(1), {"map": x}, train=False)
+  np.testing.assert_array_equal(variables["constants"]["correlation_mask"],
+                                heads.correlation_mask(cooc))
+
+
 @pytest.mark.parametrize("specific,corr", itertools.product([True, False], repeat=2))
 def test_shapes_attention_and_gradients_for_every_switch(specific, corr):
   a, k = 6, 4
   head = heads.MLARHead(a, num_observations=k, groups=2, features=8,
                         use_activity_specific=specific, use_correlation=corr,
-                        dropout_rate=0.5, mask=np.eye(a, dtype=np.float32))
+                        dropout_rate=0.5, mask_init=nn.initializers.constant(np.eye(a)))
   x = jax.random.normal(jax.random.key(0), (3, 2, 3, 3, 8))
   variables = head.init({"params": jax.random.key(1), "dropout": jax.random.key(2)}, {"map": x},
                         train=False)
@@ -142,7 +163,7 @@ def test_mlar_head_plugs_onto_every_backbone_family(backbone):
   cfg = config_lib.base_config().model
   cfg.backbone, cfg.head = backbone, "mlar"
   cfg.mlar.update(num_observations=8, groups=8, features=32)
-  stats = {"cooccurrence": np.eye(5, dtype=np.int64) * 3}
+  stats = base.ClassStats.from_labels(np.eye(5, dtype=np.int64).repeat(3, axis=0))
   model = registry.build_model(cfg, 5, stats)
   x = jnp.zeros((2, 8, 32, 32, 3))
   variables = jax.eval_shape(lambda: model.init(

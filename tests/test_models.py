@@ -10,6 +10,7 @@ import pytest
 from mlar_jax import config_lib
 from mlar_jax.models import layers
 from mlar_jax.models import registry
+from mlar_jax.models import video_resnets
 
 
 @pytest.mark.parametrize("kernel,strides,t,groups,padding", [
@@ -60,3 +61,26 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
   variables = model.init({"params": jax.random.key(0)}, x, train=False)
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables["params"]))
   assert model.apply(variables, x, train=False)["logits"].dtype == jnp.float32
+
+
+def test_basic_block_starts_as_the_identity_and_projects_when_the_shape_changes():
+  x = jax.random.normal(jax.random.key(0), (2, 4, 8, 8, 16))
+  same = video_resnets.BasicBlock(width=16)
+  variables = same.init(jax.random.key(1), x, train=False)
+  # Zero-initialised last BN scale: relu(x + 0).
+  np.testing.assert_allclose(same.apply(variables, x, train=False), jax.nn.relu(x), atol=1e-6)
+  assert "shortcut_conv" not in variables["params"]
+  down = video_resnets.BasicBlock(width=32, spatial_stride=2, temporal_stride=2)
+  variables = down.init(jax.random.key(1), x, train=False)
+  assert down.apply(variables, x, train=False).shape == (2, 2, 4, 4, 32)
+  assert variables["params"]["shortcut_conv"]["kernel"].shape == (1, 1, 1, 16, 32)
+
+
+def test_r3d_18_has_torchvision_r3d_18_parameter_count():
+  cfg = config_lib.base_config().model
+  cfg.backbone = "r3d_18"
+  shapes = jax.eval_shape(lambda: registry.build_backbone(cfg).init(
+      jax.random.key(0), jnp.zeros((1, 8, 32, 32, 3)), train=False))
+  count = sum(p.size for p in jax.tree.leaves(shapes["params"]))
+  # torchvision.models.video.r3d_18(): 33,371,472 with its 400-way classifier.
+  assert count + 512 * 400 + 400 == 33_371_472

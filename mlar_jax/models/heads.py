@@ -9,6 +9,8 @@ Outputs are logits: the multi-label path applies sigmoid, never softmax.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -120,8 +122,11 @@ class MLARHead(nn.Module):
     features: C'.
     use_activity_specific, use_correlation: the ablation switches.
     dropout_rate: dropout on F_A and F_AC before the output layers.
-    mask: [A, A] `correlation_mask(...)` of the training labels, or None
-      (zeros) when no statistics are given.
+    mask_init: initializer (key, shape, dtype) of the [A, A] mask variable;
+      `nn.initializers.constant(correlation_mask(...))` of the training
+      labels, zeros when no statistics are given. It runs once, at init (the
+      key it gets is unused); the mask is then read from the variables, so
+      the module itself holds no [A, A] array.
   """
   num_classes: int
   num_observations: int = 64
@@ -130,7 +135,7 @@ class MLARHead(nn.Module):
   use_activity_specific: bool = True
   use_correlation: bool = True
   dropout_rate: float = 0.5
-  mask: np.ndarray | None = None
+  mask_init: Callable[..., jnp.ndarray] = nn.initializers.zeros
 
   @nn.compact
   def __call__(self, features: dict[str, jnp.ndarray], *, train: bool
@@ -183,10 +188,9 @@ class MLARHead(nn.Module):
     outputs = {"logits_activity": self._output(f_a, "out_activity", train)}
 
     # 3. Correlation map.
-    mask = self.variable(
-        "constants", "correlation_mask",
-        lambda: jnp.zeros((a, a), jnp.float32) if self.mask is None
-        else jnp.asarray(self.mask, jnp.float32)).value
+    # No key: the mask is data (the training labels'), not a random draw.
+    mask = self.variable("constants", "correlation_mask", self.mask_init,
+                         None, (a, a), jnp.float32).value
     qc = GroupedLinear(d, n, name="corr_beta")(f_a)
     kc = GroupedLinear(d, n, name="corr_gamma")(f_a)
     attn_corr = jax.nn.softmax(jnp.einsum("bjd,bkd->bjk", qc, kc) * scale, axis=-1)

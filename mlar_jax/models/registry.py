@@ -2,61 +2,26 @@
 
 from __future__ import annotations
 
+from functools import partial
+from typing import Any
+
 import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from mlar_jax import config_lib
 from mlar_jax import registry
 from mlar_jax.models import heads
 from mlar_jax.models import layers
-from mlar_jax.models import resnet3d
 from mlar_jax.models import video_resnets as vr
 
-# name -> fn(model_config) -> backbone module mapping [B,T,H,W,3] -> [B,T',H',W',C]
+# name -> backbone constructor (a `flax.linen.Module` class with its
+# architecture fixed); `build_backbone` adds the compute settings of config.model.
 BACKBONES: registry.Registry = registry.Registry("backbone")
 # name -> fn(model_config, num_classes, class_stats) -> head module
 HEADS: registry.Registry = registry.Registry("head")
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-def _dtype(cfg: ml_collections.ConfigDict):
-  return DTYPES[cfg.dtype]
-
-
-@BACKBONES.register("resnet3d_tiny")
-def _resnet3d_tiny(cfg):
-  """3 stages of one basic block, 16-64 channels: the CPU demo and tests."""
-  return resnet3d.ResNet3D(
-      stage_sizes=(1, 1, 1), widths=(16, 32, 64), temporal_kernels=(3, 3, 3),
-      stem_features=16, stem_kernel=(3, 5, 5), stem_pool=False,
-      dtype=_dtype(cfg), frozen_bn=cfg.frozen_bn, conv_impl=cfg.conv_impl)
-
-
-@BACKBONES.register("resnet3d_small")
-def _resnet3d_small(cfg):
-  """4 stages of one basic block, 32-256 channels."""
-  return resnet3d.ResNet3D(
-      stage_sizes=(1, 1, 1, 1), widths=(32, 64, 128, 256),
-      temporal_kernels=(1, 1, 3, 3), stem_features=32, stem_kernel=(3, 5, 5),
-      stem_pool=False, dtype=_dtype(cfg), frozen_bn=cfg.frozen_bn, conv_impl=cfg.conv_impl)
-
-
-@BACKBONES.register("r3d_18")
-def _r3d_18(cfg):
-  """R3D-18 (Tran et al. 2018): basic blocks, 3x3x3 everywhere."""
-  return resnet3d.ResNet3D(
-      stage_sizes=(2, 2, 2, 2), widths=(64, 128, 256, 512),
-      temporal_kernels=(3, 3, 3, 3), stem_features=64, stem_kernel=(3, 7, 7),
-      stem_pool=False, temporal_strides=(1, 2, 2, 2), dtype=_dtype(cfg),
-      frozen_bn=cfg.frozen_bn, conv_impl=cfg.conv_impl)
-
-
-def _common(cfg) -> dict:
-  return dict(dtype=_dtype(cfg), frozen_bn=cfg.frozen_bn, conv_impl=cfg.conv_impl)
-
 
 R50, R101, R152 = (3, 4, 6, 3), (3, 4, 23, 3), (3, 8, 36, 3)
 TINY = (1, 1, 1, 1)
@@ -68,56 +33,67 @@ SLOW_CONV_A = ((1,), (1,), (3,), (3,))
 # models of Wang et al. 2018, PySlowFast's I3D_NLN configs).
 NL_BLOCKS = ((), (1, 3), (1, 3, 5), ())
 NL_TINY = ((), (0,), (0,), ())
+# ir-CSN: depthwise 3x3x3 conv_b, temporal stride 2 in res3-res5 on conv_b.
+CSN_BLOCK = partial(vr.Bottleneck, conv_b_t=3, stride_on_b=True, depthwise=True)
+# TSM: 2D bottlenecks shifting 1/8 of the channels each way in time.
+TSM_BLOCK = partial(vr.Bottleneck, shift_div=8)
 
-# name -> (module class, architecture arguments). PyTorchVideo hub names where
-# they exist; `*_tiny` keep each family's structure at widths/depths a CPU
-# test or the demo can afford.
-_ARCHS = {
-    "i3d_r50": (vr.ResNet, dict(depths=R50, stem_kernel=(5, 7, 7), pool1=True,
-                                conv_a_t=I3D_CONV_A)),
-    "slow_r50": (vr.ResNet, dict(depths=R50, stem_kernel=(1, 7, 7), conv_a_t=SLOW_CONV_A)),
-    "nl_r50": (vr.ResNet, dict(depths=R50, stem_kernel=(5, 7, 7), pool1=True,
-                               conv_a_t=I3D_CONV_A, nonlocal_blocks=NL_BLOCKS)),
-    "nl_r101": (vr.ResNet, dict(depths=R101, stem_kernel=(5, 7, 7), pool1=True,
-                                conv_a_t=I3D_CONV_A, nonlocal_blocks=NL_BLOCKS)),
-    "slowfast_r50": (vr.SlowFast, dict(depths=R50, fusion_kernel=7)),
-    "slowfast_r101": (vr.SlowFast, dict(depths=R101, fusion_kernel=5)),
-    # ir-CSN: depthwise 3x3x3 conv_b, temporal stride 2 in res3-res5.
-    "csn_r152": (vr.ResNet, dict(depths=R152, stem_kernel=(3, 7, 7), conv_a_t=((1,),) * 4,
-                                 conv_b_t=3, temporal_strides=(1, 2, 2, 2), stride_on_b=True,
-                                 depthwise=True)),
+# PyTorchVideo hub names where they exist; `*_tiny` keep each family's
+# structure at widths/depths a CPU test or the demo can afford.
+ARCHS = {
+    "i3d_r50": partial(vr.ResNet, depths=R50, stem_kernel=(5, 7, 7), pool1=True,
+                       conv_a_t=I3D_CONV_A),
+    "slow_r50": partial(vr.ResNet, depths=R50, stem_kernel=(1, 7, 7), conv_a_t=SLOW_CONV_A),
+    "nl_r50": partial(vr.ResNet, depths=R50, stem_kernel=(5, 7, 7), pool1=True,
+                      conv_a_t=I3D_CONV_A, nonlocal_blocks=NL_BLOCKS),
+    "nl_r101": partial(vr.ResNet, depths=R101, stem_kernel=(5, 7, 7), pool1=True,
+                       conv_a_t=I3D_CONV_A, nonlocal_blocks=NL_BLOCKS),
+    "slowfast_r50": partial(vr.SlowFast, depths=R50, fusion_kernel=7),
+    "slowfast_r101": partial(vr.SlowFast, depths=R101, fusion_kernel=5),
+    "csn_r152": partial(vr.ResNet, depths=R152, block=CSN_BLOCK, stem_kernel=(3, 7, 7),
+                        conv_a_t=((1,),) * 4, temporal_strides=(1, 2, 2, 2)),
     # X3D-XS/S/M share the network; they differ in input (4x160, 13x160,
     # 16x224 frames x crop: config.data).
-    "x3d_xs": (vr.X3D, dict(width_factor=2.0, depth_factor=2.2)),
-    "x3d_s": (vr.X3D, dict(width_factor=2.0, depth_factor=2.2)),
-    "x3d_m": (vr.X3D, dict(width_factor=2.0, depth_factor=2.2)),
-    "x3d_l": (vr.X3D, dict(width_factor=2.0, depth_factor=5.0)),
-    # TSM: 2D ResNet-50 with the residual shift; 8 segments = 8 input frames.
-    "tsm_r50": (vr.ResNet, dict(depths=R50, stem_kernel=(1, 7, 7), conv_a_t=((1,),) * 4,
-                                shift_div=8)),
-    "i3d_tiny": (vr.ResNet, dict(depths=TINY, stem_width=8, stem_kernel=(5, 7, 7),
-                                 pool1=True, conv_a_t=I3D_CONV_A)),
-    "nl_tiny": (vr.ResNet, dict(depths=TINY, stem_width=8, stem_kernel=(5, 7, 7),
-                                conv_a_t=I3D_CONV_A, nonlocal_blocks=NL_TINY)),
-    "slowfast_tiny": (vr.SlowFast, dict(depths=TINY, stem_width=16, beta_inv=4)),
-    "csn_tiny": (vr.ResNet, dict(depths=TINY, stem_width=8, stem_kernel=(3, 7, 7),
-                                 conv_a_t=((1,),) * 4, conv_b_t=3,
-                                 temporal_strides=(1, 2, 2, 2), stride_on_b=True,
-                                 depthwise=True)),
-    "x3d_tiny": (vr.X3D, dict(width_factor=1.0, depth_factor=1.0, stem_width=8,
-                              head_width=256)),
-    "tsm_tiny": (vr.ResNet, dict(depths=TINY, stem_width=8, conv_a_t=((1,),) * 4,
-                                 shift_div=8)),
+    "x3d_xs": partial(vr.X3D, width_factor=2.0, depth_factor=2.2),
+    "x3d_s": partial(vr.X3D, width_factor=2.0, depth_factor=2.2),
+    "x3d_m": partial(vr.X3D, width_factor=2.0, depth_factor=2.2),
+    "x3d_l": partial(vr.X3D, width_factor=2.0, depth_factor=5.0),
+    # 8 segments = 8 input frames.
+    "tsm_r50": partial(vr.ResNet, depths=R50, block=TSM_BLOCK, stem_kernel=(1, 7, 7),
+                       conv_a_t=((1,),) * 4),
+    # R3D-18 (Tran et al. 2018; torchvision's r3d_18): 3x3x3 everywhere.
+    "r3d_18": partial(vr.ResNet, depths=(2, 2, 2, 2), block=vr.BasicBlock,
+                      stem_kernel=(3, 7, 7), stem_pool=False, conv_a_t=((3,),) * 4,
+                      temporal_strides=(1, 2, 2, 2)),
+    # Plain 3D ResNets of one basic block per stage: the CPU demo and tests
+    # (16-64 channels), and a 32-256 channel one.
+    "resnet3d_tiny": partial(vr.ResNet, depths=(1, 1, 1), block=vr.BasicBlock, stem_width=16,
+                             stem_kernel=(3, 5, 5), stem_pool=False, conv_a_t=((3,),) * 3),
+    "resnet3d_small": partial(vr.ResNet, depths=TINY, block=vr.BasicBlock, stem_width=32,
+                              stem_kernel=(3, 5, 5), stem_pool=False, conv_a_t=SLOW_CONV_A),
+    "i3d_tiny": partial(vr.ResNet, depths=TINY, stem_width=8, stem_kernel=(5, 7, 7),
+                        pool1=True, conv_a_t=I3D_CONV_A),
+    "nl_tiny": partial(vr.ResNet, depths=TINY, stem_width=8, stem_kernel=(5, 7, 7),
+                       conv_a_t=I3D_CONV_A, nonlocal_blocks=NL_TINY),
+    "slowfast_tiny": partial(vr.SlowFast, depths=TINY, stem_width=16, beta_inv=4),
+    "csn_tiny": partial(vr.ResNet, depths=TINY, block=CSN_BLOCK, stem_width=8,
+                        stem_kernel=(3, 7, 7), conv_a_t=((1,),) * 4,
+                        temporal_strides=(1, 2, 2, 2)),
+    "x3d_tiny": partial(vr.X3D, width_factor=1.0, depth_factor=1.0, stem_width=8,
+                        head_width=256),
+    "tsm_tiny": partial(vr.ResNet, depths=TINY, block=TSM_BLOCK, stem_width=8,
+                        conv_a_t=((1,),) * 4),
 }
+for _name, _arch in ARCHS.items():
+  BACKBONES.register(_name)(_arch)
 
 
-def _register_arch(name: str) -> None:
-  cls, kwargs = _ARCHS[name]
-  BACKBONES.register(name)(lambda cfg: cls(**kwargs, **_common(cfg)))
-
-
-for _name in _ARCHS:
-  _register_arch(_name)
+def build_backbone(cfg: ml_collections.ConfigDict) -> nn.Module:
+  """The backbone named by `cfg.backbone` with the compute settings of `cfg`
+  (`config.model`): dtype, frozen_bn, conv_impl. Maps [B, T, H, W, 3] to
+  {"map": [B, T', H', W', C], "pooled": [B, D]}."""
+  return BACKBONES.get(cfg.backbone)(
+      dtype=DTYPES[cfg.dtype], frozen_bn=cfg.frozen_bn, conv_impl=cfg.conv_impl)
 
 
 @HEADS.register("linear")
@@ -130,13 +106,13 @@ def _linear(cfg, num_classes, class_stats):
 def _mlar(cfg, num_classes, class_stats):
   """The MLAR head; its correlation mask comes from the training labels."""
   m = cfg.mlar
-  mask = None
+  mask_init = nn.initializers.zeros
   if class_stats is not None:
-    mask = heads.correlation_mask(class_stats.cooccurrence)
+    mask_init = nn.initializers.constant(heads.correlation_mask(class_stats.cooccurrence))
   return heads.MLARHead(
       num_classes, num_observations=m.num_observations, groups=m.groups,
       features=m.features, use_activity_specific=m.use_activity_specific,
-      use_correlation=m.use_correlation, dropout_rate=cfg.dropout_rate, mask=mask)
+      use_correlation=m.use_correlation, dropout_rate=cfg.dropout_rate, mask_init=mask_init)
 
 
 class VideoClassifier(nn.Module):
@@ -149,17 +125,18 @@ class VideoClassifier(nn.Module):
 
 
 def build_model(cfg: ml_collections.ConfigDict, num_classes: int,
-                class_stats: dict[str, np.ndarray] | None = None) -> VideoClassifier:
+                class_stats: Any = None) -> VideoClassifier:
   """The model named by `cfg.backbone` and `cfg.head`.
 
   Args:
     cfg: `config.model`.
     num_classes: activities A.
-    class_stats: training-label statistics (`data.base.ClassStats`: counts [A], cooccurrence
-      [A, A]) for heads that are built from them.
+    class_stats: training-label statistics (a `data.base.ClassStats`: `counts`
+      [A], `cooccurrence` [A, A]) for heads that are built from them; None
+      gives those heads placeholder values (shapes, parameter counts).
   """
   return VideoClassifier(
-      backbone=BACKBONES.get(cfg.backbone)(cfg),
+      backbone=build_backbone(cfg),
       head=HEADS.get(cfg.head)(cfg, num_classes, class_stats))
 
 

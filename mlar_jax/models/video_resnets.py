@@ -3,8 +3,9 @@
   * `ResNet`: I3D, Slow and C2D ResNets (PyTorchVideo's `create_resnet`),
     ir-CSN (`create_csn`: depthwise 3x3x3 in every bottleneck), non-local
     I3D (embedded-Gaussian blocks after chosen residual blocks, Wang et al.
-    2018) and TSM (2D ResNet with a temporal shift in every residual branch,
-    Lin et al. 2019).
+    2018), TSM (2D ResNet with a temporal shift in every residual branch,
+    Lin et al. 2019) and, with `BasicBlock`, R3D (Tran et al. 2018,
+    torchvision's `r3d_18`) and the small 3D ResNets of the CPU demo.
   * `SlowFast`: two pathways with time-strided lateral convolutions from
     Fast to Slow (Feichtenhofer et al. 2019, PyTorchVideo's `create_slowfast`).
   * `X3D`: expanded 2+1D stem, depthwise bottlenecks with squeeze-excitation
@@ -18,7 +19,7 @@ time to the Slow one's length, as its head does).
 
 The layer arithmetic is PyTorchVideo's: PyTorch padding (`k // 2` on both
 sides), batch-norm epsilon 1e-5 and momentum 0.1 (flax's 0.9), so imported
-weights (`mlar_jax.convert`) give PyTorch's outputs. Batch statistics in
+weights (`mlar_jax.tools.convert`) give PyTorch's outputs. Batch statistics in
 training are those of the global batch (XLA reduces over every device of a
 sharded batch), or frozen with `frozen_bn`.
 
@@ -58,6 +59,15 @@ class _Common(nn.Module):
     return nn.BatchNorm(use_running_average=not train or self.frozen_bn,
                         momentum=0.9, epsilon=1e-5, dtype=self.dtype, **kw)
 
+  def shortcut(self, x: jnp.ndarray, out: int, strides: tuple[int, int, int],
+               train: bool) -> jnp.ndarray:
+    """A residual block's shortcut: x [B, T, H, W, C], or its strided 1x1x1
+    projection and BN [B, T', H', W', out] when the block changes the shape."""
+    if x.shape[-1] == out and strides == (1, 1, 1):
+      return x
+    x = self.conv(out, (1, 1, 1), strides, name="shortcut_conv")(x)
+    return self.norm(train, name="shortcut_bn")(x)
+
 
 def temporal_shift(x: jnp.ndarray, fold_div: int) -> jnp.ndarray:
   """TSM's shift: channels [0, C/d) move one step back in time (frame t sees
@@ -87,13 +97,13 @@ class Stem(_Common):
 class Bottleneck(_Common):
   """conv_a (kt x 1 x 1) -> conv_b (kb x 3 x 3, spatial stride) -> conv_c (1x1x1).
 
-  The temporal stride sits on conv_a (Slow, SlowFast) or on conv_b (CSN);
-  the shortcut is a strided 1x1x1 projection when the shape changes.
+  conv_a and conv_b have `width` channels, conv_c `width * expansion`. The
+  temporal stride sits on conv_a (Slow, SlowFast) or on conv_b (CSN); the
+  shortcut is a strided 1x1x1 projection when the shape changes.
   `depthwise` makes conv_b channel-separated (ir-CSN); `shift_div` > 0 shifts
   the residual branch's input in time first (TSM).
   """
-  inner: int = 64
-  out: int = 256
+  width: int = 64
   conv_a_t: int = 1
   conv_b_t: int = 1
   spatial_stride: int = 1
@@ -101,25 +111,50 @@ class Bottleneck(_Common):
   stride_on_b: bool = False
   depthwise: bool = False
   shift_div: int = 0
+  expansion: int = 4
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
-    st, s = self.temporal_stride, self.spatial_stride
+    """Args: x: [B, T, H, W, C]. Returns [B, T / st, H / s, W / s, width * expansion]."""
+    st, s, out = self.temporal_stride, self.spatial_stride, self.width * self.expansion
     a_stride = (1, 1, 1) if self.stride_on_b else (st, 1, 1)
     b_stride = (st if self.stride_on_b else 1, s, s)
     y = temporal_shift(x, self.shift_div) if self.shift_div else x
-    y = self.conv(self.inner, (self.conv_a_t, 1, 1), a_stride, name="conv_a")(y)
+    y = self.conv(self.width, (self.conv_a_t, 1, 1), a_stride, name="conv_a")(y)
     y = nn.relu(self.norm(train, name="bn_a")(y))
-    y = self.conv(self.inner, (self.conv_b_t, 3, 3), b_stride,
-                  groups=self.inner if self.depthwise else 1, name="conv_b")(y)
+    y = self.conv(self.width, (self.conv_b_t, 3, 3), b_stride,
+                  groups=self.width if self.depthwise else 1, name="conv_b")(y)
     y = nn.relu(self.norm(train, name="bn_b")(y))
-    y = self.conv(self.out, (1, 1, 1), name="conv_c")(y)
+    y = self.conv(out, (1, 1, 1), name="conv_c")(y)
     # Zero-initialised last scale: each block starts as the identity.
     y = self.norm(train, name="bn_c", scale_init=nn.initializers.zeros)(y)
-    if x.shape[-1] != self.out or st * s != 1:
-      x = self.conv(self.out, (1, 1, 1), (st, s, s), name="shortcut_conv")(x)
-      x = self.norm(train, name="shortcut_bn")(x)
-    return nn.relu(x + y)
+    return nn.relu(self.shortcut(x, out, (st, s, s), train) + y)
+
+
+class BasicBlock(_Common):
+  """conv_a (kt x 3 x 3, strided) -> conv_b (kt x 3 x 3), both `width`
+  channels: the basic block of R3D (torchvision's `r3d_18`). The shortcut is
+  a strided 1x1x1 projection when the shape changes.
+
+  Takes the attributes `ResNet` gives every block; `conv_a_t` is the
+  temporal kernel of both convolutions.
+  """
+  width: int = 64
+  conv_a_t: int = 3
+  spatial_stride: int = 1
+  temporal_stride: int = 1
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
+    """Args: x: [B, T, H, W, C]. Returns [B, T / st, H / s, W / s, width]."""
+    st, s = self.temporal_stride, self.spatial_stride
+    kernel = (self.conv_a_t, 3, 3)
+    y = self.conv(self.width, kernel, (st, s, s), name="conv_a")(x)
+    y = nn.relu(self.norm(train, name="bn_a")(y))
+    y = self.conv(self.width, kernel, name="conv_b")(y)
+    # Zero-initialised last scale: each block starts as the identity.
+    y = self.norm(train, name="bn_b", scale_init=nn.initializers.zeros)(y)
+    return nn.relu(self.shortcut(x, self.width, (st, s, s), train) + y)
 
 
 class NonLocal(_Common):
@@ -153,59 +188,58 @@ def _cycle(kernels: Sequence[int], depth: int) -> list[int]:
 
 
 class ResNet(_Common):
-  """I3D / Slow / C2D / non-local / CSN / TSM ResNets.
+  """I3D / Slow / C2D / non-local / CSN / TSM / R3D ResNets.
 
   Attributes:
-    depths: bottleneck blocks per stage (res2..res5): (3, 4, 6, 3) for R50,
-      (3, 4, 23, 3) for R101, (3, 8, 36, 3) for R152.
+    block: the residual block, `Bottleneck` or `BasicBlock`, or a partial of
+      one fixing its own options (CSN's depthwise conv_b, TSM's shift). It
+      is called with width, conv_a_t, spatial_stride and temporal_stride.
+    depths: blocks per stage (res2, res3, ...; any number of stages):
+      (3, 4, 6, 3) for R50, (3, 4, 23, 3) for R101, (3, 8, 36, 3) for R152,
+      (2, 2, 2, 2) for R3D-18.
     conv_a_t: per stage, the temporal kernel sizes of conv_a, cycled over the
       stage's blocks (I3D: ((3,), (3, 1), (3, 1), (1, 3))).
-    conv_b_t: temporal kernel of conv_b (3 for CSN).
-    stem_width: stem channels; stage i outputs stem_width * 4 * 2^i.
+    stem_width: stem channels; stage i's blocks have width stem_width * 2^i
+      (a bottleneck outputs 4x its width, a basic block its width).
     stem_kernel: (t, h, w) of the stem convolution.
     stem_pool: 1x3x3 max pool after the stem.
     pool1: 2x1x1 temporal max pool after res2 (I3D).
-    temporal_strides: per stage (CSN: (1, 2, 2, 2) on conv_b).
-    stride_on_b: temporal strides on conv_b instead of conv_a.
-    depthwise: channel-separated conv_b (ir-CSN).
+    temporal_strides: per stage, the first block's temporal stride (CSN,
+      R3D: (1, 2, 2, 2)); empty for none.
     nonlocal_blocks: per stage, the block indices after which a non-local
-      block is inserted.
-    shift_div: > 0 for TSM's temporal shift (8: 1/8 of the channels each way).
+      block is inserted; empty for none.
   """
+  block: Any = Bottleneck
   depths: Sequence[int] = (3, 4, 6, 3)
   conv_a_t: Sequence[Sequence[int]] = ((1,), (1,), (3,), (3,))
-  conv_b_t: int = 1
   stem_width: int = 64
   stem_kernel: tuple[int, int, int] = (1, 7, 7)
   stem_pool: bool = True
   pool1: bool = False
-  temporal_strides: Sequence[int] = (1, 1, 1, 1)
-  stride_on_b: bool = False
-  depthwise: bool = False
-  nonlocal_blocks: Sequence[Sequence[int]] = ((), (), (), ())
-  shift_div: int = 0
+  temporal_strides: Sequence[int] = ()
+  nonlocal_blocks: Sequence[Sequence[int]] = ()
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, *, train: bool) -> layers.Features:
-    """Args: x: [B, T, H, W, 3]. Returns {"map": [B, T', H/32, W/32, 32 w], "pooled"}."""
+    """Args: x: [B, T, H, W, 3]. Returns {"map": [B, T', H', W', C], "pooled": [B, C]}:
+    H' = H / 2^(stages + 1) with the stem pool, H / 2^stages without."""
     common = dict(dtype=self.dtype, frozen_bn=self.frozen_bn, conv_impl=self.conv_impl)
     x = Stem(features=self.stem_width, kernel=self.stem_kernel, pool=self.stem_pool,
              name="stem", **common)(x.astype(self.dtype), train=train)
-    out = self.stem_width * 4
+    width = self.stem_width
     for i, depth in enumerate(self.depths):
+      nonlocal_after = self.nonlocal_blocks[i] if self.nonlocal_blocks else ()
       for j, kt in enumerate(_cycle(self.conv_a_t[i], depth)):
         first = j == 0
-        x = Bottleneck(
-            inner=out // 4, out=out, conv_a_t=kt, conv_b_t=self.conv_b_t,
-            spatial_stride=2 if first and i > 0 else 1,
-            temporal_stride=self.temporal_strides[i] if first else 1,
-            stride_on_b=self.stride_on_b, depthwise=self.depthwise,
-            shift_div=self.shift_div, name=f"res{i + 2}_block{j}", **common)(x, train=train)
-        if j in self.nonlocal_blocks[i]:
+        x = self.block(
+            width=width, conv_a_t=kt, spatial_stride=2 if first and i > 0 else 1,
+            temporal_stride=self.temporal_strides[i] if first and self.temporal_strides else 1,
+            name=f"res{i + 2}_block{j}", **common)(x, train=train)
+        if j in nonlocal_after:
           x = NonLocal(name=f"res{i + 2}_nonlocal{j}", **common)(x, train=train)
       if i == 0 and self.pool1:
         x = nn.max_pool(x, (2, 1, 1), (2, 1, 1), padding="VALID")
-      out *= 2
+      width *= 2
     return layers.features(x)
 
 
@@ -253,7 +287,7 @@ class SlowFast(_Common):
                               ("fast", self.fast_conv_a_t[i], out // beta)):
         y = slow if path == "slow" else fast
         for j in range(depth):
-          y = Bottleneck(inner=width // 4, out=width, conv_a_t=kt,
+          y = Bottleneck(width=width // 4, conv_a_t=kt,
                          spatial_stride=2 if j == 0 and i > 0 else 1,
                          name=f"{path}_res{i + 2}_block{j}", **common)(y, train=train)
         slow, fast = (y, fast) if path == "slow" else (slow, y)

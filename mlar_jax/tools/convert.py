@@ -1,8 +1,8 @@
 """Weights from PyTorch checkpoints into a checkpoint `config.init_from` loads.
 
-  python -m mlar_jax.convert --arch slowfast_r101 --checkpoint SLOWFAST_8x8_R101.pyth \\
+  python -m mlar_jax.tools.convert --arch slowfast_r101 --checkpoint SLOWFAST_8x8_R101.pyth \\
       --out /ckpt/slowfast_r101_k400
-  python -m mlar_jax.convert --arch i3d_r50 --checkpoint resnet50-0676ba61.pth \\
+  python -m mlar_jax.tools.convert --arch i3d_r50 --checkpoint resnet50-0676ba61.pth \\
       --out /ckpt/i3d_r50_imagenet          # torchvision 2D ResNet-50, inflated
 
 then train with a new head of any class count:
@@ -355,7 +355,7 @@ def convert_state_dict(state: dict[str, np.ndarray], arch: str, source: str = "a
                      f"not to {arch!r}")
   cfg = config_lib.base_config().model
   cfg.backbone = arch
-  backbone = registry.BACKBONES.get(arch)(cfg)
+  backbone = registry.build_backbone(cfg)
   t = 8 if _family(arch) == "slowfast" else 4
   init = lambda: backbone.init(jax.random.key(seed), jnp.zeros((1, t, 32, 32, 3)), train=False)
   fresh_ok = _FRESH_OK.get(source)
