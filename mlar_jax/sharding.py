@@ -11,10 +11,11 @@ The mesh has three axes:
 The global batch is split over `data` x `fsdp`.
 
 Parameters: `config.sharding.rules` (regex over the leaf's path -> mesh axis
-per dimension; default `config_lib.SHARDING_RULES`) place the named leaves; every other leaf is replicated, or
-with `config.sharding.params = "fsdp"` split over `fsdp` along its largest
-dimension that `fsdp` divides when it has at least `fsdp_min_size` elements
-(the big_vision rule). One switch moves between data parallel and FSDP.
+per dimension; default `config_lib.SHARDING_RULES`) place the named leaves;
+every other leaf is replicated, or with `config.sharding.params = "fsdp"`
+split over `fsdp` along its largest dimension that `fsdp` divides when it has
+at least `fsdp_min_size` elements (the big_vision rule). One switch moves
+between data parallel and FSDP.
 
 Activations: modules name their axes (`nn.with_logical_constraint`, e.g.
 ("batch", "time", "height", "width", "channels") for a feature map);

@@ -149,7 +149,7 @@ def _loop_stable(name, x, y, w):
   for xi, yi in zip(x.astype(np.float64), y):
     pos, neg = xi[yi > 0], xi[yi <= 0]
     total = 0.0
-    for k, i in enumerate(np.flatnonzero(yi > 0)):
+    for i in np.flatnonzero(yi > 0):
       d = neg - xi[i]
       m = max(d.max(initial=-np.inf), 0.0)
       total += w[i] * (m + math.log(math.exp(-m) + np.exp(d - m).sum())) if neg.size else 0.0

@@ -121,11 +121,11 @@ def test_collector_counts_each_video_once():
   scores, labels = _random(5, n=7, c=3)
   collector = None
   for start in range(0, 8, 4):  # batches of 4, the second padded by one row
-    s = np.zeros((4, 3)); l = np.zeros((4, 3), int); mask = np.zeros(4, bool)
+    s = np.zeros((4, 3)); lab = np.zeros((4, 3), int); mask = np.zeros(4, bool)
     n = min(4, 7 - start)
-    s[:n], l[:n], mask[:n] = scores[start:start + n], labels[start:start + n], True
+    s[:n], lab[:n], mask[:n] = scores[start:start + n], labels[start:start + n], True
     update = metrics.MultiLabelCollector.from_model_output(
-        scores=s, labels=l, mask=mask, index=np.arange(start, start + 4),
+        scores=s, labels=lab, mask=mask, index=np.arange(start, start + 4),
         view=np.zeros(4, int))
     collector = update if collector is None else collector.merge(update)
   arrays = collector.arrays()

@@ -131,4 +131,4 @@ def test_stage_two_freezes_the_convolutions_and_tunes_the_head(tmp_path):
   assert on_disk["per_rate"]["2+4+8"]["macro_map"] == pytest.approx(results["macro_map"])
   lines = (tmp_path / "stage2" / "predictions.txt").read_text().splitlines()
   assert len(lines) == config.data.synthetic.num_test
-  assert all(len(l.split()) == 1 + 14 for l in lines) and lines[0].startswith("test000000 ")
+  assert all(len(line.split()) == 1 + 14 for line in lines) and lines[0].startswith("test000000 ")

@@ -182,13 +182,13 @@ def video_list(split: str, *, root: str, csv_file: str, classes: str, videos: st
       else:
         rel, label_names = row[0], row[1:]
         vid = os.path.splitext(rel)[0]
-      label_names = [l.strip() for l in label_names if l.strip()]
-      unknown = [l for l in label_names if l not in lookup]
+      label_names = [n.strip() for n in label_names if n.strip()]
+      unknown = [n for n in label_names if n not in lookup]
       if unknown:
         raise ValueError(f"{path}:{line}: unknown labels {unknown} (not in {classes})")
       records.append({
           "id": vid, "path": j(os.path.join(videos, rel)),
-          "labels": _multi_hot([lookup[l] for l in label_names], len(names)),
+          "labels": _multi_hot([lookup[n] for n in label_names], len(names)),
           "segments": np.zeros((0, 3), np.float32), "num_frames": -1, "fps": float(fps),
       })
   return FileVideos(split, names, records)

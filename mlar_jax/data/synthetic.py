@@ -49,7 +49,6 @@ horizontal flips.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Sequence
 
 import numpy as np
@@ -275,6 +274,7 @@ class SyntheticVideos(base.VideoSource):
     self.num_videos = num_videos
     self.video_frames = video_frames
     self.resolution = resolution
+    self._labels: np.ndarray | None = None
 
   def __len__(self) -> int:
     return self.num_videos
@@ -317,9 +317,12 @@ class SyntheticVideos(base.VideoSource):
     """All frames of a video, uint8 [T_v, H, W, 3]."""
     return self.load_frames(self[index], np.arange(self.video_frames))
 
-  @functools.cache
   def label_matrix(self) -> np.ndarray:
-    return np.stack([self.plan(i).labels for i in range(self.num_videos)])
+    # Every video's plan is drawn once, then kept with the source (a
+    # functools.cache on the method would keep every source alive).
+    if self._labels is None:
+      self._labels = np.stack([self.plan(i).labels for i in range(self.num_videos)])
+    return self._labels
 
   def video_ids(self) -> list[str]:
     # From the split and index alone: no plan is drawn, no frame rendered.

@@ -121,7 +121,7 @@ class Conv3D(nn.Module):
     taps = taps.reshape(b * t_out, h, w, cin * kt)
     cg = cin // self.groups
     k2d = jnp.transpose(kernel, (1, 2, 3, 0, 4)).reshape(kh, kw, cg * kt, self.features)
-    y = lax.conv_general_dilated(taps, k2d, (sh, sw), [(l, r) for _, l, r in spatial],
+    y = lax.conv_general_dilated(taps, k2d, (sh, sw), [(lo, hi) for _, lo, hi in spatial],
                                  dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                  feature_group_count=self.groups)
     return y.reshape(b, t_out, *y.shape[1:])
