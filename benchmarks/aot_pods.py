@@ -23,14 +23,23 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run(model: str, topology: str, mode: str, batch: int, step_time: float) -> dict:
-  flags = [f"--config=configs/charades.py:backbone={model}", f"--topology={topology}",
-           "--num_classes=157", f"--config.batch_size={batch}", f"--step_time={step_time}",
-           "--json"]
+  flags = [
+    f"--config=configs/charades.py:backbone={model}",
+    f"--topology={topology}",
+    "--num_classes=157",
+    f"--config.batch_size={batch}",
+    f"--step_time={step_time}",
+    "--json",
+  ]
   if mode == "fsdp":
     flags += ["--config.sharding.params=fsdp", "--config.mesh.data=1", "--config.mesh.fsdp=-1"]
-  out = subprocess.run([sys.executable, "-m", "mlar_jax.tools.aot", *flags], cwd=REPO,
-                       env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True,
-                       text=True)
+  out = subprocess.run(
+    [sys.executable, "-m", "mlar_jax.tools.aot", *flags],
+    cwd=REPO,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    capture_output=True,
+    text=True,
+  )
   lines = out.stdout.strip().splitlines()
   if not lines:
     raise RuntimeError(out.stderr[-2000:])
@@ -46,20 +55,24 @@ def main():
   parser.add_argument("--step_time", type=float, default=1.0)
   parser.add_argument("--out", default="")
   args = parser.parse_args()
-  header = ("| model | topology | chips | sharding | args GiB | temp GiB | peak GiB / HBM | "
-            "TFLOP per chip (compiled) | model TFLOP per step | MFU at {:g} s/step | compile s |"
-            .format(args.step_time))
+  header = (
+    "| model | topology | chips | sharding | args GiB | temp GiB | peak GiB / HBM | "
+    "TFLOP per chip (compiled) | model TFLOP per step | "
+    f"MFU at {args.step_time:g} s/step | compile s |"
+  )
   print(header + "\n|" + "---|" * 11, flush=True)
   for model in args.models.split(","):
     for topology in args.topologies.split(","):
       for mode in args.modes.split(","):
         r = run(model, topology, mode, args.batch, args.step_time)
         g = lambda b: b / 2**30
-        row = (f"| {model} | {topology} | {r['chips']} {r['device_kind']} | {mode} | "
-               f"{g(r['argument_bytes']):.2f} | {g(r['temp_bytes']):.2f} | "
-               f"{g(r['peak_bytes']):.2f} / {g(r['hbm_bytes']):.0f} | "
-               f"{r['flops_per_chip'] / 1e12:.2f} | {r['model_flops_per_step'] / 1e12:.1f} | "
-               f"{100 * r['mfu']:.1f}% | {r['compile_s']:.0f} |")
+        row = (
+          f"| {model} | {topology} | {r['chips']} {r['device_kind']} | {mode} | "
+          f"{g(r['argument_bytes']):.2f} | {g(r['temp_bytes']):.2f} | "
+          f"{g(r['peak_bytes']):.2f} / {g(r['hbm_bytes']):.0f} | "
+          f"{r['flops_per_chip'] / 1e12:.2f} | {r['model_flops_per_step'] / 1e12:.1f} | "
+          f"{100 * r['mfu']:.1f}% | {r['compile_s']:.0f} |"
+        )
         print(row, flush=True)
         if args.out:
           with open(args.out, "a") as f:

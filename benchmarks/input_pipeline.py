@@ -31,9 +31,7 @@ import numpy as np
 from absl import flags
 
 from mlar_jax import config_lib
-from mlar_jax.data import pipeline
-from mlar_jax.data import prepare
-from mlar_jax.data import sampling
+from mlar_jax.data import pipeline, prepare, sampling
 
 
 def write_videos(folder: str, n: int, seconds: int = 10, fps: int = 30) -> None:
@@ -80,16 +78,23 @@ def time_eval(source, cfg, args) -> None:
   plan = sampling.view_plan(((4, 4), (8, 3), (2, 3)), 3)
   cfg.num_workers = 0
   t, cpu = time.perf_counter(), time.process_time()
-  clips = sum(len(b["view"]) for b in pipeline.eval_dataset(
-      source, cfg, plan, local_batch_size=args.batch_size))
+  clips = sum(
+    len(b["view"])
+    for b in pipeline.eval_dataset(source, cfg, plan, local_batch_size=args.batch_size)
+  )
   dt, dcpu = time.perf_counter() - t, time.process_time() - cpu
   assert clips == len(source) * len(plan)
-  print(f"  eval, 30 views: {clips / dt:.1f} clips/s, {dcpu / clips:.3f} CPU-s/clip "
-        f"({len(source) / dt:.2f} videos/s)", flush=True)
+  print(
+    f"  eval, 30 views: {clips / dt:.1f} clips/s, {dcpu / clips:.3f} CPU-s/clip "
+    f"({len(source) / dt:.2f} videos/s)",
+    flush=True,
+  )
 
 
 def main():
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   p.add_argument("--videos", type=int, default=24)
   p.add_argument("--workers", default="0,1,2,4")
   p.add_argument("--batches", type=int, default=20)
@@ -97,23 +102,37 @@ def main():
   p.add_argument("--frames", type=int, default=32)
   p.add_argument("--crop", type=int, default=224)
   p.add_argument("--sources", default="mp4,prepared")
-  p.add_argument("--eval", action=argparse.BooleanOptionalAction, default=True,
-                 help="also time the 30-view evaluation pipeline")
+  p.add_argument(
+    "--eval",
+    action=argparse.BooleanOptionalAction,
+    default=True,
+    help="also time the 30-view evaluation pipeline",
+  )
   args = p.parse_args()
   flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags
   with tempfile.TemporaryDirectory() as folder:
     write_videos(folder, args.videos)
     cfg = config_lib.data_config()
-    cfg.update(name="csv", num_frames=args.frames, rates=(2, 4, 8), crop_size=args.crop,
-               min_short_side=256, max_short_side=320, eval_short_side=256)
+    cfg.update(
+      name="csv",
+      num_frames=args.frames,
+      rates=(2, 4, 8),
+      crop_size=args.crop,
+      min_short_side=256,
+      max_short_side=320,
+      eval_short_side=256,
+    )
     cfg.csv.update(root=folder, classes="classes.txt")
-    print(f"{args.videos} videos, clips of {args.frames} frames at {args.crop}px, "
-          f"batch {args.batch_size}, {os.cpu_count()} CPUs")
+    print(
+      f"{args.videos} videos, clips of {args.frames} frames at {args.crop}px, "
+      f"batch {args.batch_size}, {os.cpu_count()} CPUs"
+    )
     for name in args.sources.split(","):
       if name == "prepared":
         t = time.perf_counter()
-        prepare.prepare(cfg, "csv", ["train"], os.path.join(folder, "tfds"), short_side=256,
-                        fps=0, shard_size=8)
+        prepare.prepare(
+          cfg, "csv", ["train"], os.path.join(folder, "tfds"), short_side=256, fps=0, shard_size=8
+        )
         print(f"prepared in {time.perf_counter() - t:.0f} s", flush=True)
         cfg.name = "prepared"
         cfg.prepared.update(data_dir=os.path.join(folder, "tfds"), dataset="csv")

@@ -24,10 +24,10 @@ import numpy as np
 from mlar_jax import losses
 
 PAIRS = {
-    "bce": (losses.bce, None),
-    "warp": (losses.warp, losses.warp_dense),
-    "lsep": (losses.lsep, losses.lsep_dense),
-    "wlsep": (losses.wlsep, losses.wlsep_dense),
+  "bce": (losses.bce, None),
+  "warp": (losses.warp, losses.warp_dense),
+  "lsep": (losses.lsep, losses.lsep_dense),
+  "wlsep": (losses.wlsep, losses.wlsep_dense),
 }
 
 
@@ -53,7 +53,9 @@ def measure(fn, b: int, c: int, max_run_bytes: float) -> dict:
 
 
 def main():
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   p.add_argument("--batch", type=int, default=256)
   p.add_argument("--classes", default="157,292,1024,4096")
   p.add_argument("--max_run_gib", type=float, default=4.0)
@@ -61,15 +63,19 @@ def main():
   args = p.parse_args()
   rows = []
   print(f"device: {jax.devices()[0].device_kind}, batch {args.batch}")
-  print(f"{'loss':6s} {'C':>5s} | {'factorised ms':>13s} {'MiB':>9s} | {'dense ms':>9s} {'MiB':>9s}")
+  print(
+    f"{'loss':6s} {'C':>5s} | {'factorised ms':>13s} {'MiB':>9s} | {'dense ms':>9s} {'MiB':>9s}"
+  )
   for c in map(int, args.classes.split(",")):
     for name, (fast, dense) in PAIRS.items():
       f = measure(fast, args.batch, c, args.max_run_gib * 2**30)
       d = measure(dense, args.batch, c, args.max_run_gib * 2**30) if dense else None
       rows.append({"loss": name, "classes": c, "batch": args.batch, "factorised": f, "dense": d})
-      fmt = lambda r: ("-" if r is None or r["ms"] is None else f"{r['ms']:.2f}")
+      fmt = lambda r: "-" if r is None or r["ms"] is None else f"{r['ms']:.2f}"
       mib = lambda r: "-" if r is None else f"{r['peak_mib']:.1f}"
-      print(f"{name:6s} {c:5d} | {fmt(f):>13s} {mib(f):>9s} | {fmt(d):>9s} {mib(d):>9s}", flush=True)
+      print(
+        f"{name:6s} {c:5d} | {fmt(f):>13s} {mib(f):>9s} | {fmt(d):>9s} {mib(d):>9s}", flush=True
+      )
   if args.json:
     with open(args.json, "w") as fh:
       json.dump(rows, fh, indent=2)

@@ -24,8 +24,9 @@ from mlar_jax import config_lib
 
 
 def get_config(arg=None):
-  args = config_lib.parse_arg(arg, root="", prepared="", backbone="slowfast_r101",
-                              head="mlar", runlocal=False)
+  args = config_lib.parse_arg(
+    arg, root="", prepared="", backbone="slowfast_r101", head="mlar", runlocal=False
+  )
   config = config_lib.base_config()
   d = config.data
   d.name = "prepared" if args.prepared else "charades"
@@ -37,7 +38,7 @@ def get_config(arg=None):
   config.model.dtype = "bfloat16"
   config.model.mlar.update(num_observations=64, groups=32, features=128)
   config.batch_size = 64
-  config.num_train_steps = 7500          # ~60 epochs of 7,985 videos
+  config.num_train_steps = 7500  # ~60 epochs of 7,985 videos
   config.schedule.update(base_lr=0.1, warmup_steps=500)
   config.optimizer.weight_decay = 1e-4
   config.checkpoint.every_steps = 500

@@ -20,14 +20,16 @@ from mlar_jax import config_lib
 
 
 def get_config(arg=None):
-  args = config_lib.parse_arg(arg, runlocal=False, head="linear",
-                              backbone="resnet3d_tiny", speed_invariant=False)
+  args = config_lib.parse_arg(
+    arg, runlocal=False, head="linear", backbone="resnet3d_tiny", speed_invariant=False
+  )
   config = config_lib.base_config()
 
   d = config.data
   d.name = "synthetic"
-  d.synthetic.update(seed=0, num_train=4096, num_val=256, num_test=512,
-                     video_frames=32, resolution=32)
+  d.synthetic.update(
+    seed=0, num_train=4096, num_val=256, num_test=512, video_frames=32, resolution=32
+  )
   # 8 frames at rate 4 span the whole 32-frame video: short events are seen
   # in one frame or missed, which keeps the task from saturating.
   d.num_frames, d.rates = 8, (4,)

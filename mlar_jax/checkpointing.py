@@ -33,18 +33,21 @@ def make_manager(workdir: str, cfg: ml_collections.ConfigDict) -> ocp.Checkpoint
     cfg: `config.checkpoint` (keep, async_save).
   """
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=cfg.keep, create=True,
-      enable_async_checkpointing=cfg.async_save)
+    max_to_keep=cfg.keep, create=True, enable_async_checkpointing=cfg.async_save
+  )
   # orbax needs an absolute path; a relative --workdir is relative to the cwd.
   directory = epath.Path(os.path.abspath(os.fspath(workdir))) / "checkpoints"
   return ocp.CheckpointManager(directory, options=options)
 
 
-def save(manager: ocp.CheckpointManager, step: int, state: Any,
-         data_iter: grain.DatasetIterator | None) -> None:
+def save(
+  manager: ocp.CheckpointManager, step: int, state: Any, data_iter: grain.DatasetIterator | None
+) -> None:
   """Starts saving `state` (and the iterator position) as checkpoint `step`."""
-  items = {"state": ocp.args.StandardSave(state),
-           "meta": ocp.args.JsonSave({"process_count": jax.process_count()})}
+  items = {
+    "state": ocp.args.StandardSave(state),
+    "meta": ocp.args.JsonSave({"process_count": jax.process_count()}),
+  }
   if data_iter is not None:
     items["data"] = grain.checkpoint.CheckpointSave(data_iter)
   manager.save(step, args=ocp.args.Composite(**items))
@@ -61,8 +64,8 @@ def saved_process_count(manager: ocp.CheckpointManager, step: int) -> int | None
 def abstract_with_shardings(abstract_state: Any, shardings: Any) -> Any:
   """ShapeDtypeStructs carrying the shardings to restore into."""
   return jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-      abstract_state, shardings)
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state, shardings
+  )
 
 
 def load_variables(path: str) -> dict[str, Any]:
@@ -124,13 +127,19 @@ def merge_variables(fresh: Any, loaded: Any, skip: str = "") -> tuple[Any, list[
     if key not in new and not (regex is not None and regex.search(key)):
       problems.append(f"  {key}: {tuple(old[key].shape)} in the checkpoint, not in the model")
   if problems:
-    raise ValueError("Checkpoint does not match the model (set init_from_skip to keep "
-                     "fresh values for some paths):\n" + "\n".join(sorted(problems)))
+    raise ValueError(
+      "Checkpoint does not match the model (set init_from_skip to keep "
+      "fresh values for some paths):\n" + "\n".join(sorted(problems))
+    )
   return traverse_util.unflatten_dict(merged, sep="/"), skipped
 
 
-def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
-            data_iter: grain.DatasetIterator | None = None) -> Any:
+def restore(
+  manager: ocp.CheckpointManager,
+  step: int,
+  abstract_state: Any,
+  data_iter: grain.DatasetIterator | None = None,
+) -> Any:
   """Restores checkpoint `step` into the layout of `abstract_state`.
 
   Args:

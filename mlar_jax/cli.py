@@ -8,8 +8,7 @@ import os
 import sys
 
 import ml_collections
-from absl import flags
-from absl import logging
+from absl import flags, logging
 
 from mlar_jax import validation
 
@@ -46,12 +45,18 @@ def setup(config: ml_collections.ConfigDict) -> None:
 
 def define_distributed_flags() -> None:
   """Flags of a multi-process launch (`initialize_distributed`)."""
-  flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
-                    "Start JAX's distributed runtime: auto = when launched as several "
-                    "processes (TPU pod VM, SLURM with several tasks, or the flags below).")
-  flags.DEFINE_string("coordinator_address", None,
-                      "host:port of process 0 (explicit launches; auto-detected on TPU "
-                      "VMs and SLURM).")
+  flags.DEFINE_enum(
+    "distributed",
+    "auto",
+    ["auto", "on", "off"],
+    "Start JAX's distributed runtime: auto = when launched as several "
+    "processes (TPU pod VM, SLURM with several tasks, or the flags below).",
+  )
+  flags.DEFINE_string(
+    "coordinator_address",
+    None,
+    "host:port of process 0 (explicit launches; auto-detected on TPU VMs and SLURM).",
+  )
   flags.DEFINE_integer("num_processes", None, "Number of processes (explicit launches).")
   flags.DEFINE_integer("process_id", None, "This process's index (explicit launches).")
 
@@ -73,13 +78,22 @@ def initialize_distributed() -> None:
   processes run over gloo. Explicit flags win; otherwise JAX detects the
   cluster (TPU VM metadata, SLURM variables).
   """
-  if FLAGS.distributed == "off" or (FLAGS.distributed == "auto"
-                                    and not _launched_as_several_processes()):
+  if FLAGS.distributed == "off" or (
+    FLAGS.distributed == "auto" and not _launched_as_several_processes()
+  ):
     return
   import jax  # pylint: disable=g-import-not-at-top
+
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
-                             num_processes=FLAGS.num_processes,
-                             process_id=FLAGS.process_id)
-  logging.info("Process %d of %d (%d local devices of %d)", jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count())
+  jax.distributed.initialize(
+    coordinator_address=FLAGS.coordinator_address,
+    num_processes=FLAGS.num_processes,
+    process_id=FLAGS.process_id,
+  )
+  logging.info(
+    "Process %d of %d (%d local devices of %d)",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )

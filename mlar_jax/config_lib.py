@@ -24,11 +24,11 @@ import ml_collections
 # over the `model` mesh axis. (regex over a state leaf's path, mesh axis per
 # dimension).
 SHARDING_RULES = (
-    (r"head/activity_queries$", ("model", None)),
-    (r"head/out_\w+_bias$", ("model",)),
-    (r"head/correlation_mask$", ("model", None)),
-    (r"head/classifier/kernel$", (None, "model")),
-    (r"head/classifier/bias$", ("model",)),
+  (r"head/activity_queries$", ("model", None)),
+  (r"head/out_\w+_bias$", ("model",)),
+  (r"head/correlation_mask$", ("model", None)),
+  (r"head/classifier/kernel$", (None, "model")),
+  (r"head/classifier/bias$", ("model",)),
 )
 
 
@@ -58,64 +58,103 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 
 def data_config() -> ml_collections.ConfigDict:
   """Input pipeline settings shared by every config (sizes for real video)."""
-  return ml_collections.ConfigDict({
+  return ml_collections.ConfigDict(
+    {
       "name": "synthetic",
-      "num_frames": 8,              # T, frames per clip
-      "rates": (4,),                # training downsampling rates to draw from
-      "rate_probs": (),             # their probabilities; () = uniform
-      "min_short_side": 256,        # training short-side scale jitter range
+      "num_frames": 8,  # T, frames per clip
+      "rates": (4,),  # training downsampling rates to draw from
+      "rate_probs": (),  # their probabilities; () = uniform
+      "min_short_side": 256,  # training short-side scale jitter range
       "max_short_side": 320,
-      "crop_size": 224,             # training and evaluation crop
-      "eval_short_side": 256,       # evaluation resize before the crops
+      "crop_size": 224,  # training and evaluation crop
+      "eval_short_side": 256,  # evaluation resize before the crops
       "flip": True,
       "mean": (0.45, 0.45, 0.45),
       "std": (0.225, 0.225, 0.225),
-      "num_threads": 2,             # grain reader threads per process
+      "num_threads": 2,  # grain reader threads per process
       "prefetch_buffer_size": 8,
-      "num_workers": 0,             # grain worker processes (0: in-process)
-      "label_mode": "video",        # training labels: video | window (actions
-                                    # overlapping the sampled clip, Charades)
-      "max_error_ratio": 0.01,      # stop when more samples fail to decode
+      "num_workers": 0,  # grain worker processes (0: in-process)
+      "label_mode": "video",  # training labels: video | window (actions
+      # overlapping the sampled clip, Charades)
+      "max_error_ratio": 0.01,  # stop when more samples fail to decode
       # Datasets on disk; paths are relative to `root`.
       "charades": {
-          "root": "", "train_csv": "Charades_v1_train.csv",
-          "test_csv": "Charades_v1_test.csv", "classes": "Charades_v1_classes.txt",
-          "videos": "Charades_v1_480", "frames": False, "video_ext": ".mp4", "fps": 24.0,
+        "root": "",
+        "train_csv": "Charades_v1_train.csv",
+        "test_csv": "Charades_v1_test.csv",
+        "classes": "Charades_v1_classes.txt",
+        "videos": "Charades_v1_480",
+        "frames": False,
+        "video_ext": ".mp4",
+        "fps": 24.0,
       },
-      "mmit": {"root": "", "train_csv": "trainingSet.csv", "val_csv": "validationSet.csv",
-               "test_csv": "", "classes": "moments_categories.txt", "videos": "videos",
-               "fps": 30.0},
-      "csv": {"root": "", "train_csv": "train.csv", "val_csv": "val.csv",
-              "test_csv": "test.csv", "classes": "classes.txt", "videos": "", "fps": 30.0},
+      "mmit": {
+        "root": "",
+        "train_csv": "trainingSet.csv",
+        "val_csv": "validationSet.csv",
+        "test_csv": "",
+        "classes": "moments_categories.txt",
+        "videos": "videos",
+        "fps": 30.0,
+      },
+      "csv": {
+        "root": "",
+        "train_csv": "train.csv",
+        "val_csv": "val.csv",
+        "test_csv": "test.csv",
+        "classes": "classes.txt",
+        "videos": "",
+        "fps": 30.0,
+      },
       # Written by `python -m mlar_jax.data.prepare --dataset D --data_dir DIR`.
       "prepared": {"data_dir": "", "dataset": "charades"},
       "synthetic": {
-          "seed": 0, "num_train": 2048, "num_val": 256, "num_test": 512,
-          "video_frames": 32, "resolution": 64,
+        "seed": 0,
+        "num_train": 2048,
+        "num_val": 256,
+        "num_test": 512,
+        "video_frames": 32,
+        "resolution": 64,
       },
-  })
+    }
+  )
 
 
 def base_config() -> ml_collections.ConfigDict:
   """Every key the training loop reads, with defaults."""
-  return ml_collections.ConfigDict({
+  return ml_collections.ConfigDict(
+    {
       "seed": 0,
-      "batch_size": 32,                 # global, over all devices and hosts
+      "batch_size": 32,  # global, over all devices and hosts
       "num_train_steps": 1000,
       "log_every_steps": 50,
-      "eval_every_steps": 0,            # 0: evaluate only at the end
+      "eval_every_steps": 0,  # 0: evaluate only at the end
       "data": data_config(),
       "model": {
-          "backbone": "resnet3d_tiny", "head": "linear", "dropout_rate": 0.5,
-          "dtype": "float32", "frozen_bn": False, "conv_impl": "auto",
-          # MLAR head (model.head = "mlar"); paper defaults K=64, n=32, C'=128.
-          "mlar": {"num_observations": 64, "groups": 32, "features": 128,
-                   "use_activity_specific": True, "use_correlation": True},
+        "backbone": "resnet3d_tiny",
+        "head": "linear",
+        "dropout_rate": 0.5,
+        "dtype": "float32",
+        "frozen_bn": False,
+        "conv_impl": "auto",
+        # MLAR head (model.head = "mlar"); paper defaults K=64, n=32, C'=128.
+        "mlar": {
+          "num_observations": 64,
+          "groups": 32,
+          "features": 128,
+          "use_activity_specific": True,
+          "use_correlation": True,
+        },
       },
       "loss": {"name": "bce", "class_weights": "none"},
-      "optimizer": {"name": "sgd", "momentum": 0.9, "nesterov": True,
-                    "weight_decay": 1e-4, "grad_clip_norm": 0.0,
-                    "freeze": ""},           # regex of parameter paths not updated
+      "optimizer": {
+        "name": "sgd",
+        "momentum": 0.9,
+        "nesterov": True,
+        "weight_decay": 1e-4,
+        "grad_clip_norm": 0.0,
+        "freeze": "",
+      },  # regex of parameter paths not updated
       # Initialise params and model state from another run's checkpoint (a
       # workdir, its checkpoints/ folder, or one checkpoints/STEP folder) when
       # the workdir has no checkpoint yet. Leaves whose path matches
@@ -128,17 +167,27 @@ def base_config() -> ml_collections.ConfigDict:
       # stage 2 starts from it, freezes the parameters matching `freeze` (the
       # backbone's 3D convolution kernels) and the batch-norm statistics, and
       # fine-tunes the rest on clips of rates drawn from `rates`.
-      "stage2": {"num_train_steps": 300, "rates": (2, 4, 8), "rate_probs": (),
-                 "base_lr": 0.01, "warmup_steps": 0,
-                 "freeze": "^backbone/.*kernel$", "frozen_bn": True},
+      "stage2": {
+        "num_train_steps": 300,
+        "rates": (2, 4, 8),
+        "rate_probs": (),
+        "base_lr": 0.01,
+        "warmup_steps": 0,
+        "freeze": "^backbone/.*kernel$",
+        "frozen_bn": True,
+      },
       "schedule": {"base_lr": 0.1, "warmup_steps": 50, "end_lr_factor": 0.0},
       "checkpoint": {"every_steps": 200, "keep": 3, "async_save": True},
       "eval": {
-          "split": "test", "batch_size": 64, "step": -1, "output": "logits",
-          # The view plan: (rate, temporal positions) x spatial_crops; the
-          # default is the papers' 30-view test (12 at rate 4, 9 at 8, 9 at 2).
-          "views": ((4, 4), (8, 3), (2, 3)), "spatial_crops": 3,
-          "aggregate": "sum",           # per-video: sum | mean | max of sigmoids
+        "split": "test",
+        "batch_size": 64,
+        "step": -1,
+        "output": "logits",
+        # The view plan: (rate, temporal positions) x spatial_crops; the
+        # default is the papers' 30-view test (12 at rate 4, 9 at 8, 9 at 2).
+        "views": ((4, 4), (8, 3), (2, 3)),
+        "spatial_crops": 3,
+        "aggregate": "sum",  # per-video: sum | mean | max of sigmoids
       },
       # Mesh axes (sizes; one may be -1 for the rest of the devices). The
       # batch is split over data x fsdp; model splits the MLAR head's
@@ -146,9 +195,9 @@ def base_config() -> ml_collections.ConfigDict:
       "mesh": {"data": -1, "fsdp": 1, "model": 1},
       # params: replicated (data parallel) | fsdp. rules: (regex over a state
       # leaf's path, mesh axis per dimension), before the fsdp rule.
-      "sharding": {"params": "replicated", "fsdp_min_size": 2**18,
-                   "rules": SHARDING_RULES},
-  })
+      "sharding": {"params": "replicated", "fsdp_min_size": 2**18, "rules": SHARDING_RULES},
+    }
+  )
 
 
 def fail(key: str, value: Any, why: str):
@@ -191,8 +240,14 @@ def check_regex(config: ml_collections.ConfigDict, *keys: str) -> None:
 def validate(config: ml_collections.ConfigDict) -> None:
   """The training loop's own keys (steps, batch sizes, checkpoints, init_from);
   every other part is checked by its owner (`validation.validate`)."""
-  check_positive(config, "batch_size", "num_train_steps", "log_every_steps",
-                 "checkpoint.every_steps", "checkpoint.keep")
+  check_positive(
+    config,
+    "batch_size",
+    "num_train_steps",
+    "log_every_steps",
+    "checkpoint.every_steps",
+    "checkpoint.keep",
+  )
   if config.eval_every_steps < 0:
     fail("eval_every_steps", config.eval_every_steps, "must be >= 0")
   check_regex(config, "init_from_skip")

@@ -42,24 +42,18 @@ from clu import metric_writers
 from etils import epath
 from jax.sharding import Mesh
 
-from mlar_jax import checkpointing
-from mlar_jax import metrics
-from mlar_jax import sharding
-from mlar_jax import validation
-from mlar_jax.data import base
-from mlar_jax.data import pipeline
-from mlar_jax.data import sampling
-from mlar_jax.data import transforms
+from mlar_jax import checkpointing, metrics, sharding, validation
+from mlar_jax.data import base, pipeline, sampling, transforms
 from mlar_jax.models import registry as models
 
-
-Variables = dict[str, Any]   # {"params": ..., "model_state": ...}
+Variables = dict[str, Any]  # {"params": ..., "model_state": ...}
 
 
 @flax.struct.dataclass
 class EvalState:
   """What evaluation reads of a train state (a `train.TrainState` has these
   fields too): the step evaluated and the model's variables."""
+
   step: jax.Array
   params: Any
   model_state: Any
@@ -89,32 +83,47 @@ class Evaluator:
       results.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh, model: nn.Module,
-               shardings: Variables, *, splits: Sequence[str], class_names: Sequence[str],
-               train_stats: base.ClassStats, workdir: str,
-               writer: metric_writers.MetricWriter | None = None,
-               train_errors: pipeline.DecodeErrors | None = None):
+  def __init__(
+    self,
+    config: ml_collections.ConfigDict,
+    mesh: Mesh,
+    model: nn.Module,
+    shardings: Variables,
+    *,
+    splits: Sequence[str],
+    class_names: Sequence[str],
+    train_stats: base.ClassStats,
+    workdir: str,
+    writer: metric_writers.MetricWriter | None = None,
+    train_errors: pipeline.DecodeErrors | None = None,
+  ):
     self.config, self.mesh, self.model = config, mesh, model
     self.class_names, self.train_stats = list(class_names), train_stats
     self.workdir, self.writer, self.train_errors = workdir, writer, train_errors
     self.plan = sampling.view_plan(config.eval.views, config.eval.spatial_crops)
     self.sources = {split: pipeline.make_source(config.data, split) for split in splits}
-    self._step = jax.jit(sharding.with_constraints(self._eval_step, mesh),
-                         in_shardings=(shardings, sharding.batch_sharding(mesh)),
-                         out_shardings=sharding.replicated(mesh))
+    self._step = jax.jit(
+      sharding.with_constraints(self._eval_step, mesh),
+      in_shardings=(shardings, sharding.batch_sharding(mesh)),
+      out_shardings=sharding.replicated(mesh),
+    )
 
   def _eval_step(self, variables: Variables, batch: dict[str, jax.Array]) -> dict[str, Any]:
     """{"scores": {output: [B, A] sigmoid}, "labels", "mask", "index", "view"};
     never softmax."""
     data = self.config.data
     video = transforms.normalize(batch["video"], data.mean, data.std)
-    outputs = self.model.apply({"params": variables["params"], **variables["model_state"]},
-                               video, train=False)
-    return {"scores": {k: jax.nn.sigmoid(v) for k, v in outputs.items()},
-            **{k: batch[k] for k in ("labels", "mask", "index", "view")}}
+    outputs = self.model.apply(
+      {"params": variables["params"], **variables["model_state"]}, video, train=False
+    )
+    return {
+      "scores": {k: jax.nn.sigmoid(v) for k, v in outputs.items()},
+      **{k: batch[k] for k in ("labels", "mask", "index", "view")},
+    }
 
-  def score(self, state: Any, split: str
-            ) -> tuple[dict[str, metrics.MultiLabelCollector], pipeline.DecodeErrors]:
+  def score(
+    self, state: Any, split: str
+  ) -> tuple[dict[str, metrics.MultiLabelCollector], pipeline.DecodeErrors]:
     """Scores every view of every video of `split` once.
 
     Args:
@@ -129,16 +138,28 @@ class Evaluator:
     pcount, pindex = jax.process_count(), jax.process_index()
     local_bs = config.eval.batch_size // pcount
     errors = pipeline.DecodeErrors(config.data.max_error_ratio)
-    ds = pipeline.eval_dataset(source, config.data, self.plan, local_batch_size=local_bs,
-                               process_index=pindex, process_count=pcount, errors=errors)
-    num_batches = pipeline.eval_num_batches(len(source), self.plan,
-                                            local_batch_size=local_bs, process_count=pcount)
+    ds = pipeline.eval_dataset(
+      source,
+      config.data,
+      self.plan,
+      local_batch_size=local_bs,
+      process_index=pindex,
+      process_count=pcount,
+      errors=errors,
+    )
+    num_batches = pipeline.eval_num_batches(
+      len(source), self.plan, local_batch_size=local_bs, process_count=pcount
+    )
     # Any eval batch size works on any mesh: rows are padded (and masked) up to a
     # multiple of this host's devices on the batch axes.
     local_devices = self.mesh.shape["data"] * self.mesh.shape["fsdp"] // pcount
     padded_bs = math.ceil(local_bs / local_devices) * local_devices
-    template = {k: np.zeros(v.shape, v.dtype) for k, v in pipeline.batch_spec(
-        config.data, padded_bs, source.num_classes, evaluation=True).items()}
+    template = {
+      k: np.zeros(v.shape, v.dtype)
+      for k, v in pipeline.batch_spec(
+        config.data, padded_bs, source.num_classes, evaluation=True
+      ).items()
+    }
     batch_sharding = sharding.batch_sharding(self.mesh)
     variables = {"params": state.params, "model_state": state.model_state}
     collectors: dict[str, metrics.MultiLabelCollector] = {}
@@ -148,9 +169,9 @@ class Evaluator:
       out = jax.device_get(self._step(variables, sharding.to_global(batch, batch_sharding)))
       for name, scores in out["scores"].items():
         update = metrics.MultiLabelCollector.from_model_output(
-            scores=scores, **{k: out[k] for k in ("labels", "mask", "index", "view")})
-        collectors[name] = (update if name not in collectors
-                            else collectors[name].merge(update))
+          scores=scores, **{k: out[k] for k in ("labels", "mask", "index", "view")}
+        )
+        collectors[name] = update if name not in collectors else collectors[name].merge(update)
     return collectors, errors
 
   def run(self, state: Any, split: str) -> dict[str, Any]:
@@ -172,83 +193,114 @@ class Evaluator:
     results["skipped_files"] = sorted(errors.files)
     results["train_skipped_samples"] = self.train_errors.failed if self.train_errors else 0
     if self.writer is not None:
-      self.writer.write_scalars(results["step"], {
+      self.writer.write_scalars(
+        results["step"],
+        {
           f"{split}/{k}": results[k]
-          for k in ("macro_map", "micro_map", "top1", "top5", "chance_macro_map")})
+          for k in ("macro_map", "micro_map", "top1", "top5", "chance_macro_map")
+        },
+      )
       self.writer.flush()
     _log(results)
     if split == self.config.eval.split and jax.process_index() == 0:
-      scores = _video_scores(collectors[self.config.eval.output], len(source),
-                             self.config.eval.aggregate)
-      lines = (f"{vid} " + " ".join(f"{x:.6g}" for x in row)
-               for vid, row in zip(source.video_ids(), scores))
+      scores = _video_scores(
+        collectors[self.config.eval.output], len(source), self.config.eval.aggregate
+      )
+      lines = (
+        f"{vid} " + " ".join(f"{x:.6g}" for x in row)
+        for vid, row in zip(source.video_ids(), scores)
+      )
       (epath.Path(self.workdir) / "predictions.txt").write_text("\n".join(lines) + "\n")
       path = epath.Path(self.workdir) / "eval_results.json"
       path.write_text(json.dumps(results, indent=2) + "\n")
       logging.info("Wrote %s", path)
     return results
 
-  def _results(self, collectors: dict[str, metrics.MultiLabelCollector],
-               labels: np.ndarray, step: int, split: str) -> dict[str, Any]:
+  def _results(
+    self,
+    collectors: dict[str, metrics.MultiLabelCollector],
+    labels: np.ndarray,
+    step: int,
+    split: str,
+  ) -> dict[str, Any]:
     """The results dict from the collectors of `score` and the split's
     labels [N, A]."""
     output, how, plan = self.config.eval.output, self.config.eval.aggregate, self.plan
     if output not in collectors:
-      raise ValueError(f"config.eval.output={output!r} is not a model output; "
-                       f"outputs: {sorted(collectors)}")
+      raise ValueError(
+        f"config.eval.output={output!r} is not a model output; outputs: {sorted(collectors)}"
+      )
     num_videos = len(labels)
     scores = _video_scores(collectors[output], num_videos, how)
     seen = np.unique(collectors[output].arrays()["index"])
     summary = metrics.all_metrics(scores, labels)
     # The constant predictor scoring every video with the training frequencies:
     # its AP per class is the class's positive rate.
-    chance = metrics.macro_map(np.broadcast_to(self.train_stats.frequency, labels.shape),
-                               labels)
+    chance = metrics.macro_map(np.broadcast_to(self.train_stats.frequency, labels.shape), labels)
     per_rate = {}
     for rates in rate_subsets(plan):
       keep = [i for i, v in enumerate(plan) if v.rate in rates]
       s = _video_scores(collectors[output], num_videos, how, keep)
       per_rate["+".join(map(str, rates))] = {
-          "views": len(keep), "macro_map": _json_number(metrics.macro_map(s, labels))}
+        "views": len(keep),
+        "macro_map": _json_number(metrics.macro_map(s, labels)),
+      }
     results = {
-        "split": split, "step": int(step), "output": output,
-        "num_videos": int(num_videos),
-        "num_videos_without_views": int(num_videos - len(seen)),
-        "views": len(plan), "aggregate": how,
-        "macro_map": _json_number(summary["macro_map"]),
-        "micro_map": _json_number(summary["micro_map"]),
-        "top1": _json_number(summary["top1"]),
-        "top5": _json_number(summary["top5"]),
-        "chance_macro_map": _json_number(chance),
-        "map_over_chance": _json_number(summary["macro_map"] / chance),
-        "num_classes_with_positives": summary["num_classes_with_positives"],
-        "per_class_ap": {n: _json_number(a)
-                         for n, a in zip(self.class_names, summary["per_class_ap"])},
-        "per_rate": per_rate,
-        "outputs": {},
+      "split": split,
+      "step": int(step),
+      "output": output,
+      "num_videos": int(num_videos),
+      "num_videos_without_views": int(num_videos - len(seen)),
+      "views": len(plan),
+      "aggregate": how,
+      "macro_map": _json_number(summary["macro_map"]),
+      "micro_map": _json_number(summary["micro_map"]),
+      "top1": _json_number(summary["top1"]),
+      "top5": _json_number(summary["top5"]),
+      "chance_macro_map": _json_number(chance),
+      "map_over_chance": _json_number(summary["macro_map"] / chance),
+      "num_classes_with_positives": summary["num_classes_with_positives"],
+      "per_class_ap": {
+        n: _json_number(a) for n, a in zip(self.class_names, summary["per_class_ap"])
+      },
+      "per_rate": per_rate,
+      "outputs": {},
     }
     for name, collector in sorted(collectors.items()):
       m = metrics.all_metrics(_video_scores(collector, num_videos, how), labels)
-      results["outputs"][name] = {k: _json_number(m[k])
-                                  for k in ("macro_map", "micro_map", "top1", "top5")}
+      results["outputs"][name] = {
+        k: _json_number(m[k]) for k in ("macro_map", "micro_map", "top1", "top5")
+      }
     return results
 
 
 def _log(results: dict[str, Any]) -> None:
   logging.info(
-      "%s split, step %d, %d videos x %d views: macro mAP %.4f (chance %.4f, %.2fx), "
-      "micro mAP %.4f, top-1 %.4f, top-5 %.4f", results["split"], results["step"],
-      results["num_videos"], results["views"], results["macro_map"],
-      results["chance_macro_map"], results["map_over_chance"], results["micro_map"],
-      results["top1"], results["top5"])
+    "%s split, step %d, %d videos x %d views: macro mAP %.4f (chance %.4f, %.2fx), "
+    "micro mAP %.4f, top-1 %.4f, top-5 %.4f",
+    results["split"],
+    results["step"],
+    results["num_videos"],
+    results["views"],
+    results["macro_map"],
+    results["chance_macro_map"],
+    results["map_over_chance"],
+    results["micro_map"],
+    results["top1"],
+    results["top5"],
+  )
   if len(results["per_rate"]) > 1:
-    logging.info("macro mAP by rates: %s", ", ".join(
-        f"{k} ({v['views']} views): {v['macro_map']:.4f}"
-        for k, v in results["per_rate"].items()))
+    logging.info(
+      "macro mAP by rates: %s",
+      ", ".join(
+        f"{k} ({v['views']} views): {v['macro_map']:.4f}" for k, v in results["per_rate"].items()
+      ),
+    )
 
 
-def _padded(batch: dict[str, np.ndarray] | None, template: dict[str, np.ndarray]
-            ) -> dict[str, np.ndarray]:
+def _padded(
+  batch: dict[str, np.ndarray] | None, template: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
   """Pads a (possibly short or missing) batch to the template's batch size."""
   size = template["labels"].shape[0]
   n = 0 if batch is None else batch["labels"].shape[0]
@@ -261,13 +313,16 @@ def _padded(batch: dict[str, np.ndarray] | None, template: dict[str, np.ndarray]
   return out
 
 
-def _video_scores(collector: metrics.MultiLabelCollector, num_videos: int, how: str,
-                  keep_views: Sequence[int] | None = None) -> np.ndarray:
+def _video_scores(
+  collector: metrics.MultiLabelCollector,
+  num_videos: int,
+  how: str,
+  keep_views: Sequence[int] | None = None,
+) -> np.ndarray:
   """Aggregated per-video scores [N, A] from clip scores; a video none of whose
   (kept) views could be decoded scores -inf, ranking last."""
   v = collector.arrays()
-  return sampling.aggregate_views(v["scores"], v["index"], v["view"], num_videos,
-                                  how, keep_views)
+  return sampling.aggregate_views(v["scores"], v["index"], v["view"], num_videos, how, keep_views)
 
 
 def rate_subsets(plan: Sequence[sampling.View]) -> list[tuple[int, ...]]:
@@ -298,15 +353,22 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   step = max(steps, default=None) if config.eval.step < 0 else config.eval.step
   if step not in steps:
     raise FileNotFoundError(
-        f"No checkpoint {'(latest)' if config.eval.step < 0 else config.eval.step} "
-        f"in {directory}; steps there: {sorted(steps)}")
+      f"No checkpoint {'(latest)' if config.eval.step < 0 else config.eval.step} "
+      f"in {directory}; steps there: {sorted(steps)}"
+    )
   loaded = checkpointing.load_variables(os.fspath(directory / str(step)))
   shardings = sharding.state_shardings(loaded, mesh, config.sharding)
   variables = jax.device_put(loaded, shardings)
   evaluator = Evaluator(
-      config, mesh, model, shardings, splits=[config.eval.split],
-      class_names=train_source.class_names, train_stats=stats, workdir=workdir,
-      writer=metric_writers.create_default_writer(
-          workdir, just_logging=jax.process_index() > 0))
+    config,
+    mesh,
+    model,
+    shardings,
+    splits=[config.eval.split],
+    class_names=train_source.class_names,
+    train_stats=stats,
+    workdir=workdir,
+    writer=metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0),
+  )
   state = EvalState(step=jnp.asarray(step, jnp.int32), **variables)
   return evaluator.run(state, config.eval.split)

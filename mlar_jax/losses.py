@@ -41,8 +41,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mlar_jax import config_lib
-from mlar_jax import registry
+from mlar_jax import config_lib, registry
 
 Array = jax.Array
 LossFn = Callable[[Array, Array, Array | None], Array]
@@ -53,8 +52,11 @@ LOSSES: registry.Registry = registry.Registry("loss")
 def _prepare(logits, labels, class_weights):
   x = jnp.asarray(logits).astype(jnp.float32)
   y = jnp.asarray(labels).astype(jnp.float32)
-  w = (jnp.ones(x.shape[-1], jnp.float32) if class_weights is None
-       else jnp.asarray(class_weights, jnp.float32))
+  w = (
+    jnp.ones(x.shape[-1], jnp.float32)
+    if class_weights is None
+    else jnp.asarray(class_weights, jnp.float32)
+  )
   num_pos = jnp.sum(y, axis=-1)
   return x, y, w, num_pos
 
@@ -108,8 +110,9 @@ def warp(logits: Array, labels: Array, class_weights: Array | None = None) -> Ar
   c = x.shape[-1]
   # R_i = #{j neg: x_j > x_i - 1} by binary search: O(C log C), no [C, C].
   thresh = jax.lax.stop_gradient(x - 1.0)
-  search = jnp.vectorize(lambda a, t: jnp.searchsorted(a, t, side="right"),
-                         signature="(c),(c)->(c)")
+  search = jnp.vectorize(
+    lambda a, t: jnp.searchsorted(a, t, side="right"), signature="(c),(c)->(c)"
+  )
   rank = c - search(jax.lax.stop_gradient(asc), thresh)
   # csum[k] = sum of (x_j - m) over the k largest negatives, m the largest
   # (a constant): offsets from m keep float32 exact for huge close logits.
@@ -142,7 +145,7 @@ def wlsep(logits: Array, labels: Array, class_weights: Array | None = None) -> A
   """Weighted LSEP (eq. 4) in O(C) per example. Returns [B]."""
   x, y, w, num_pos = _prepare(logits, labels, class_weights)
   pos, neg = y > 0, y <= 0
-  m, log_s = _masked_lse_parts(x, neg)                        # [B], [B]
+  m, log_s = _masked_lse_parts(x, neg)  # [B], [B]
   # (m - x_i) first: exact for close values, so huge logits lose nothing.
   per_pos = w * jax.nn.softplus((m[..., None] - x) + log_s[..., None])  # [B, C]
   total = jnp.sum(jnp.where(pos, per_pos, 0.0), axis=-1)
@@ -155,13 +158,13 @@ def wlsep(logits: Array, labels: Array, class_weights: Array | None = None) -> A
 
 
 def _pair_mask(y):
-  return (y[..., :, None] > 0) & (y[..., None, :] <= 0)   # [B, i pos, j neg]
+  return (y[..., :, None] > 0) & (y[..., None, :] <= 0)  # [B, i pos, j neg]
 
 
 def warp_dense(logits: Array, labels: Array, class_weights: Array | None = None) -> Array:
   x, y, w, num_pos = _prepare(logits, labels, class_weights)
   pairs = _pair_mask(y)
-  margin = 1.0 + x[..., None, :] - x[..., :, None]        # [B, i, j]
+  margin = 1.0 + x[..., None, :] - x[..., :, None]  # [B, i, j]
   hinge = jnp.where(pairs, jnp.maximum(margin, 0.0), 0.0)
   rank = jax.lax.stop_gradient(jnp.sum(pairs & (margin > 0), axis=-1))
   per_pos = w * harmonic(rank) * jnp.sum(hinge, axis=-1)
@@ -192,8 +195,9 @@ def wlsep_dense(logits: Array, labels: Array, class_weights: Array | None = None
 CLASS_WEIGHT_MODES = ("none", "min_over_count", "inverse_sqrt", "effective_number")
 
 
-def class_weights_from_counts(counts, mode: str = "min_over_count",
-                              beta: float = 0.999) -> np.ndarray:
+def class_weights_from_counts(
+  counts, mode: str = "min_over_count", beta: float = 0.999
+) -> np.ndarray:
   """Per-class weights w [C] float32 from training label counts [C].
 
   Modes:

@@ -9,20 +9,15 @@ reads its rows of every global batch, and process 0 writes logs and results.
 """
 
 import jax
-from absl import app
-from absl import flags
-from absl import logging
+from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mlar_jax import cli
-from mlar_jax import evaluate
-from mlar_jax import train
+from mlar_jax import cli, evaluate, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
-flags.DEFINE_enum("mode", "train_and_eval", ["train", "eval", "train_and_eval"],
-                  "What to run.")
+flags.DEFINE_enum("mode", "train_and_eval", ["train", "eval", "train_and_eval"], "What to run.")
 flags.mark_flags_as_required(["config", "workdir"])
 cli.define_distributed_flags()
 
@@ -36,13 +31,16 @@ def main(argv):
   if FLAGS.mode == "eval":
     results = evaluate.evaluate(FLAGS.config, FLAGS.workdir)
   else:
-    results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir,
-                                       final_eval=FLAGS.mode == "train_and_eval")
+    results = train.train_and_evaluate(
+      FLAGS.config, FLAGS.workdir, final_eval=FLAGS.mode == "train_and_eval"
+    )
   if results is not None and jax.process_index() == 0:
-    print(f"{results['split']} macro mAP {results['macro_map']:.4f} | constant predictor "
-          f"{results['chance_macro_map']:.4f} | ratio {results['map_over_chance']:.2f} | "
-          f"step {results['step']} | {results['num_videos']} videos | "
-          f"{FLAGS.workdir}/eval_results.json")
+    print(
+      f"{results['split']} macro mAP {results['macro_map']:.4f} | constant predictor "
+      f"{results['chance_macro_map']:.4f} | ratio {results['map_over_chance']:.2f} | "
+      f"step {results['step']} | {results['num_videos']} videos | "
+      f"{FLAGS.workdir}/eval_results.json"
+    )
 
 
 if __name__ == "__main__":

@@ -101,9 +101,9 @@ def top_k_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
   return float(hit[has_pos].mean())
 
 
-def charades_map(gt_ids: Sequence[str], gt_labels: np.ndarray,
-                 pred_ids: Sequence[str], pred_scores: np.ndarray
-                 ) -> tuple[float, np.ndarray]:
+def charades_map(
+  gt_ids: Sequence[str], gt_labels: np.ndarray, pred_ids: Sequence[str], pred_scores: np.ndarray
+) -> tuple[float, np.ndarray]:
   """mAP as `Charades_v1_classify.m` computes it.
 
   Args:
@@ -119,8 +119,7 @@ def charades_map(gt_ids: Sequence[str], gt_labels: np.ndarray,
   gt_labels = np.asarray(gt_labels)
   pred_scores = np.asarray(pred_scores, np.float64)
   if pred_scores.ndim != 2 or pred_scores.shape[1] != gt_labels.shape[1]:
-    raise ValueError(f"predictions {pred_scores.shape} do not have "
-                     f"{gt_labels.shape[1]} classes")
+    raise ValueError(f"predictions {pred_scores.shape} do not have {gt_labels.shape[1]} classes")
   row = {vid: i for i, vid in enumerate(pred_ids)}
   aligned = np.full(gt_labels.shape, -np.inf)
   for i, vid in enumerate(gt_ids):
@@ -134,18 +133,19 @@ def all_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
   """The summary evaluation reports, for aligned [N, C] scores and labels."""
   ap = per_class_ap(scores, labels)
   return {
-      "macro_map": _nanmean(ap),
-      "micro_map": micro_map(scores, labels),
-      "top1": top_k_accuracy(scores, labels, 1),
-      "top5": top_k_accuracy(scores, labels, 5),
-      "per_class_ap": ap,
-      "num_classes_with_positives": int((~np.isnan(ap)).sum()),
+    "macro_map": _nanmean(ap),
+    "micro_map": micro_map(scores, labels),
+    "top1": top_k_accuracy(scores, labels, 1),
+    "top5": top_k_accuracy(scores, labels, 5),
+    "per_class_ap": ap,
+    "num_classes_with_positives": int((~np.isnan(ap)).sum()),
   }
 
 
 @flax.struct.dataclass
 class MultiLabelCollector(
-    clu_metrics.CollectingMetric.from_outputs(("scores", "labels", "mask", "index", "view"))):
+  clu_metrics.CollectingMetric.from_outputs(("scores", "labels", "mask", "index", "view"))
+):
   """Gathers [B, C] scores and labels, and [B] video positions and view ids,
   on the host.
 

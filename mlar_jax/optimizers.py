@@ -11,7 +11,6 @@ from flax import traverse_util
 
 from mlar_jax import config_lib
 
-
 OPTIMIZERS = ("sgd", "adamw")
 
 
@@ -24,9 +23,12 @@ def make_schedule(cfg: ml_collections.ConfigDict, num_train_steps: int) -> optax
     num_train_steps: total steps; the cosine ends there.
   """
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=cfg.base_lr, warmup_steps=cfg.warmup_steps,
-      decay_steps=max(num_train_steps, cfg.warmup_steps + 1),
-      end_value=cfg.base_lr * cfg.end_lr_factor)
+    init_value=0.0,
+    peak_value=cfg.base_lr,
+    warmup_steps=cfg.warmup_steps,
+    decay_steps=max(num_train_steps, cfg.warmup_steps + 1),
+    end_value=cfg.base_lr * cfg.end_lr_factor,
+  )
 
 
 def _decay_mask(params):
@@ -35,16 +37,18 @@ def _decay_mask(params):
 
 
 def frozen_labels(params, pattern: str):
-  """"freeze" for every leaf whose path ("backbone/stem_conv/kernel") matches
+  """ "freeze" for every leaf whose path ("backbone/stem_conv/kernel") matches
   `pattern` (re.search), "train" otherwise; a tree like `params`."""
   regex = re.compile(pattern)
   flat = traverse_util.flatten_dict(params, sep="/")
   return traverse_util.unflatten_dict(
-      {k: ("freeze" if pattern and regex.search(k) else "train") for k in flat}, sep="/")
+    {k: ("freeze" if pattern and regex.search(k) else "train") for k in flat}, sep="/"
+  )
 
 
-def make_optimizer(cfg: ml_collections.ConfigDict, schedule: optax.Schedule
-                   ) -> optax.GradientTransformation:
+def make_optimizer(
+  cfg: ml_collections.ConfigDict, schedule: optax.Schedule
+) -> optax.GradientTransformation:
   """SGD with momentum (or AdamW) with decoupled-from-BN weight decay.
 
   Args:
@@ -57,12 +61,14 @@ def make_optimizer(cfg: ml_collections.ConfigDict, schedule: optax.Schedule
   tx = _base_optimizer(cfg, schedule)
   if not cfg.freeze:
     return tx
-  return optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()},
-                               lambda params: frozen_labels(params, cfg.freeze))
+  return optax.multi_transform(
+    {"train": tx, "freeze": optax.set_to_zero()}, lambda params: frozen_labels(params, cfg.freeze)
+  )
 
 
-def _base_optimizer(cfg: ml_collections.ConfigDict, schedule: optax.Schedule
-                    ) -> optax.GradientTransformation:
+def _base_optimizer(
+  cfg: ml_collections.ConfigDict, schedule: optax.Schedule
+) -> optax.GradientTransformation:
   parts = []
   if cfg.grad_clip_norm > 0:
     parts.append(optax.clip_by_global_norm(cfg.grad_clip_norm))

@@ -36,7 +36,7 @@ class Registry(Generic[T]):
       return self._entries[name]
     except KeyError:
       raise KeyError(
-          f"Unknown {self.kind} {name!r}; known: {', '.join(sorted(self._entries))}"
+        f"Unknown {self.kind} {name!r}; known: {', '.join(sorted(self._entries))}"
       ) from None
 
   def names(self) -> list[str]:

@@ -31,11 +31,12 @@ import re
 from typing import Any, Callable, Iterator, Sequence
 
 import flax.linen as nn
-from absl import logging
 import jax
 import ml_collections
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from absl import logging
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from mlar_jax import config_lib
 
@@ -44,8 +45,13 @@ BATCH_AXES = ("data", "fsdp")
 
 # Logical activation axis -> mesh axes.
 LOGICAL_RULES = (
-    ("batch", BATCH_AXES), ("time", None), ("height", None), ("width", None),
-    ("channels", None), ("activities", "model"), ("features", None),
+  ("batch", BATCH_AXES),
+  ("time", None),
+  ("height", None),
+  ("width", None),
+  ("channels", None),
+  ("activities", "model"),
+  ("features", None),
 )
 
 # How parameters are laid out: `config.sharding.params`.
@@ -63,8 +69,9 @@ def mesh_shape(cfg: ml_collections.ConfigDict, num_devices: int) -> tuple[int, .
       raise ValueError(f"config.mesh: {num_devices} devices do not divide by {known}")
     shape[shape.index(-1)] = num_devices // known
   if math.prod(shape) != num_devices:
-    raise ValueError(f"config.mesh: data={shape[0]} x fsdp={shape[1]} x model={shape[2]} "
-                     f"!= {num_devices} devices")
+    raise ValueError(
+      f"config.mesh: data={shape[0]} x fsdp={shape[1]} x model={shape[2]} != {num_devices} devices"
+    )
   return tuple(shape)
 
 
@@ -81,6 +88,7 @@ def make_mesh(cfg: ml_collections.ConfigDict, devices: Sequence[Any] | None = No
   grid = np.asarray(devices).reshape(shape)
   if devices[0].platform == "tpu":
     from jax.experimental import mesh_utils  # pylint: disable=g-import-not-at-top
+
     try:
       grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
     except (AssertionError, ValueError, NotImplementedError) as e:
@@ -104,8 +112,7 @@ def constraints(mesh: Mesh) -> Iterator[None]:
   """Activates `LOGICAL_RULES` and `mesh` for the logical constraints of a
   function being traced (the abstract mesh is what may be set inside
   `jax.jit`). Steps take it through `with_constraints`."""
-  with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), \
-      nn.logical_axis_rules(LOGICAL_RULES):
+  with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(LOGICAL_RULES):
     yield
 
 
@@ -127,8 +134,9 @@ def with_constraints(fn: Callable[..., Any], mesh: Mesh) -> Callable[..., Any]:
 
 
 def _path(key_path) -> str:
-  return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
-                  for k in key_path)
+  return "/".join(
+    str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in key_path
+  )
 
 
 def _fsdp_spec(shape: tuple[int, ...], fsdp: int, min_size: int) -> P:
@@ -142,8 +150,9 @@ def _fsdp_spec(shape: tuple[int, ...], fsdp: int, min_size: int) -> P:
   return P()
 
 
-def _rule_spec(pattern: str, path: str, shape: tuple[int, ...],
-               axes: Sequence[str | None], mesh: Mesh) -> P:
+def _rule_spec(
+  pattern: str, path: str, shape: tuple[int, ...], axes: Sequence[str | None], mesh: Mesh
+) -> P:
   """A rule's axes for `shape`, dropping an axis its dimension cannot split
   into (e.g. 157 activities over model=2 stay whole).
 
@@ -153,18 +162,21 @@ def _rule_spec(pattern: str, path: str, shape: tuple[int, ...],
   """
   if len(axes) != len(shape):
     raise ValueError(
-        f"config.sharding.rules: rule ({pattern!r}, {tuple(axes)}) has {len(axes)} axes but "
-        f"matches {path} of shape {tuple(shape)}; give one mesh axis (or None) per dimension")
+      f"config.sharding.rules: rule ({pattern!r}, {tuple(axes)}) has {len(axes)} axes but "
+      f"matches {path} of shape {tuple(shape)}; give one mesh axis (or None) per dimension"
+    )
   unknown = [a for a in axes if a is not None and a not in mesh.shape]
   if unknown:
-    raise ValueError(f"config.sharding.rules: rule ({pattern!r}, {tuple(axes)}) names "
-                     f"{unknown}, not mesh axes {list(mesh.shape)}")
-  return P(*[a if a is not None and shape[d] % mesh.shape[a] == 0 else None
-             for d, a in enumerate(axes)])
+    raise ValueError(
+      f"config.sharding.rules: rule ({pattern!r}, {tuple(axes)}) names "
+      f"{unknown}, not mesh axes {list(mesh.shape)}"
+    )
+  return P(
+    *[a if a is not None and shape[d] % mesh.shape[a] == 0 else None for d, a in enumerate(axes)]
+  )
 
 
-def leaf_spec(path: str, shape: tuple[int, ...], mesh: Mesh,
-              cfg: ml_collections.ConfigDict) -> P:
+def leaf_spec(path: str, shape: tuple[int, ...], mesh: Mesh, cfg: ml_collections.ConfigDict) -> P:
   """The PartitionSpec of one state leaf (params, model_state or optimizer
   state: their paths end alike, so a parameter and its moments match)."""
   for pattern, axes in cfg.rules:
@@ -174,8 +186,7 @@ def leaf_spec(path: str, shape: tuple[int, ...], mesh: Mesh,
   return _fsdp_spec(shape, fsdp, cfg.fsdp_min_size)
 
 
-def state_shardings(abstract_state: Any, mesh: Mesh,
-                    cfg: ml_collections.ConfigDict) -> Any:
+def state_shardings(abstract_state: Any, mesh: Mesh, cfg: ml_collections.ConfigDict) -> Any:
   """NamedShardings for every leaf of a train state (from `jax.eval_shape`).
 
   Args:
@@ -184,8 +195,8 @@ def state_shardings(abstract_state: Any, mesh: Mesh,
     cfg: `config.sharding` (params: "replicated" | "fsdp", fsdp_min_size, rules).
   """
   return jax.tree_util.tree_map_with_path(
-      lambda p, x: NamedSharding(mesh, leaf_spec(_path(p), tuple(x.shape), mesh, cfg)),
-      abstract_state)
+    lambda p, x: NamedSharding(mesh, leaf_spec(_path(p), tuple(x.shape), mesh, cfg)), abstract_state
+  )
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -198,10 +209,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     config_lib.fail("mesh", dict(config.mesh), "sizes must be positive, one of them may be -1")
   config_lib.check_positive(config, "sharding.fsdp_min_size")
   for rule in config.sharding.rules:
-    if (len(rule) != 2 or not isinstance(rule[0], str)
-        or any(a is not None and a not in AXES for a in rule[1])):
-      config_lib.fail("sharding.rules", rule, f"must be (regex, (axis or None, ...)) with axes "
-                      f"from {list(AXES)}")
+    if (
+      len(rule) != 2
+      or not isinstance(rule[0], str)
+      or any(a is not None and a not in AXES for a in rule[1])
+    ):
+      config_lib.fail(
+        "sharding.rules", rule, f"must be (regex, (axis or None, ...)) with axes from {list(AXES)}"
+      )
     try:
       re.compile(rule[0])
     except re.error as e:
@@ -212,8 +227,11 @@ def validate_for_mesh(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
   """Checks the batch sizes against the mesh and the process count."""
   batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
   if config.batch_size % batch_devices:
-    config_lib.fail("batch_size", config.batch_size, f"must be a multiple of the "
-                    f"{batch_devices} devices of the mesh's data and fsdp axes")
+    config_lib.fail(
+      "batch_size",
+      config.batch_size,
+      f"must be a multiple of the {batch_devices} devices of the mesh's data and fsdp axes",
+    )
   # Evaluation batches are padded up to a multiple of the devices instead.
   for key in ("batch_size", "eval.batch_size"):
     value = config_lib.get(config, key)
@@ -228,4 +246,5 @@ def to_global(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str
   gives process p the p-th contiguous block); its devices hold that block.
   """
   return jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
+    lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch
+  )

@@ -14,28 +14,21 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from jax.sharding import Mesh
 from absl import logging
-from clu import metric_writers
-from clu import periodic_actions
+from clu import metric_writers, periodic_actions
 from etils import epath
+from jax.sharding import Mesh
 
-from mlar_jax import checkpointing
-from mlar_jax import evaluate
-from mlar_jax import losses
-from mlar_jax import optimizers
-from mlar_jax import sharding
-from mlar_jax import validation
-from mlar_jax.data import base
-from mlar_jax.data import pipeline
-from mlar_jax.data import transforms
+from mlar_jax import checkpointing, evaluate, losses, optimizers, sharding, validation
+from mlar_jax.data import base, pipeline, transforms
 from mlar_jax.models import registry as models
 
 
 @flax.struct.dataclass
 class TrainState:
   """Everything a training step changes; a pytree that orbax saves as is."""
-  step: jax.Array        # [] int32, number of updates applied
+
+  step: jax.Array  # [] int32, number of updates applied
   params: Any
   # Non-trainable model variables by collection: "batch_stats" (updated by
   # the forward pass in training) and "constants" (fixed at init from the
@@ -45,8 +38,9 @@ class TrainState:
   opt_state: Any
 
 
-def init_state(model: nn.Module, tx: optax.GradientTransformation,
-               video_shape: tuple[int, ...], rng: jax.Array) -> TrainState:
+def init_state(
+  model: nn.Module, tx: optax.GradientTransformation, video_shape: tuple[int, ...], rng: jax.Array
+) -> TrainState:
   """Fresh parameters, model state and optimizer state.
 
   Args:
@@ -56,17 +50,26 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation,
     rng: the initialisation key.
   """
   params_rng, dropout_rng = jax.random.split(rng)
-  variables = model.init({"params": params_rng, "dropout": dropout_rng},
-                         jnp.zeros(video_shape, jnp.float32), train=False)
+  variables = model.init(
+    {"params": params_rng, "dropout": dropout_rng}, jnp.zeros(video_shape, jnp.float32), train=False
+  )
   params = variables.pop("params")
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    model_state=dict(variables), opt_state=tx.init(params))
+  return TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    model_state=dict(variables),
+    opt_state=tx.init(params),
+  )
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
-                    schedule: optax.Schedule, loss_fn: losses.LossFn,
-                    class_weights: np.ndarray | None,
-                    config: ml_collections.ConfigDict) -> Callable:
+def make_train_step(
+  model: nn.Module,
+  tx: optax.GradientTransformation,
+  schedule: optax.Schedule,
+  loss_fn: losses.LossFn,
+  class_weights: np.ndarray | None,
+  config: ml_collections.ConfigDict,
+) -> Callable:
   """The pure update step (state, batch) -> (state, metrics); every model
   output is trained.
 
@@ -81,45 +84,61 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]):
     rng = jax.random.fold_in(jax.random.key(config.seed), state.step)
-    video = transforms.normalize(batch["video"], config.data.mean, config.data.std,
-                                 compute_dtype)
+    video = transforms.normalize(batch["video"], config.data.mean, config.data.std, compute_dtype)
     labels = batch["labels"]
 
     def loss_of(params):
       outputs, updates = model.apply(
-          {"params": params, **state.model_state}, video, train=True,
-          mutable=["batch_stats"], rngs={"dropout": rng})
+        {"params": params, **state.model_state},
+        video,
+        train=True,
+        mutable=["batch_stats"],
+        rngs={"dropout": rng},
+      )
       per_output = {k: jnp.mean(loss_fn(v, labels, weights)) for k, v in outputs.items()}
       total = sum(per_output.values())
       return total, (per_output, {**state.model_state, **updates})
 
-    (loss, (per_output, model_state)), grads = jax.value_and_grad(
-        loss_of, has_aux=True)(state.params)
+    (loss, (per_output, model_state)), grads = jax.value_and_grad(loss_of, has_aux=True)(
+      state.params
+    )
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    new_state = state.replace(step=state.step + 1, params=params,
-                              model_state=model_state, opt_state=opt_state)
-    metrics = {"loss": loss, "learning_rate": schedule(state.step),
-               "grad_norm": optax.global_norm(grads),
-               **{f"loss_{k}": v for k, v in per_output.items()}}
+    new_state = state.replace(
+      step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state
+    )
+    metrics = {
+      "loss": loss,
+      "learning_rate": schedule(state.step),
+      "grad_norm": optax.global_norm(grads),
+      **{f"loss_{k}": v for k, v in per_output.items()},
+    }
     return new_state, metrics
 
   return train_step
 
 
-def _log_line(step: int, total: int, metrics: dict[str, float], steps_per_sec: float,
-              batch_size: int) -> str:
+def _log_line(
+  step: int, total: int, metrics: dict[str, float], steps_per_sec: float, batch_size: int
+) -> str:
   eta = (total - step) / steps_per_sec if steps_per_sec > 0 else float("nan")
   per_output = {k: v for k, v in metrics.items() if k.startswith("loss_")}
-  extra = " ".join(f"{k}={v:.4f}" for k, v in sorted(per_output.items())
-                   ) if len(per_output) > 1 else ""
-  return (f"step {step}/{total} | loss {metrics['loss']:.4f} | "
-          f"lr {metrics['learning_rate']:.5f} | {steps_per_sec:.2f} steps/s "
-          f"({steps_per_sec * batch_size:.0f} clips/s, "
-          f"{100 * metrics['input_wait_fraction']:.0f}% waiting for input) | "
-          f"ETA {int(eta // 60)}m{int(eta % 60):02d}s" + (f" | {extra}" if extra else "")
-          + (f" | skipped {int(metrics['skipped_samples'])} undecodable"
-             if metrics.get("skipped_samples") else ""))
+  extra = (
+    " ".join(f"{k}={v:.4f}" for k, v in sorted(per_output.items())) if len(per_output) > 1 else ""
+  )
+  return (
+    f"step {step}/{total} | loss {metrics['loss']:.4f} | "
+    f"lr {metrics['learning_rate']:.5f} | {steps_per_sec:.2f} steps/s "
+    f"({steps_per_sec * batch_size:.0f} clips/s, "
+    f"{100 * metrics['input_wait_fraction']:.0f}% waiting for input) | "
+    f"ETA {int(eta // 60)}m{int(eta % 60):02d}s"
+    + (f" | {extra}" if extra else "")
+    + (
+      f" | skipped {int(metrics['skipped_samples'])} undecodable"
+      if metrics.get("skipped_samples")
+      else ""
+    )
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,12 +149,13 @@ class Training:
   Everything else is derived: `abstract_state` from `init_fn`, the jitted
   step and initialiser from `step_fn` / `init_fn` and the shardings.
   """
+
   model: nn.Module
   tx: optax.GradientTransformation
   mesh: Mesh
-  init_fn: Callable[[jax.Array], TrainState]   # rng -> fresh state
-  step_fn: Callable                            # pure (state, batch) -> (state, metrics)
-  state_shardings: TrainState                  # NamedShardings over `mesh`
+  init_fn: Callable[[jax.Array], TrainState]  # rng -> fresh state
+  step_fn: Callable  # pure (state, batch) -> (state, metrics)
+  state_shardings: TrainState  # NamedShardings over `mesh`
 
   @functools.cached_property
   def abstract_state(self) -> TrainState:
@@ -150,14 +170,17 @@ class Training:
     """jit(state, batch) -> (state, metrics) over `mesh`: the modules' logical
     activation constraints, the batch split over (data, fsdp), metrics
     replicated, the input state donated."""
-    return jax.jit(sharding.with_constraints(self.step_fn, self.mesh),
-                   in_shardings=(self.state_shardings, sharding.batch_sharding(self.mesh)),
-                   out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
-                   donate_argnums=(0,))
+    return jax.jit(
+      sharding.with_constraints(self.step_fn, self.mesh),
+      in_shardings=(self.state_shardings, sharding.batch_sharding(self.mesh)),
+      out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
+      donate_argnums=(0,),
+    )
 
 
-def build_training(config: ml_collections.ConfigDict, mesh: Mesh,
-                   stats: base.ClassStats) -> Training:
+def build_training(
+  config: ml_collections.ConfigDict, mesh: Mesh, stats: base.ClassStats
+) -> Training:
   """Model, optimizer, update step and state shardings for `mesh`.
 
   Nothing is allocated: the state is abstract (`jax.eval_shape`), so the
@@ -176,18 +199,22 @@ def build_training(config: ml_collections.ConfigDict, mesh: Mesh,
   class_weights = None
   if config.loss.class_weights != "none":
     class_weights = losses.class_weights_from_counts(stats.counts, config.loss.class_weights)
-  step_fn = make_train_step(model, tx, schedule, losses.LOSSES.get(config.loss.name),
-                            class_weights, config)
+  step_fn = make_train_step(
+    model, tx, schedule, losses.LOSSES.get(config.loss.name), class_weights, config
+  )
   video_shape = pipeline.batch_spec(config.data, 1, stats.num_classes)["video"].shape
   init_fn = functools.partial(init_state, model, tx, video_shape)
   state_shardings = sharding.state_shardings(
-      jax.eval_shape(init_fn, jax.random.key(0)), mesh, config.sharding)
-  return Training(model=model, tx=tx, mesh=mesh, init_fn=init_fn, step_fn=step_fn,
-                  state_shardings=state_shardings)
+    jax.eval_shape(init_fn, jax.random.key(0)), mesh, config.sharding
+  )
+  return Training(
+    model=model, tx=tx, mesh=mesh, init_fn=init_fn, step_fn=step_fn, state_shardings=state_shardings
+  )
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       final_eval: bool = True) -> dict[str, Any] | None:
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str, *, final_eval: bool = True
+) -> dict[str, Any] | None:
   """Trains (resuming from the latest checkpoint in `workdir`) and evaluates.
 
   Args:
@@ -201,8 +228,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """
   validation.validate(config)
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() > 0)
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
 
   # --------------------------------------------------------------------------
   # Mesh.
@@ -210,8 +236,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   mesh = sharding.make_mesh(config.mesh)
   sharding.validate_for_mesh(config, mesh)
   batch_sharding = sharding.batch_sharding(mesh)
-  logging.info("Mesh %s over %d devices (%d processes)", dict(mesh.shape),
-               mesh.size, jax.process_count())
+  logging.info(
+    "Mesh %s over %d devices (%d processes)", dict(mesh.shape), mesh.size, jax.process_count()
+  )
 
   # --------------------------------------------------------------------------
   # Input pipeline.
@@ -221,10 +248,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   train_errors = pipeline.DecodeErrors(config.data.max_error_ratio)
 
   def train_iterator(start_batch: int = 0):
-    return iter(pipeline.train_dataset(
-        train_source, config.data, global_batch_size=config.batch_size, seed=config.seed,
-        process_index=jax.process_index(), process_count=jax.process_count(),
-        start_batch=start_batch, errors=train_errors))
+    return iter(
+      pipeline.train_dataset(
+        train_source,
+        config.data,
+        global_batch_size=config.batch_size,
+        seed=config.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        start_batch=start_batch,
+        errors=train_errors,
+      )
+    )
 
   # --------------------------------------------------------------------------
   # Model, optimizer, loss, shardings, update step.
@@ -232,8 +267,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   training = build_training(config, mesh, stats)
   train_step = training.jit_step()
   num_params = sum(x.size for x in jax.tree.leaves(training.abstract_state.params))
-  logging.info("Model %s + %s head: %d parameters", config.model.backbone,
-               config.model.head, num_params)
+  logging.info(
+    "Model %s + %s head: %d parameters", config.model.backbone, config.model.head, num_params
+  )
 
   # --------------------------------------------------------------------------
   # Evaluation: its splits are opened (annotations parsed) now, so that a
@@ -243,10 +279,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if final_eval and config.eval.split not in eval_splits:
     eval_splits.append(config.eval.split)
   evaluator = evaluate.Evaluator(
-      config, mesh, training.model,
-      evaluate.variable_shardings(training.state_shardings), splits=eval_splits,
-      class_names=train_source.class_names, train_stats=stats, workdir=workdir,
-      writer=writer, train_errors=train_errors)
+    config,
+    mesh,
+    training.model,
+    evaluate.variable_shardings(training.state_shardings),
+    splits=eval_splits,
+    class_names=train_source.class_names,
+    train_stats=stats,
+    workdir=workdir,
+    writer=writer,
+    train_errors=train_errors,
+  )
 
   # --------------------------------------------------------------------------
   # Checkpoint: restore the latest, or initialise.
@@ -254,8 +297,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   manager = checkpointing.make_manager(workdir, config.checkpoint)
   latest = manager.latest_step()
   if latest is not None:
-    restore_target = checkpointing.abstract_with_shardings(training.abstract_state,
-                                                           training.state_shardings)
+    restore_target = checkpointing.abstract_with_shardings(
+      training.abstract_state, training.state_shardings
+    )
     written_by = checkpointing.saved_process_count(manager, latest)
     if written_by in (None, jax.process_count()):
       train_iter = train_iterator()
@@ -265,8 +309,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       # the data order is global, so it resumes at global batch `latest`.
       state = checkpointing.restore(manager, latest, restore_target)
       train_iter = train_iterator(start_batch=latest)
-      logging.info("Checkpoint written by %d processes, resuming on %d: data restarts "
-                   "at global batch %d", written_by, jax.process_count(), latest)
+      logging.info(
+        "Checkpoint written by %d processes, resuming on %d: data restarts at global batch %d",
+        written_by,
+        jax.process_count(),
+        latest,
+      )
     logging.info("Resumed from checkpoint at step %d", latest)
   else:
     train_iter = train_iterator()
@@ -280,7 +328,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # --------------------------------------------------------------------------
   total = config.num_train_steps
   report_progress = periodic_actions.ReportProgress(
-      num_train_steps=total, writer=writer, every_steps=config.log_every_steps)
+    num_train_steps=total, writer=writer, every_steps=config.log_every_steps
+  )
   pending: list[dict[str, jax.Array]] = []
   last_time, last_step = time.time(), start_step
   # Host time blocked on the input pipeline: steps are dispatched
@@ -299,8 +348,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     pending.append(step_metrics)
     report_progress(step)
     if step % config.log_every_steps == 0 or step == total:
-      means = {k: float(np.mean(v)) for k, v in
-               jax.tree.map(lambda *xs: np.stack(xs), *jax.device_get(pending)).items()}
+      means = {
+        k: float(np.mean(v))
+        for k, v in jax.tree.map(lambda *xs: np.stack(xs), *jax.device_get(pending)).items()
+      }
       pending = []
       if not np.isfinite(means["loss"]):
         raise FloatingPointError(f"Loss is {means['loss']} at step {step}.")
@@ -323,17 +374,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   return evaluator.run(state, config.eval.split)
 
 
-def _init_from(state: TrainState, config: ml_collections.ConfigDict,
-               tx: optax.GradientTransformation, shardings: TrainState) -> TrainState:
+def _init_from(
+  state: TrainState,
+  config: ml_collections.ConfigDict,
+  tx: optax.GradientTransformation,
+  shardings: TrainState,
+) -> TrainState:
   """Params and model state from `config.init_from`, a fresh optimizer."""
   loaded = checkpointing.load_variables(config.init_from)
   params, skipped = checkpointing.merge_variables(
-      state.params, loaded["params"], config.init_from_skip)
+    state.params, loaded["params"], config.init_from_skip
+  )
   model_state, skipped_state = checkpointing.merge_variables(
-      state.model_state, loaded["model_state"], config.init_from_skip)
+    state.model_state, loaded["model_state"], config.init_from_skip
+  )
   params = jax.device_put(params, shardings.params)
   model_state = jax.device_put(model_state, shardings.model_state)
   opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
-  logging.info("Initialised from %s; kept fresh: %s", config.init_from,
-               skipped + skipped_state or "nothing")
+  logging.info(
+    "Initialised from %s; kept fresh: %s", config.init_from, skipped + skipped_state or "nothing"
+  )
   return state.replace(params=params, model_state=model_state, opt_state=opt_state)

@@ -11,21 +11,17 @@ from __future__ import annotations
 
 import ml_collections
 
-from mlar_jax import config_lib
-from mlar_jax import losses
-from mlar_jax import optimizers
-from mlar_jax import sharding
-from mlar_jax.data import pipeline
-from mlar_jax.data import sampling
+from mlar_jax import config_lib, losses, optimizers, sharding
+from mlar_jax.data import pipeline, sampling
 from mlar_jax.models import registry as models
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks every value of `config`; raises ValueError naming the key."""
-  config_lib.validate(config)          # the loop's own keys
-  pipeline.validate_config(config)     # data.*, eval.split
-  sampling.validate_config(config)     # eval.views, aggregate, batch size
-  models.validate_config(config)       # model.*
-  losses.validate_config(config)       # loss.*
-  optimizers.validate_config(config)   # optimizer.*, schedule.*
-  sharding.validate_config(config)     # mesh.*, sharding.*
+  config_lib.validate(config)  # the loop's own keys
+  pipeline.validate_config(config)  # data.*, eval.split
+  sampling.validate_config(config)  # eval.views, aggregate, batch size
+  models.validate_config(config)  # model.*
+  losses.validate_config(config)  # loss.*
+  optimizers.validate_config(config)  # optimizer.*, schedule.*
+  sharding.validate_config(config)  # mesh.*, sharding.*

@@ -6,10 +6,9 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import CONFIGS, ROOT, load_config
-from mlar_jax import config_lib
-from mlar_jax import validation
+
+from mlar_jax import config_lib, validation
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
@@ -23,18 +22,25 @@ def test_loading_a_config_imports_no_jax():
   # A fresh interpreter (this one has jax already): every config, every
   # get_config argument of the tests, without jax, flax, grain or PyAV.
   code = (
-      "import importlib.util, sys\n"
-      f"for path in {[str(p) for p in CONFIGS]!r}:\n"
-      "  spec = importlib.util.spec_from_file_location('c', path)\n"
-      "  module = importlib.util.module_from_spec(spec)\n"
-      "  spec.loader.exec_module(module)\n"
-      "  for arg in (None, 'runlocal'):\n"
-      "    module.get_config(arg)\n"
-      "heavy = sorted(m for m in ('jax', 'flax', 'grain', 'av', 'tensorflow', 'numpy')\n"
-      "               if m in sys.modules)\n"
-      "print(heavy)\n")
-  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=60)
+    "import importlib.util, sys\n"
+    f"for path in {[str(p) for p in CONFIGS]!r}:\n"
+    "  spec = importlib.util.spec_from_file_location('c', path)\n"
+    "  module = importlib.util.module_from_spec(spec)\n"
+    "  spec.loader.exec_module(module)\n"
+    "  for arg in (None, 'runlocal'):\n"
+    "    module.get_config(arg)\n"
+    "heavy = sorted(m for m in ('jax', 'flax', 'grain', 'av', 'tensorflow', 'numpy')\n"
+    "               if m in sys.modules)\n"
+    "print(heavy)\n"
+  )
+  proc = subprocess.run(
+    [sys.executable, "-c", code],
+    capture_output=True,
+    text=True,
+    cwd=ROOT,
+    env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    timeout=60,
+  )
   assert proc.returncode == 0, proc.stderr
   assert proc.stdout.strip() == "[]"
 
@@ -46,27 +52,45 @@ def test_parse_arg():
     config_lib.parse_arg("bogus", runlocal=False)
 
 
-@pytest.mark.parametrize("key,value,message", [
+@pytest.mark.parametrize(
+  "key,value,message",
+  [
     ("model.backbone", "resnet9000", "config.model.backbone='resnet9000': unknown"),
     ("data.crop_size", 64, "config.data.crop_size=64: exceeds data.min_short_side"),
     ("loss.name", "softmax", "config.loss.name='softmax': unknown"),
     ("batch_size", 0, "config.batch_size=0: must be a positive integer"),
     ("data.rate_probs", (0.5,), "config.data.rate_probs"),
     # Every owner's names, with its list of allowed values.
-    ("optimizer.name", "lamb", "config.optimizer.name='lamb': unknown; choose from "
-     "['adamw', 'sgd']"),
-    ("sharding.params", "zero3", "config.sharding.params='zero3': unknown; choose from "
-     "['fsdp', 'replicated']"),
-    ("model.conv_impl", "fast", "config.model.conv_impl='fast': unknown; choose from "
-     "['auto', 'folded', 'native']"),
-    ("eval.aggregate", "median", "config.eval.aggregate='median': unknown; choose from "
-     "['max', 'mean', 'sum']"),
+    (
+      "optimizer.name",
+      "lamb",
+      "config.optimizer.name='lamb': unknown; choose from ['adamw', 'sgd']",
+    ),
+    (
+      "sharding.params",
+      "zero3",
+      "config.sharding.params='zero3': unknown; choose from ['fsdp', 'replicated']",
+    ),
+    (
+      "model.conv_impl",
+      "fast",
+      "config.model.conv_impl='fast': unknown; choose from ['auto', 'folded', 'native']",
+    ),
+    (
+      "eval.aggregate",
+      "median",
+      "config.eval.aggregate='median': unknown; choose from ['max', 'mean', 'sum']",
+    ),
     ("data.name", "kinetics", "config.data.name='kinetics': unknown; choose from ["),
     ("loss.class_weights", "log", "config.loss.class_weights='log': unknown"),
     ("model.mlar.features", 30, "config.model.mlar.features=30: must be divisible"),
-    ("sharding.rules", (("head/x", ("tensor",)),), "config.sharding.rules=('head/x', "
-     "('tensor',)): must be (regex, (axis or None, ...))"),
-])
+    (
+      "sharding.rules",
+      (("head/x", ("tensor",)),),
+      "config.sharding.rules=('head/x', ('tensor',)): must be (regex, (axis or None, ...))",
+    ),
+  ],
+)
 def test_validate_names_the_bad_key(key, value, message):
   config = load_config("synthetic", "runlocal")
   node, leaf = config, key.split(".")
@@ -80,10 +104,22 @@ def test_validate_names_the_bad_key(key, value, message):
 def _cli(tmp_path, *overrides):
   env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
   return subprocess.run(
-      [sys.executable, "-m", "mlar_jax.main", "--config",
-       str(ROOT / "configs" / "synthetic.py") + ":runlocal",
-       "--workdir", str(tmp_path / "w"), *overrides],
-      capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    [
+      sys.executable,
+      "-m",
+      "mlar_jax.main",
+      "--config",
+      str(ROOT / "configs" / "synthetic.py") + ":runlocal",
+      "--workdir",
+      str(tmp_path / "w"),
+      *overrides,
+    ],
+    capture_output=True,
+    text=True,
+    cwd=ROOT,
+    env=env,
+    timeout=300,
+  )
 
 
 def test_cli_rejects_unknown_key_and_bad_value_before_training(tmp_path):

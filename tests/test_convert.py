@@ -15,11 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mlar_jax import checkpointing
-from mlar_jax import config_lib
+from mlar_jax import checkpointing, config_lib
+from mlar_jax.models import registry, video_resnets
 from mlar_jax.tools import convert
-from mlar_jax.models import registry
-from mlar_jax.models import video_resnets
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("pytorchvideo")
@@ -41,9 +39,15 @@ def _rel_err(got, want) -> float:
 
 # (arch, frames, crop). x3d_s / x3d_m are x3d_xs's network (they differ in
 # input), covered by the parameter-count test.
-CASES = [("slow_r50", 4, 64), ("i3d_r50", 4, 64), ("slowfast_r50", 8, 64),
-         ("slowfast_r101", 8, 64), ("csn_r152", 8, 64), ("x3d_xs", 4, 64),
-         ("x3d_l", 4, 64)]
+CASES = [
+  ("slow_r50", 4, 64),
+  ("i3d_r50", 4, 64),
+  ("slowfast_r50", 8, 64),
+  ("slowfast_r101", 8, 64),
+  ("csn_r152", 8, 64),
+  ("x3d_xs", 4, 64),
+  ("x3d_l", 4, 64),
+]
 
 
 @pytest.mark.parametrize("arch,t,size", CASES)
@@ -58,44 +62,56 @@ def test_converted_pytorchvideo_model_gives_the_same_logits(arch, t, size):
   variables = convert.convert_state_dict(state, arch, keep_head=True)
   ours = _ours(arch)
   got = jax.jit(lambda v, x: ours.apply(v, x, train=False)["logits"])(
-      {"params": variables["params"], **variables["model_state"]}, x)
+    {"params": variables["params"], **variables["model_state"]}, x
+  )
   assert got.shape == want.shape
   assert _rel_err(got, want) < 1e-4
   # Parameter counts, head included, equal PyTorchVideo's.
   assert sum(np.size(p) for p in jax.tree.leaves(variables["params"])) == sum(
-      p.numel() for p in model.parameters())
+    p.numel() for p in model.parameters()
+  )
 
 
 @pytest.mark.parametrize("arch", ["x3d_s", "x3d_m"])
 def test_parameter_counts_of_the_other_x3d_sizes(arch):
   model, _ = ptv_reference.build(arch, NUM_CLASSES, 4, 64)
   ours = _ours(arch)
-  shapes = jax.eval_shape(lambda: ours.init(jax.random.key(0), jnp.zeros((1, 4, 64, 64, 3)),
-                                            train=False))
+  shapes = jax.eval_shape(
+    lambda: ours.init(jax.random.key(0), jnp.zeros((1, 4, 64, 64, 3)), train=False)
+  )
   assert sum(np.size(p) for p in jax.tree.leaves(shapes["params"])) == sum(
-      p.numel() for p in model.parameters())
+    p.numel() for p in model.parameters()
+  )
 
 
 def test_nonlocal_block_equals_pytorchvideo():
   from pytorchvideo.layers import nonlocal_net  # pylint: disable=g-import-not-at-top
+
   c = 16
-  ref = nonlocal_net.create_nonlocal(dim_in=c, dim_inner=c // 2, pool_size=(1, 2, 2),
-                                     instantiation="softmax")
+  ref = nonlocal_net.create_nonlocal(
+    dim_in=c, dim_inner=c // 2, pool_size=(1, 2, 2), instantiation="softmax"
+  )
   ptv_reference.randomize_(ref, seed=2)
   ref.eval()
   x = np.random.RandomState(1).randn(2, 4, 6, 6, c).astype(np.float32)
   with torch.no_grad():
     want = ref(torch.from_numpy(x.transpose(0, 4, 1, 2, 3))).numpy().transpose(0, 2, 3, 4, 1)
   sd = {k: v.numpy() for k, v in ref.state_dict().items()}
-  conv = lambda name: {"kernel": sd[f"{name}.weight"].reshape(sd[f"{name}.weight"].shape[:2])
-                       .T.reshape(1, 1, 1, -1, sd[f"{name}.weight"].shape[0]),
-                       "bias": sd[f"{name}.bias"]}
-  params = {"theta": conv("conv_theta"), "phi": conv("conv_phi"), "g": conv("conv_g"),
-            "out": conv("conv_out"),
-            "bn": {"scale": sd["norm.weight"], "bias": sd["norm.bias"]}}
+  conv = lambda name: {
+    "kernel": sd[f"{name}.weight"]
+    .reshape(sd[f"{name}.weight"].shape[:2])
+    .T.reshape(1, 1, 1, -1, sd[f"{name}.weight"].shape[0]),
+    "bias": sd[f"{name}.bias"],
+  }
+  params = {
+    "theta": conv("conv_theta"),
+    "phi": conv("conv_phi"),
+    "g": conv("conv_g"),
+    "out": conv("conv_out"),
+    "bn": {"scale": sd["norm.weight"], "bias": sd["norm.bias"]},
+  }
   stats = {"bn": {"mean": sd["norm.running_mean"], "var": sd["norm.running_var"]}}
-  got = video_resnets.NonLocal().apply({"params": params, "batch_stats": stats}, x,
-                                       train=False)
+  got = video_resnets.NonLocal().apply({"params": params, "batch_stats": stats}, x, train=False)
   assert _rel_err(got, want) < 1e-5
 
 
@@ -104,15 +120,15 @@ def test_temporal_shift_equals_the_tsm_reference_loop():
   fold = 16 // 8
   want = np.zeros_like(x)  # TSM's reference (Lin et al., ops/temporal_shift.py)
   want[:, :-1, ..., :fold] = x[:, 1:, ..., :fold]
-  want[:, 1:, ..., fold:2 * fold] = x[:, :-1, ..., fold:2 * fold]
-  want[..., 2 * fold:] = x[..., 2 * fold:]
-  np.testing.assert_array_equal(np.asarray(video_resnets.temporal_shift(jnp.asarray(x), 8)),
-                                want)
+  want[:, 1:, ..., fold : 2 * fold] = x[:, :-1, ..., fold : 2 * fold]
+  want[..., 2 * fold :] = x[..., 2 * fold :]
+  np.testing.assert_array_equal(np.asarray(video_resnets.temporal_shift(jnp.asarray(x), 8)), want)
 
 
 # ---------------------------------------------------------------------------
 # 2D ResNet-50 (torchvision key names) inflated to I3D and TSM.
 # ---------------------------------------------------------------------------
+
 
 def _torchvision_resnet50_state(seed: int) -> dict[str, np.ndarray]:
   """Random weights and statistics under torchvision's ResNet-50 key names."""
@@ -120,8 +136,9 @@ def _torchvision_resnet50_state(seed: int) -> dict[str, np.ndarray]:
   sd = {}
 
   def conv(name, cout, cin, k):
-    sd[f"{name}.weight"] = (rng.randn(cout, cin, k, k) * np.sqrt(2.0 / (cin * k * k))
-                            ).astype(np.float32)
+    sd[f"{name}.weight"] = (rng.randn(cout, cin, k, k) * np.sqrt(2.0 / (cin * k * k))).astype(
+      np.float32
+    )
 
   def bn(name, c):
     sd[f"{name}.weight"] = rng.uniform(0.3, 0.7, c).astype(np.float32)
@@ -137,11 +154,15 @@ def _torchvision_resnet50_state(seed: int) -> dict[str, np.ndarray]:
     out = 256 * 2 ** (layer - 1)
     for j in range(depth):
       p = f"layer{layer}.{j}"
-      conv(f"{p}.conv1", out // 4, cin, 1); bn(f"{p}.bn1", out // 4)
-      conv(f"{p}.conv2", out // 4, out // 4, 3); bn(f"{p}.bn2", out // 4)
-      conv(f"{p}.conv3", out, out // 4, 1); bn(f"{p}.bn3", out)
+      conv(f"{p}.conv1", out // 4, cin, 1)
+      bn(f"{p}.bn1", out // 4)
+      conv(f"{p}.conv2", out // 4, out // 4, 3)
+      bn(f"{p}.bn2", out // 4)
+      conv(f"{p}.conv3", out, out // 4, 1)
+      bn(f"{p}.bn3", out)
       if j == 0:
-        conv(f"{p}.downsample.0", out, cin, 1); bn(f"{p}.downsample.1", out)
+        conv(f"{p}.downsample.0", out, cin, 1)
+        bn(f"{p}.downsample.1", out)
       cin = out
   sd["fc.weight"] = rng.randn(1000, 2048).astype(np.float32) * 0.01
   sd["fc.bias"] = np.zeros(1000, np.float32)
@@ -155,8 +176,16 @@ def _resnet50_2d_features(sd, image: np.ndarray) -> np.ndarray:
   w = lambda k: torch.from_numpy(sd[k])
 
   def bn(x, name):
-    return F.batch_norm(x, w(f"{name}.running_mean"), w(f"{name}.running_var"),
-                        w(f"{name}.weight"), w(f"{name}.bias"), False, 0.0, 1e-5)
+    return F.batch_norm(
+      x,
+      w(f"{name}.running_mean"),
+      w(f"{name}.running_var"),
+      w(f"{name}.weight"),
+      w(f"{name}.bias"),
+      False,
+      0.0,
+      1e-5,
+    )
 
   x = torch.from_numpy(image.transpose(0, 3, 1, 2))
   x = F.relu(bn(F.conv2d(x, w("conv1.weight"), stride=2, padding=3), "bn1"))
@@ -187,9 +216,14 @@ def test_inflated_2d_resnet_on_a_static_clip_gives_the_2d_features(arch, t):
   cfg.backbone = arch
   backbone = registry.build_backbone(cfg)
   clip = np.repeat(frame[:, None], t, axis=1)
-  fmap = backbone.apply({"params": variables["params"]["backbone"],
-                         "batch_stats": variables["model_state"]["batch_stats"]["backbone"]},
-                        clip, train=False)["map"]
+  fmap = backbone.apply(
+    {
+      "params": variables["params"]["backbone"],
+      "batch_stats": variables["model_state"]["batch_stats"]["backbone"],
+    },
+    clip,
+    train=False,
+  )["map"]
   per_time = np.asarray(fmap.mean(axis=(2, 3)))[0]  # [T', 2048]
   mid = per_time.shape[0] // 2
   assert _rel_err(per_time[mid], want) < 1e-4
@@ -203,9 +237,10 @@ def test_inflation_into_nonlocal_keeps_the_new_blocks_initialised():
   nl = variables["params"]["backbone"]["res3_nonlocal1"]
   assert nl["theta"]["kernel"].shape == (1, 1, 1, 512, 256)
   np.testing.assert_array_equal(nl["bn"]["scale"], 0.0)  # zero-init: the identity
-  kernel = variables["params"]["backbone"]["stem"]["conv"]["kernel"]   # [5, 7, 7, 3, 64]
-  np.testing.assert_allclose(kernel.sum(0), sd["conv1.weight"].transpose(2, 3, 1, 0),
-                             rtol=1e-5, atol=1e-6)
+  kernel = variables["params"]["backbone"]["stem"]["conv"]["kernel"]  # [5, 7, 7, 3, 64]
+  np.testing.assert_allclose(
+    kernel.sum(0), sd["conv1.weight"].transpose(2, 3, 1, 0), rtol=1e-5, atol=1e-6
+  )
 
 
 def test_mismatched_checkpoint_lists_keys_and_shapes():
@@ -230,23 +265,41 @@ def test_convert_command_writes_a_checkpoint_that_init_from_loads(tmp_path):
   model, _ = ptv_reference.build("x3d_xs", 400, 4, 64)
   ptv_reference.randomize_(model, seed=7)
   path = tmp_path / "X3D_XS.pyth"
-  torch.save({"model_state": {f"module.{k}": v for k, v in model.state_dict().items()},
-              "epoch": 299}, path)
+  torch.save(
+    {"model_state": {f"module.{k}": v for k, v in model.state_dict().items()}, "epoch": 299}, path
+  )
   out = tmp_path / "x3d_xs_converted"
-  subprocess.run([sys.executable, "-m", "mlar_jax.tools.convert", "--arch=x3d_xs",
-                  f"--checkpoint={path}", f"--out={out}"], check=True,
-                 env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "mlar_jax.tools.convert",
+      "--arch=x3d_xs",
+      f"--checkpoint={path}",
+      f"--out={out}",
+    ],
+    check=True,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+  )
   loaded = checkpointing.load_variables(str(out))
   ours = _ours("x3d_xs", head="mlar", num_classes=7)
-  fresh = jax.eval_shape(lambda: ours.init(
+  fresh = jax.eval_shape(
+    lambda: ours.init(
       {"params": jax.random.key(0), "dropout": jax.random.key(1)},
-      jnp.zeros((1, 4, 64, 64, 3)), train=False))
+      jnp.zeros((1, 4, 64, 64, 3)),
+      train=False,
+    )
+  )
   params, skipped = checkpointing.merge_variables(fresh["params"], loaded["params"], "head/")
   assert skipped and all(s.startswith("head/") for s in skipped)
   np.testing.assert_allclose(
-      params["backbone"]["conv5"]["kernel"][0, 0, 0],
-      model.state_dict()["blocks.5.pool.pre_conv.weight"].numpy()[:, :, 0, 0, 0].T)
+    params["backbone"]["conv5"]["kernel"][0, 0, 0],
+    model.state_dict()["blocks.5.pool.pre_conv.weight"].numpy()[:, :, 0, 0, 0].T,
+  )
   stats, _ = checkpointing.merge_variables(
-      {"batch_stats": fresh["batch_stats"]}, loaded["model_state"], "head/")
-  np.testing.assert_allclose(stats["batch_stats"]["backbone"]["stem_bn"]["var"],
-                             model.state_dict()["blocks.0.norm.running_var"].numpy())
+    {"batch_stats": fresh["batch_stats"]}, loaded["model_state"], "head/"
+  )
+  np.testing.assert_allclose(
+    stats["batch_stats"]["backbone"]["stem_bn"]["var"],
+    model.state_dict()["blocks.0.norm.running_var"].numpy(),
+  )

@@ -11,8 +11,7 @@ from scipy.linalg import block_diag
 
 from mlar_jax import config_lib
 from mlar_jax.data import base
-from mlar_jax.models import heads
-from mlar_jax.models import registry
+from mlar_jax.models import heads, registry
 
 
 def _softmax(x):
@@ -36,18 +35,18 @@ def literal_mlar(params, mask, features):
   for i in range(b):
     obs = []
     for j in range(k):
-      g_a = ff[i] @ _dense(params["obs_alpha"][j])       # g^alpha_k(F_f): [P, C']
+      g_a = ff[i] @ _dense(params["obs_alpha"][j])  # g^alpha_k(F_f): [P, C']
       g_b = ff[i] @ _dense(params["obs_beta"][j])
       g_g = ff[i] @ _dense(params["obs_gamma"][j])
-      attn = _softmax(g_g @ g_b[-1] * scale)            # eq. 6, last row query
-      obs.append(attn @ g_a)                             # eq. 2
-    obs = np.stack(obs)                                  # [K, C']
+      attn = _softmax(g_g @ g_b[-1] * scale)  # eq. 6, last row query
+      obs.append(attn @ g_a)  # eq. 2
+    obs = np.stack(obs)  # [K, C']
     keys = obs @ _dense(params["activity_keys"]["kernel"])
     f_a = np.stack([_softmax(keys @ q * scale) @ obs for q in params["activity_queries"]])
     qc = f_a @ _dense(params["corr_beta"]["kernel"])
     kc = f_a @ _dense(params["corr_gamma"]["kernel"])
-    corr = _softmax(qc @ kc.T * scale) + mask            # eq. 9
-    f_ac = corr @ f_a                                    # eq. 8
+    corr = _softmax(qc @ kc.T * scale) + mask  # eq. 9
+    f_ac = corr @ f_a  # eq. 8
     out_act.append(f_a @ params["out_activity_kernel"] + params["out_activity_bias"])
     out.append(f_ac @ params["out_corr_kernel"] + params["out_corr_bias"])
   return np.stack(out), np.stack(out_act)
@@ -57,8 +56,9 @@ def test_matches_the_literal_equations():
   a, c = 5, 16
   labels = np.random.default_rng(0).random((40, a)) < 0.4
   mask = heads.correlation_mask(labels.T.astype(int) @ labels.astype(int))
-  head = heads.MLARHead(a, num_observations=3, groups=4, features=8,
-                        mask_init=nn.initializers.constant(mask))
+  head = heads.MLARHead(
+    a, num_observations=3, groups=4, features=8, mask_init=nn.initializers.constant(mask)
+  )
   x = jax.random.normal(jax.random.key(0), (2, 2, 3, 3, c))
   variables = head.init(jax.random.key(1), {"map": x}, train=False)
   params = jax.tree.map(np.asarray, variables["params"])
@@ -78,14 +78,14 @@ def test_mask_matches_a_hand_count_and_survives_absent_classes():
     njk = sum(1 for row in labels if row[j] and row[k])
     assert mask[j, k] == pytest.approx(njk / nj if nj else 0.0)
   assert np.isfinite(mask).all() and (mask[3] == 0).all()  # class 3 never occurs
-  head = heads.MLARHead(4, num_observations=2, groups=2, features=4,
-                        mask_init=nn.initializers.constant(mask))
+  head = heads.MLARHead(
+    4, num_observations=2, groups=2, features=4, mask_init=nn.initializers.constant(mask)
+  )
   x = jax.random.normal(jax.random.key(0), (2, 1, 2, 2, 4))
   variables = head.init(jax.random.key(1), {"map": x}, train=False)
   np.testing.assert_array_equal(variables["constants"]["correlation_mask"], mask)
   out = head.apply(variables, {"map": x}, train=False)
   assert all(np.isfinite(np.asarray(v)).all() for v in out.values())
-
 
 
 def test_registry_head_holds_no_mask_array_and_inits_the_mask_from_the_labels():
@@ -100,19 +100,28 @@ def test_registry_head_holds_no_mask_array_and_inits_the_mask_from_the_labels():
   assert "0.25" not in repr(head) and "array" not in repr(head)
   x = jax.random.normal(jax.random.key(0), (1, 1, 2, 2, 4))
   variables = head.init(jax.random.key(1), {"map": x}, train=False)
-  np.testing.assert_array_equal(variables["constants"]["correlation_mask"],
-                                heads.correlation_mask(cooc))
+  np.testing.assert_array_equal(
+    variables["constants"]["correlation_mask"], heads.correlation_mask(cooc)
+  )
 
 
 @pytest.mark.parametrize("specific,corr", itertools.product([True, False], repeat=2))
 def test_shapes_attention_and_gradients_for_every_switch(specific, corr):
   a, k = 6, 4
-  head = heads.MLARHead(a, num_observations=k, groups=2, features=8,
-                        use_activity_specific=specific, use_correlation=corr,
-                        dropout_rate=0.5, mask_init=nn.initializers.constant(np.eye(a)))
+  head = heads.MLARHead(
+    a,
+    num_observations=k,
+    groups=2,
+    features=8,
+    use_activity_specific=specific,
+    use_correlation=corr,
+    dropout_rate=0.5,
+    mask_init=nn.initializers.constant(np.eye(a)),
+  )
   x = jax.random.normal(jax.random.key(0), (3, 2, 3, 3, 8))
-  variables = head.init({"params": jax.random.key(1), "dropout": jax.random.key(2)}, {"map": x},
-                        train=False)
+  variables = head.init(
+    {"params": jax.random.key(1), "dropout": jax.random.key(2)}, {"map": x}, train=False
+  )
   out, inter = head.apply(variables, {"map": x}, train=False, mutable=["intermediates"])
   assert set(out) == ({"logits", "logits_activity"} if corr else {"logits"})
   assert all(v.shape == (3, a) for v in out.values())
@@ -128,8 +137,9 @@ def test_shapes_attention_and_gradients_for_every_switch(specific, corr):
     np.testing.assert_allclose(maps["attn_corr"].sum(-1), 1.0, rtol=1e-5)
 
   def loss(params):
-    o = head.apply({**variables, "params": params}, {"map": x}, train=True,
-                   rngs={"dropout": jax.random.key(3)})
+    o = head.apply(
+      {**variables, "params": params}, {"map": x}, train=True, rngs={"dropout": jax.random.key(3)}
+    )
     return sum(jnp.sum(jnp.sin(v)) for v in o.values())
 
   grads = jax.grad(loss)(variables["params"])
@@ -138,9 +148,14 @@ def test_shapes_attention_and_gradients_for_every_switch(specific, corr):
 
 
 PAPER_PARAMS = {  # Table 3a/3b and Table 4: (A, K, n) -> parameters
-    (157, 64, 1): 50.4e6, (157, 64, 8): 6.3e6, (157, 64, 32): 1.6e6, (157, 64, 64): 0.8e6,
-    (157, 16, 32): 0.4e6, (157, 32, 32): 0.8e6, (157, 128, 32): 3.2e6,
-    (1024, 64, 32): 1.7e6,
+  (157, 64, 1): 50.4e6,
+  (157, 64, 8): 6.3e6,
+  (157, 64, 32): 1.6e6,
+  (157, 64, 64): 0.8e6,
+  (157, 16, 32): 0.4e6,
+  (157, 32, 32): 0.8e6,
+  (157, 128, 32): 3.2e6,
+  (1024, 64, 32): 1.7e6,
 }
 
 
@@ -166,7 +181,8 @@ def test_mlar_head_plugs_onto_every_backbone_family(backbone):
   stats = base.ClassStats.from_labels(np.eye(5, dtype=np.int64).repeat(3, axis=0))
   model = registry.build_model(cfg, 5, stats)
   x = jnp.zeros((2, 8, 32, 32, 3))
-  variables = jax.eval_shape(lambda: model.init(
-      {"params": jax.random.key(0), "dropout": jax.random.key(1)}, x, train=False))
+  variables = jax.eval_shape(
+    lambda: model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x, train=False)
+  )
   out = jax.eval_shape(lambda v: model.apply(v, x, train=False), variables)
   assert out["logits"].shape == (2, 5) and out["logits_activity"].shape == (2, 5)

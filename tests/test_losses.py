@@ -58,16 +58,21 @@ def _cases(seed=0):
   b, c = 12, 9
   x = rng.normal(0, 2, (b, c))
   y = (rng.random((b, c)) < 0.3).astype(np.float32)
-  y[0] = 1            # all positive
-  y[1] = 0            # no positive
-  y[2] = 0; y[2, 3] = 1   # one positive
+  y[0] = 1  # all positive
+  y[1] = 0  # no positive
+  y[2] = 0
+  y[2, 3] = 1  # one positive
   w = rng.uniform(0.2, 1.5, c)
   return x.astype(np.float32), y, w.astype(np.float32)
 
 
 def _loop(name, x, y, w):
-  return np.array([LOOPS[name](list(map(float, xi)), list(map(int, yi)), list(map(float, w)))
-                   for xi, yi in zip(x, y)])
+  return np.array(
+    [
+      LOOPS[name](list(map(float, xi)), list(map(int, yi)), list(map(float, w)))
+      for xi, yi in zip(x, y)
+    ]
+  )
 
 
 @pytest.mark.parametrize("name", sorted(FAST))
@@ -86,8 +91,9 @@ def test_one_class():
   for name, fn in FAST.items():
     x = np.array([[1.5], [-0.3]], np.float32)
     y = np.array([[1.0], [0.0]], np.float32)
-    np.testing.assert_allclose(np.asarray(fn(x, y)), _loop(name, x, y, np.ones(1)),
-                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+      np.asarray(fn(x, y)), _loop(name, x, y, np.ones(1)), rtol=1e-6, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("name", ["warp", "lsep", "wlsep"])
@@ -117,8 +123,10 @@ def test_gradients_match_finite_differences(name):
       xp, xm = x64.copy(), x64.copy()
       xp[b, c] += eps
       xm[b, c] -= eps
-      fd = (_loop(name, xp[b:b + 1], y[b:b + 1], w)[0] -
-            _loop(name, xm[b:b + 1], y[b:b + 1], w)[0]) / (2 * eps)
+      fd = (
+        _loop(name, xp[b : b + 1], y[b : b + 1], w)[0]
+        - _loop(name, xm[b : b + 1], y[b : b + 1], w)[0]
+      ) / (2 * eps)
       # WARP's rank weight is piecewise constant; skip points next to a kink.
       if name == "warp" and np.any(np.abs(np.abs(x64[b] - x64[b, c]) - 1) < 2 * eps):
         continue
@@ -133,13 +141,15 @@ def test_stable_for_extreme_and_bf16_logits(name):
   assert np.isfinite(float(value)) and np.isfinite(np.asarray(grad)).all()
   # Exactness at 1e4 against the loop (which uses exact log-sum forms).
   if name in ("wlsep", "warp", "bce"):
-    np.testing.assert_allclose(np.asarray(FAST[name](big, y, w)),
-                               _loop_stable(name, big, y, w), rtol=1e-5)
+    np.testing.assert_allclose(
+      np.asarray(FAST[name](big, y, w)), _loop_stable(name, big, y, w), rtol=1e-5
+    )
   bf16 = jnp.asarray(x, jnp.bfloat16)
   value, grad = jax.value_and_grad(lambda x: FAST[name](x, y, w).sum())(bf16)
   assert np.isfinite(float(value)) and np.isfinite(np.asarray(grad, np.float32)).all()
-  np.testing.assert_allclose(float(value), _loop(name, np.asarray(bf16, np.float32), y, w).sum(),
-                             rtol=1e-4)
+  np.testing.assert_allclose(
+    float(value), _loop(name, np.asarray(bf16, np.float32), y, w).sum(), rtol=1e-4
+  )
 
 
 def _loop_stable(name, x, y, w):
@@ -167,10 +177,12 @@ def test_lsep_extreme_value_is_exact():
 
 def test_class_weights_from_counts():
   counts = np.array([100, 10, 0, 50])
-  np.testing.assert_allclose(losses.class_weights_from_counts(counts),
-                             [0.1, 1.0, 1.0, 0.2])
-  np.testing.assert_allclose(losses.class_weights_from_counts(counts, "inverse_sqrt"),
-                             np.sqrt([0.1, 1.0, 1.0, 0.2]), rtol=1e-6)
+  np.testing.assert_allclose(losses.class_weights_from_counts(counts), [0.1, 1.0, 1.0, 0.2])
+  np.testing.assert_allclose(
+    losses.class_weights_from_counts(counts, "inverse_sqrt"),
+    np.sqrt([0.1, 1.0, 1.0, 0.2]),
+    rtol=1e-6,
+  )
   np.testing.assert_array_equal(losses.class_weights_from_counts(counts, "none"), 1.0)
   eff = losses.class_weights_from_counts(counts, "effective_number", beta=0.99)
   assert eff[1] > eff[3] > eff[0] and np.isclose(eff[[0, 1, 3]].mean(), 1.0)
@@ -179,5 +191,6 @@ def test_class_weights_from_counts():
 
 
 def test_harmonic():
-  np.testing.assert_allclose(np.asarray(losses.harmonic(jnp.arange(6))),
-                             [0, 1, 1.5, 11 / 6, 25 / 12, 137 / 60], rtol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(losses.harmonic(jnp.arange(6))), [0, 1, 1.5, 11 / 6, 25 / 12, 137 / 60], rtol=1e-6
+  )

@@ -53,8 +53,9 @@ def test_per_class_ap_matches_sklearn_and_loops(ties):
   scores, labels = _random(0, ties=ties)
   ap = metrics.per_class_ap(scores, labels)
   for c in range(labels.shape[1]):
-    np.testing.assert_allclose(ap[c], average_precision_score(labels[:, c], scores[:, c]),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+      ap[c], average_precision_score(labels[:, c], scores[:, c]), atol=1e-6
+    )
     np.testing.assert_allclose(ap[c], threshold_ap_loop(scores[:, c], labels[:, c]), atol=1e-6)
     if not ties:
       np.testing.assert_allclose(ap[c], thumos_ap_loop(scores[:, c], labels[:, c]), atol=1e-6)
@@ -68,14 +69,16 @@ def test_ties_do_not_depend_on_order_and_constant_scorer_gets_prevalence():
   perm = np.random.default_rng(0).permutation(8)
   scores = np.array([1, 1, 0, 0, 2, 2, 0, 1.0])
   assert metrics.average_precision(scores, labels) == pytest.approx(
-      metrics.average_precision(scores[perm], labels[perm]))
+    metrics.average_precision(scores[perm], labels[perm])
+  )
 
 
 def test_micro_map_is_per_video_ap():
   scores, labels = _random(1, ties=True)
   labels[5] = 0  # a video with no positive is left out
-  want = np.mean([average_precision_score(labels[i], scores[i])
-                  for i in range(len(labels)) if labels[i].any()])
+  want = np.mean(
+    [average_precision_score(labels[i], scores[i]) for i in range(len(labels)) if labels[i].any()]
+  )
   np.testing.assert_allclose(metrics.micro_map(scores, labels), want, atol=1e-6)
 
 
@@ -94,8 +97,13 @@ def test_top_k():
   assert metrics.top_k_accuracy(scores, labels, 1) == pytest.approx(1 / 3)
   assert metrics.top_k_accuracy(scores, labels, 2) == pytest.approx(1.0)
   scores_r, labels_r = _random(3)
-  loop = np.mean([labels_r[i][np.argsort(-scores_r[i], kind="stable")[:5]].any()
-                  for i in range(len(labels_r)) if labels_r[i].any()])
+  loop = np.mean(
+    [
+      labels_r[i][np.argsort(-scores_r[i], kind="stable")[:5]].any()
+      for i in range(len(labels_r))
+      if labels_r[i].any()
+    ]
+  )
   assert metrics.top_k_accuracy(scores_r, labels_r, 5) == pytest.approx(loop)
 
 
@@ -103,8 +111,12 @@ def test_charades_map_missing_videos_score_minus_inf():
   scores, labels = _random(4, n=20, c=4)
   ids = [f"v{i}" for i in range(20)]
   keep = [i for i in range(20) if i % 3]
-  m, ap = metrics.charades_map(ids, labels, [ids[i] for i in keep] + ["unknown"],
-                               np.concatenate([scores[keep], np.ones((1, 4))]))
+  m, ap = metrics.charades_map(
+    ids,
+    labels,
+    [ids[i] for i in keep] + ["unknown"],
+    np.concatenate([scores[keep], np.ones((1, 4))]),
+  )
   filled = np.full_like(scores, -np.inf)
   filled[keep] = scores[keep]
   for c in range(4):
@@ -121,14 +133,15 @@ def test_collector_counts_each_video_once():
   scores, labels = _random(5, n=7, c=3)
   collector = None
   for start in range(0, 8, 4):  # batches of 4, the second padded by one row
-    s = np.zeros((4, 3)); lab = np.zeros((4, 3), int); mask = np.zeros(4, bool)
+    s = np.zeros((4, 3))
+    lab = np.zeros((4, 3), int)
+    mask = np.zeros(4, bool)
     n = min(4, 7 - start)
-    s[:n], lab[:n], mask[:n] = scores[start:start + n], labels[start:start + n], True
+    s[:n], lab[:n], mask[:n] = scores[start : start + n], labels[start : start + n], True
     update = metrics.MultiLabelCollector.from_model_output(
-        scores=s, labels=lab, mask=mask, index=np.arange(start, start + 4),
-        view=np.zeros(4, int))
+      scores=s, labels=lab, mask=mask, index=np.arange(start, start + 4), view=np.zeros(4, int)
+    )
     collector = update if collector is None else collector.merge(update)
   arrays = collector.arrays()
   np.testing.assert_array_equal(arrays["index"], np.arange(7))
-  np.testing.assert_allclose(collector.compute()["macro_map"],
-                             metrics.macro_map(scores, labels))
+  np.testing.assert_allclose(collector.compute()["macro_map"], metrics.macro_map(scores, labels))

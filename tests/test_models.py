@@ -3,24 +3,25 @@
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
 from mlar_jax import config_lib
-from mlar_jax.models import layers
-from mlar_jax.models import registry
-from mlar_jax.models import video_resnets
+from mlar_jax.models import layers, registry, video_resnets
 
 
-@pytest.mark.parametrize("kernel,strides,t,groups,padding", [
+@pytest.mark.parametrize(
+  "kernel,strides,t,groups,padding",
+  [
     ((3, 3, 3), (1, 1, 1), 8, 1, "SAME"),
     ((3, 5, 5), (1, 2, 2), 7, 1, "SAME"),
     ((5, 1, 1), (2, 1, 1), 9, 1, "SAME"),
     ((1, 3, 3), (2, 2, 2), 4, 1, "SAME"),
     ((3, 7, 7), (2, 2, 2), 8, 1, "torch"),
-    ((3, 3, 3), (1, 2, 2), 6, 6, "torch"),   # depthwise (CSN, X3D)
-    ((3, 3, 3), (2, 1, 1), 6, 2, "SAME")])
+    ((3, 3, 3), (1, 2, 2), 6, 6, "torch"),  # depthwise (CSN, X3D)
+    ((3, 3, 3), (2, 1, 1), 6, 2, "SAME"),
+  ],
+)
 def test_folded_conv_equals_native(kernel, strides, t, groups, padding):
   x = jax.random.normal(jax.random.key(0), (2, t, 9, 10, 6))
   kw = dict(use_bias=True, groups=groups, padding=padding)
@@ -47,8 +48,10 @@ def test_every_backbone_builds_and_maps_video_to_logits(backbone):
   model = registry.build_model(cfg, num_classes=5)
   x = jax.ShapeDtypeStruct((2, 8, 32, 32, 3), jnp.float32)
   variables = jax.eval_shape(
-      lambda: model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)},
-                         jnp.zeros(x.shape), train=False))
+    lambda: model.init(
+      {"params": jax.random.key(0), "dropout": jax.random.key(1)}, jnp.zeros(x.shape), train=False
+    )
+  )
   out = jax.eval_shape(lambda v: model.apply(v, jnp.zeros(x.shape), train=False), variables)
   assert out["logits"].shape == (2, 5) and out["logits"].dtype == jnp.float32
 
@@ -79,8 +82,11 @@ def test_basic_block_starts_as_the_identity_and_projects_when_the_shape_changes(
 def test_r3d_18_has_torchvision_r3d_18_parameter_count():
   cfg = config_lib.base_config().model
   cfg.backbone = "r3d_18"
-  shapes = jax.eval_shape(lambda: registry.build_backbone(cfg).init(
-      jax.random.key(0), jnp.zeros((1, 8, 32, 32, 3)), train=False))
+  shapes = jax.eval_shape(
+    lambda: registry.build_backbone(cfg).init(
+      jax.random.key(0), jnp.zeros((1, 8, 32, 32, 3)), train=False
+    )
+  )
   count = sum(p.size for p in jax.tree.leaves(shapes["params"]))
   # torchvision.models.video.r3d_18(): 33,371,472 with its 400-way classifier.
   assert count + 512 * 400 + 400 == 33_371_472

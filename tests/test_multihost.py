@@ -20,10 +20,14 @@ from mlar_jax import checkpointing
 
 # Constant learning rate after warmup, so stopping at step 3 (num_train_steps=3)
 # and continuing to 6 follows the same schedule as one run to 6.
-COMMON = ["--config=configs/synthetic.py:runlocal", "--config.schedule.end_lr_factor=1.0",
-          # A small step: float rounding (gloo sums in another order) stays small.
-          "--config.schedule.base_lr=0.01",
-          "--config.checkpoint.every_steps=3", "--config.data.num_workers=0"]
+COMMON = [
+  "--config=configs/synthetic.py:runlocal",
+  "--config.schedule.end_lr_factor=1.0",
+  # A small step: float rounding (gloo sums in another order) stays small.
+  "--config.schedule.base_lr=0.01",
+  "--config.checkpoint.every_steps=3",
+  "--config.data.num_workers=0",
+]
 TIMEOUT = 300
 
 
@@ -35,19 +39,41 @@ def _free_port() -> int:
 
 def _run(workdir, steps: int, mode: str, processes: int, devices_per_process: int):
   """Runs `python -m mlar_jax.main` as `processes` processes; waits for all."""
-  env = {**os.environ, "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}"}
-  args = [sys.executable, "-m", "mlar_jax.main", *COMMON, f"--workdir={workdir}",
-          f"--mode={mode}", f"--config.num_train_steps={steps}"]
+  env = {
+    **os.environ,
+    "JAX_PLATFORMS": "cpu",
+    "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}",
+  }
+  args = [
+    sys.executable,
+    "-m",
+    "mlar_jax.main",
+    *COMMON,
+    f"--workdir={workdir}",
+    f"--mode={mode}",
+    f"--config.num_train_steps={steps}",
+  ]
   if processes > 1:
     port = _free_port()
-    procs = [subprocess.Popen(
-        args + [f"--coordinator_address=localhost:{port}", f"--num_processes={processes}",
-                f"--process_id={i}"], env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True) for i in range(processes)]
+    procs = [
+      subprocess.Popen(
+        args
+        + [
+          f"--coordinator_address=localhost:{port}",
+          f"--num_processes={processes}",
+          f"--process_id={i}",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+      )
+      for i in range(processes)
+    ]
   else:
-    procs = [subprocess.Popen(args, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)]
+    procs = [
+      subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ]
   outputs = []
   for p in procs:
     try:

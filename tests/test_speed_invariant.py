@@ -6,16 +6,12 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from conftest import load_config
 from flax import traverse_util
 
-from conftest import load_config
-from mlar_jax import evaluate
-from mlar_jax import sharding
+from mlar_jax import evaluate, sharding, train
+from mlar_jax.data import pipeline, sampling, transforms
 from mlar_jax.tools import speed_invariant
-from mlar_jax import train
-from mlar_jax.data import pipeline
-from mlar_jax.data import sampling
-from mlar_jax.data import transforms
 
 
 @pytest.mark.parametrize("num_video_frames", [64, 100, 33])
@@ -33,7 +29,7 @@ def test_view_plan_covers_the_video_uniformly(num_video_frames, rate, positions)
   assert (gaps >= 0).all() and gaps.max() - gaps.min() <= 1
   covered = np.zeros(num_video_frames, bool)
   for s in starts:
-    covered[s:s + span] = True
+    covered[s : s + span] = True
   if positions * span >= num_video_frames:
     assert covered.all()
 
@@ -45,9 +41,15 @@ def test_the_default_plan_is_the_papers_30_views():
   assert len(plan) == 30 and rates.count(4) == 12 and rates.count(8) == 9 and rates.count(2) == 9
   # PySlowFast's 3 crops: first, centre, last along the longer side.
   assert [transforms.uniform_crop_origin(36, 48, 32, i, 3) for i in range(3)] == [
-      (2, 0), (2, 8), (2, 16)]
+    (2, 0),
+    (2, 8),
+    (2, 16),
+  ]
   assert [transforms.uniform_crop_origin(48, 36, 32, i, 3) for i in range(3)] == [
-      (0, 2), (8, 2), (16, 2)]
+    (0, 2),
+    (8, 2),
+    (16, 2),
+  ]
   assert transforms.uniform_crop_origin(36, 48, 32, 0, 1) == (2, 8)
 
 
@@ -82,14 +84,22 @@ def test_seven_videos_batch_four_on_eight_devices_count_once(devices, tmp_path):
   model, s = training.model, config.data.crop_size
   state = training.jit_init()(jax.random.key(0))
   evaluator = evaluate.Evaluator(
-      config, mesh, model, evaluate.variable_shardings(training.state_shardings),
-      splits=["test"], class_names=source.class_names, train_stats=source.class_stats(),
-      workdir=str(tmp_path))
+    config,
+    mesh,
+    model,
+    evaluate.variable_shardings(training.state_shardings),
+    splits=["test"],
+    class_names=source.class_names,
+    train_stats=source.class_stats(),
+    workdir=str(tmp_path),
+  )
   collectors, errors = evaluator.score(state, "test")
   assert errors.failed == 0
   arrays = collectors["logits"].arrays()
   # 7 videos x 6 views = 42 clips in batches of 4 padded to 8 rows: each once.
-  assert sorted(zip(arrays["index"], arrays["view"])) == [(i, j) for i in range(7) for j in range(6)]
+  assert sorted(zip(arrays["index"], arrays["view"])) == [
+    (i, j) for i in range(7) for j in range(6)
+  ]
   scores = sampling.aggregate_views(arrays["scores"], arrays["index"], arrays["view"], 7, "sum")
   # Against a loop: every clip through the model alone, summed per video.
   plan = evaluator.plan
@@ -98,10 +108,14 @@ def test_seven_videos_batch_four_on_eight_devices_count_once(devices, tmp_path):
     total = 0
     for view in plan:
       clip = transforms.eval_view(
-          source.load_frames(source[i], sampling.view_indices(source[i]["num_frames"],
-                                                              config.data.num_frames, view)),
-          short_side=config.data.eval_short_side, crop_size=s, crop_index=view.crop,
-          num_crops=view.num_crops)
+        source.load_frames(
+          source[i], sampling.view_indices(source[i]["num_frames"], config.data.num_frames, view)
+        ),
+        short_side=config.data.eval_short_side,
+        crop_size=s,
+        crop_index=view.crop,
+        num_crops=view.num_crops,
+      )
       x = transforms.normalize(clip[None], config.data.mean, config.data.std)
       total = total + jax.nn.sigmoid(model.apply(variables, x, train=False)["logits"][0])
     np.testing.assert_allclose(scores[i], np.asarray(total), rtol=1e-4, atol=1e-5)
@@ -127,7 +141,14 @@ def test_stage_two_freezes_the_convolutions_and_tunes_the_head(tmp_path):
   # The stage-2 report has the combined plan and every subset of its rates.
   on_disk = json.loads((tmp_path / "stage2" / "eval_results.json").read_text())
   assert on_disk["views"] == 8 and set(on_disk["per_rate"]) == {
-      "2", "4", "8", "2+4", "2+8", "4+8", "2+4+8"}
+    "2",
+    "4",
+    "8",
+    "2+4",
+    "2+8",
+    "4+8",
+    "2+4+8",
+  }
   assert on_disk["per_rate"]["2+4+8"]["macro_map"] == pytest.approx(results["macro_map"])
   lines = (tmp_path / "stage2" / "predictions.txt").read_text().splitlines()
   assert len(lines) == config.data.synthetic.num_test

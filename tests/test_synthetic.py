@@ -50,13 +50,18 @@ def test_label_statistics_follow_the_rules(train):
   assert len(synthetic.CLASS_NAMES) >= 12
   assert labels.sum(1).mean() >= 2.0
   # Mutually exclusive pairs never co-occur.
-  for a, b in [("move_right", "move_left"), ("move_up", "move_down"),
-               ("grow", "shrink"), ("meet", "vanish")]:
+  for a, b in [
+    ("move_right", "move_left"),
+    ("move_up", "move_down"),
+    ("grow", "shrink"),
+    ("meet", "vanish"),
+  ]:
     assert n[C[a], C[b]] == 0, (a, b)
   # Co-occurring pairs: P(shake | jump) ~ 0.75 >> P(shake | no jump) ~ 0.04.
   p_shake_jump = n[C["jump"], C["shake"]] / n[C["jump"], C["jump"]]
   p_shake_nojump = (n[C["shake"], C["shake"]] - n[C["jump"], C["shake"]]) / (
-      len(labels) - n[C["jump"], C["jump"]])
+    len(labels) - n[C["jump"], C["jump"]]
+  )
   assert 0.65 < p_shake_jump < 0.85 and p_shake_nojump < 0.08
   assert n[C["vanish"], C["flash"]] / n[C["vanish"], C["vanish"]] > 0.45
   assert n[C["move_down"], C["grow"]] / n[C["move_down"], C["move_down"]] > 0.5
@@ -82,19 +87,25 @@ def test_durations_long_and_short(train):
     assert (plan.segments[rec["labels"] == 0] == -1).all()
     # The record's segments, in seconds, are the labelled classes.
     np.testing.assert_array_equal(rec["segments"][:, 0], np.flatnonzero(rec["labels"]))
-    np.testing.assert_allclose(rec["segments"][:, 1:] * synthetic.FPS,
-                               plan.segments[rec["labels"] > 0])
+    np.testing.assert_allclose(
+      rec["segments"][:, 1:] * synthetic.FPS, plan.segments[rec["labels"] > 0]
+    )
 
 
 def test_activities_are_visible_in_their_frames(train):
   # A vanish removes the actor: those frames differ from the frames around.
-  i = next(i for i in range(3000) if train[i]["labels"][C["vanish"]]
-           and not train[i]["labels"][C["lights_dim"]])
+  i = next(
+    i
+    for i in range(3000)
+    if train[i]["labels"][C["vanish"]] and not train[i]["labels"][C["lights_dim"]]
+  )
   s, e = train.plan(i).segments[C["vanish"]]
   plan = train.plan(i)
   v = train.video(i).astype(np.float32)
   colour = synthetic._PALETTE[plan.color0] * 255 * plan.brightness
+
   def actor_pixels(frame):
     return (np.abs(frame - colour).sum(-1) < 40).sum()
+
   assert actor_pixels(v[s + 1]) == 0
   assert actor_pixels(v[max(s - 4, 0)]) > 0 or actor_pixels(v[min(e + 1, 31)]) > 0

@@ -2,11 +2,10 @@
 
 import jax
 import jax.numpy as jnp
-
 from conftest import load_config
+
 from mlar_jax.models import heads
-from mlar_jax.tools import ablate
-from mlar_jax.tools import model_info
+from mlar_jax.tools import ablate, model_info
 
 
 def test_model_info_reports_params_and_gflops():
@@ -15,10 +14,12 @@ def test_model_info_reports_params_and_gflops():
   assert {"backbone_params", "head_params", "gflops_per_view"} <= set(info)
   # The head alone, built by hand on the reported feature map.
   m = config.model.mlar
-  head = heads.MLARHead(14, num_observations=m.num_observations, groups=m.groups,
-                        features=m.features)
-  shapes = jax.eval_shape(lambda: head.init(jax.random.key(0), {"map": jnp.zeros(info["feature_map"])},
-                                            train=False))
+  head = heads.MLARHead(
+    14, num_observations=m.num_observations, groups=m.groups, features=m.features
+  )
+  shapes = jax.eval_shape(
+    lambda: head.init(jax.random.key(0), {"map": jnp.zeros(info["feature_map"])}, train=False)
+  )
   assert info["head_params"] == sum(p.size for p in jax.tree.leaves(shapes["params"]))
   assert info["feature_map"] == [1, 8, 4, 4, 64]
   assert 0 < info["head_gflops"] < info["gflops_per_view"]
@@ -39,6 +40,14 @@ def test_study_variants_override_the_base_config():
           node = node[part]
         assert node == value, (study, name, key)
   assert base.seed == 0  # the base is not modified
-  rows = [{"variant": "a", "macro_map": [0.5, 0.7], "mean": 0.6, "std": 0.1414,
-           "seeds": [0, 1], "chance_macro_map": 0.2}]
+  rows = [
+    {
+      "variant": "a",
+      "macro_map": [0.5, 0.7],
+      "mean": 0.6,
+      "std": 0.1414,
+      "seeds": [0, 1],
+      "chance_macro_map": 0.2,
+    }
+  ]
   assert "| a | 0.6000 +- 0.1414 | 0.5000, 0.7000 |" in ablate.format_table(rows)

@@ -4,17 +4,13 @@ import json
 import shutil
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-
-from mlar_jax import evaluate
-from mlar_jax import sharding
-from mlar_jax import train
-from mlar_jax.data import base
-from mlar_jax.data import pipeline
 from conftest import load_config
+
+from mlar_jax import evaluate, sharding, train
+from mlar_jax.data import base, pipeline
 
 
 def _config(**overrides):
@@ -69,8 +65,9 @@ def test_eight_device_step_matches_one_device(batch16, devices, params_sharding)
     gbatch = sharding.to_global(batch, sharding.batch_sharding(mesh))
     for _ in range(3):
       state, m = step(state, gbatch)
-    results.append((jax.device_get(state.params), jax.device_get(state.model_state),
-                    float(m["loss"])))
+    results.append(
+      (jax.device_get(state.params), jax.device_get(state.model_state), float(m["loss"]))
+    )
   (p1, bs1, l1), (p8, bs8, l8) = results
   np.testing.assert_allclose(l1, l8, rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6), p1, p8)
@@ -97,8 +94,9 @@ def test_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_path):
   assert int(a["step"]) == int(b["step"]) == 6
   jax.tree.map(np.testing.assert_array_equal, a, b)
   # The data position went into the checkpoint too: 6 batches of 8 consumed.
-  state = json.loads((interrupted / "checkpoints" / "6" / "data" /
-                      "process_0-of-1.json").read_text())
+  state = json.loads(
+    (interrupted / "checkpoints" / "6" / "data" / "process_0-of-1.json").read_text()
+  )
   assert state == {"next_index": 6 * config.batch_size}
 
 

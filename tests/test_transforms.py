@@ -22,8 +22,9 @@ def test_resize_matches_jax_image_resize():
   # Up, down (antialiased on both sides), and down on one axis only.
   for height, width in ((48, 44), (12, 14), (24, 10)):
     got = transforms.resize(frames, height, width).astype(np.float32)
-    want = np.asarray(jax.image.resize(frames.astype(np.float32), (2, height, width, 3),
-                                       "bilinear", antialias=True))
+    want = np.asarray(
+      jax.image.resize(frames.astype(np.float32), (2, height, width, 3), "bilinear", antialias=True)
+    )
     np.testing.assert_allclose(got, np.clip(np.round(want), 0, 255), atol=1)
 
 
@@ -38,16 +39,20 @@ def test_resize_window_is_a_crop_of_the_full_resize():
   assert full.shape == (3, 30, 40, 3)
   for i, left in enumerate((0, 5, 10)):
     np.testing.assert_allclose(
-        transforms.eval_view(frames, short_side=30, crop_size=30, crop_index=i, num_crops=3),
-        full[:, :, left:left + 30], atol=1)
+      transforms.eval_view(frames, short_side=30, crop_size=30, crop_index=i, num_crops=3),
+      full[:, :, left : left + 30],
+      atol=1,
+    )
 
 
 def test_train_augment_shapes_and_determinism():
   frames = np.random.default_rng(0).integers(0, 256, (4, 40, 50, 3), dtype=np.uint8)
-  a = transforms.train_augment(np.random.default_rng(7), frames, min_short_side=32,
-                               max_short_side=40, crop_size=28, flip=True)
-  b = transforms.train_augment(np.random.default_rng(7), frames, min_short_side=32,
-                               max_short_side=40, crop_size=28, flip=True)
+  a = transforms.train_augment(
+    np.random.default_rng(7), frames, min_short_side=32, max_short_side=40, crop_size=28, flip=True
+  )
+  b = transforms.train_augment(
+    np.random.default_rng(7), frames, min_short_side=32, max_short_side=40, crop_size=28, flip=True
+  )
   assert a.shape == (4, 28, 28, 3) and a.dtype == np.uint8
   np.testing.assert_array_equal(a, b)
   view = transforms.eval_view(frames, short_side=40, crop_size=40)

@@ -2,10 +2,9 @@
 
 import numpy as np
 import pytest
-
-from mlar_jax.data import transforms
-from mlar_jax.data import video
 from video_fixtures import read_index, truncated_copy, write_frame_folder, write_mp4
+
+from mlar_jax.data import transforms, video
 
 
 @pytest.fixture(scope="module")

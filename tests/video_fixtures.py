@@ -15,13 +15,13 @@ def index_frame(i: int, size: int = 64) -> np.ndarray:
   w = size // BITS
   for b in range(BITS):
     if (i >> b) & 1:
-      frame[:, b * w:(b + 1) * w] = 255
+      frame[:, b * w : (b + 1) * w] = 255
   return frame
 
 
 def read_index(frame: np.ndarray) -> int:
   w = frame.shape[1] // BITS
-  return sum(1 << b for b in range(BITS) if frame[:, b * w:(b + 1) * w].mean() > 127)
+  return sum(1 << b for b in range(BITS) if frame[:, b * w : (b + 1) * w].mean() > 127)
 
 
 def write_mp4(path: str, num_frames: int, fps: int = 24, gop: int = 8) -> str:
@@ -43,12 +43,13 @@ def write_frame_folder(path: str, video_id: str, num_frames: int) -> str:
   """Charades-style frames: path/ID-000001.jpg, ..."""
   os.makedirs(path, exist_ok=True)
   for i in range(num_frames):
-    Image.fromarray(index_frame(i)).save(os.path.join(path, f"{video_id}-{i + 1:06d}.jpg"),
-                                         quality=95)
+    Image.fromarray(index_frame(i)).save(
+      os.path.join(path, f"{video_id}-{i + 1:06d}.jpg"), quality=95
+    )
   return path
 
 
 def truncated_copy(src: str, dst: str, fraction: float = 0.4) -> str:
   data = open(src, "rb").read()
-  open(dst, "wb").write(data[:int(len(data) * fraction)])
+  open(dst, "wb").write(data[: int(len(data) * fraction)])
   return dst

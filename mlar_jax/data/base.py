@@ -30,25 +30,28 @@ class ClassStats:
       conditional `P(k | j)` of the MLAR correlation mask (eq. 10).
     num_videos: videos in the split.
   """
+
   counts: np.ndarray
   cooccurrence: np.ndarray
   num_videos: int
 
   @classmethod
-  def from_labels(cls, labels: np.ndarray) -> "ClassStats":
+  def from_labels(cls, labels: np.ndarray) -> ClassStats:
     """Statistics of a label matrix int [N, A]."""
     labels = np.asarray(labels, np.int64)
-    return cls(counts=labels.sum(axis=0), cooccurrence=labels.T @ labels,
-               num_videos=len(labels))
+    return cls(counts=labels.sum(axis=0), cooccurrence=labels.T @ labels, num_videos=len(labels))
 
   @classmethod
-  def placeholder(cls, num_classes: int) -> "ClassStats":
+  def placeholder(cls, num_classes: int) -> ClassStats:
     """Statistics of the right shapes without data (one video per class, no
     co-occurrence): for compiling, counting FLOPs or parameters, and tests.
     Only values derived from them (the MLAR mask, class weights) differ from
     a real run's."""
-    return cls(counts=np.ones(num_classes, np.int64),
-               cooccurrence=np.eye(num_classes, dtype=np.int64), num_videos=num_classes)
+    return cls(
+      counts=np.ones(num_classes, np.int64),
+      cooccurrence=np.eye(num_classes, dtype=np.int64),
+      num_videos=num_classes,
+    )
 
   @property
   def num_classes(self) -> int:
@@ -76,17 +79,14 @@ class VideoSource(abc.ABC):
   split: str
 
   @abc.abstractmethod
-  def __len__(self) -> int:
-    ...
+  def __len__(self) -> int: ...
 
   @abc.abstractmethod
-  def __getitem__(self, index: int) -> Record:
-    ...
+  def __getitem__(self, index: int) -> Record: ...
 
   @property
   @abc.abstractmethod
-  def class_names(self) -> Sequence[str]:
-    ...
+  def class_names(self) -> Sequence[str]: ...
 
   def video_info(self, record: Record) -> tuple[int, float]:
     """(frames, fps) of the record's video."""
@@ -122,8 +122,9 @@ class AnnotatedVideos(VideoSource):
   """A split whose annotations are in memory (parsed files, prepared
   metadata): class names, the label matrix and the ids are given once."""
 
-  def __init__(self, split: str, class_names: Sequence[str], labels: np.ndarray,
-               ids: Sequence[str]):
+  def __init__(
+    self, split: str, class_names: Sequence[str], labels: np.ndarray, ids: Sequence[str]
+  ):
     """Args: split; class_names [A]; labels int32 [N, A]; ids [N] in index order."""
     if len(ids) != len(labels):
       raise ValueError(f"split {split!r}: {len(ids)} ids for {len(labels)} label rows")

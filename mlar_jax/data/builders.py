@@ -34,16 +34,13 @@ from absl import logging
 from PIL import Image
 
 from mlar_jax import config_lib
-from mlar_jax.data import base
-from mlar_jax.data import pipeline
-from mlar_jax.data import sources
-from mlar_jax.data import transforms
-from mlar_jax.data import video
+from mlar_jax.data import base, pipeline, sources, transforms, video
 
 
 def features() -> tfds.features.FeaturesDict:
   """One prepared video: its sampled frames, their times, labels and segments."""
-  return tfds.features.FeaturesDict({
+  return tfds.features.FeaturesDict(
+    {
       "id": tfds.features.Text(),
       # JPEG bytes of each stored frame: decoding happens per sampled frame.
       "frames": tfds.features.Tensor(shape=(None,), dtype=np.object_),
@@ -51,11 +48,19 @@ def features() -> tfds.features.FeaturesDict:
       "labels": tfds.features.Tensor(shape=(None,), dtype=np.int32),
       "segments": tfds.features.Tensor(shape=(None, 3), dtype=np.float32),
       "fps": tfds.features.Scalar(dtype=np.float32),
-  })
+    }
+  )
 
 
-def encode_video(source: base.VideoSource, record: base.Record, *, short_side: int,
-                 fps: float, quality: int = 90, chunk: int = 64) -> dict[str, Any]:
+def encode_video(
+  source: base.VideoSource,
+  record: base.Record,
+  *,
+  short_side: int,
+  fps: float,
+  quality: int = 90,
+  chunk: int = 64,
+) -> dict[str, Any]:
   """One example: the record's frames sampled at `fps` and resized.
 
   Frames are decoded `chunk` at a time, so memory stays that of `chunk`
@@ -66,20 +71,30 @@ def encode_video(source: base.VideoSource, record: base.Record, *, short_side: i
   indices = np.unique(np.round(np.arange(0, n, step)).astype(np.int64).clip(0, n - 1))
   encoded = []
   for start in range(0, len(indices), chunk):
-    frames = source.load_frames(record, indices[start:start + chunk])
+    frames = source.load_frames(record, indices[start : start + chunk])
     for frame in transforms.resize_short_side(frames, short_side):
       buf = io.BytesIO()
       Image.fromarray(frame).save(buf, format="JPEG", quality=quality)
       encoded.append(buf.getvalue())
-  return {"id": record["id"], "frames": np.array(encoded, dtype=object),
-          "timestamps": (indices / native_fps).astype(np.float32),
-          "labels": record["labels"].astype(np.int32),
-          "segments": np.asarray(record["segments"], np.float32).reshape(-1, 3),
-          "fps": np.float32(native_fps / step)}
+  return {
+    "id": record["id"],
+    "frames": np.array(encoded, dtype=object),
+    "timestamps": (indices / native_fps).astype(np.float32),
+    "labels": record["labels"].astype(np.int32),
+    "segments": np.asarray(record["segments"], np.float32).reshape(-1, 3),
+    "fps": np.float32(native_fps / step),
+  }
 
 
-def examples(source: base.VideoSource, start: int, stop: int, skipped: dict[str, str], *,
-             short_side: int, fps: float) -> Iterator[tuple[int, dict[str, Any]]]:
+def examples(
+  source: base.VideoSource,
+  start: int,
+  stop: int,
+  skipped: dict[str, str],
+  *,
+  short_side: int,
+  fps: float,
+) -> Iterator[tuple[int, dict[str, Any]]]:
   """(record index, example) for records [start, stop) of `source`.
 
   A video that fails to decode is logged, recorded in `skipped` (id -> error)
@@ -116,9 +131,9 @@ class MlarVideos(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   SPLITS: tuple[str, ...] = ("train", "test")
   VERSION = tfds.core.Version(sources.PREPARED_VERSION)
   RELEASE_NOTES = {
-      "1.0.0": "JPEG frames, time stamps, labels and segments per video.",
-      "1.1.0": "Class names, labels per split and skipped videos in metadata.json.",
-      "1.2.0": "Video ids per split in metadata.json.",
+    "1.0.0": "JPEG frames, time stamps, labels and segments per video.",
+    "1.1.0": "Class names, labels per split and skipped videos in metadata.json.",
+    "1.2.0": "Video ids per split in metadata.json.",
   }
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   Put the dataset's annotation files and its videos (or frame folders) in the
@@ -127,9 +142,15 @@ class MlarVideos(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   Charades_v1_test.csv, Charades_v1_classes.txt and Charades_v1_480/).
   """
 
-  def __init__(self, *, data_cfg: ml_collections.ConfigDict | None = None,
-               short_side: int = 256, fps: float = 0.0,
-               splits: Sequence[str] | None = None, **kwargs):
+  def __init__(
+    self,
+    *,
+    data_cfg: ml_collections.ConfigDict | None = None,
+    short_side: int = 256,
+    fps: float = 0.0,
+    splits: Sequence[str] | None = None,
+    **kwargs,
+  ):
     self._data_cfg = config_lib.data_config() if data_cfg is None else data_cfg
     self._short_side, self._fps = short_side, fps
     self.splits = tuple(splits or self.SPLITS)
@@ -137,12 +158,14 @@ class MlarVideos(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
-        features=features(), metadata=tfds.core.MetadataDict(),
-        # Example order is record order, so metadata ids and labels line up
-        # with it.
-        disable_shuffling=True,
-        description=f"{self.DATASET} decoded by mlar_jax (short side {self._short_side}, "
-                    f"fps {self._fps or 'native'})")
+      features=features(),
+      metadata=tfds.core.MetadataDict(),
+      # Example order is record order, so metadata ids and labels line up
+      # with it.
+      disable_shuffling=True,
+      description=f"{self.DATASET} decoded by mlar_jax (short side {self._short_side}, "
+      f"fps {self._fps or 'native'})",
+    )
 
   def source(self, split: str, manual_dir: str) -> base.VideoSource:
     """The annotation-file source of `split`, with files under `manual_dir`."""
@@ -153,8 +176,10 @@ class MlarVideos(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return pipeline.make_source(cfg, split)
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    return {split: self._generate_examples(split, self.source(split, dl_manager.manual_dir))
-            for split in self.splits}
+    return {
+      split: self._generate_examples(split, self.source(split, dl_manager.manual_dir))
+      for split in self.splits
+    }
 
   def _generate_examples(self, split: str, source: base.VideoSource):
     # TFDS writes metadata.json after every split is generated, so ids and
@@ -164,8 +189,9 @@ class MlarVideos(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     ids = meta.setdefault("ids", {}).setdefault(split, [])
     labels = meta.setdefault("labels", {}).setdefault(split, [])
     skipped = meta.setdefault("skipped", {}).setdefault(split, {})
-    for i, example in examples(source, 0, len(source), skipped,
-                               short_side=self._short_side, fps=self._fps):
+    for i, example in examples(
+      source, 0, len(source), skipped, short_side=self._short_side, fps=self._fps
+    ):
       ids.append(example["id"])
       labels.append(label_list(example))
       yield i, example
@@ -173,17 +199,20 @@ class MlarVideos(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
 class MlarCharades(MlarVideos):
   """Charades (or any folder in its CSV format) as `mlar_charades`."""
+
   DATASET = "charades"
 
 
 class MlarMmit(MlarVideos):
   """Multi-Moments in Time style `path,label,...` lists as `mlar_mmit`."""
+
   DATASET = "mmit"
   SPLITS = ("train", "val")  # M-MiT's test labels are not public
 
 
 class MlarCsv(MlarVideos):
   """A generic CSV with `path` and `labels` columns as `mlar_csv`."""
+
   DATASET = "csv"
   SPLITS = ("train", "val", "test")
 

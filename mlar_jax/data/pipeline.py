@@ -25,14 +25,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from mlar_jax import config_lib
-from mlar_jax import registry
-from mlar_jax.data import base
-from mlar_jax.data import sampling
-from mlar_jax.data import sources
-from mlar_jax.data import synthetic
-from mlar_jax.data import transforms
-from mlar_jax.data import video
+from mlar_jax import config_lib, registry
+from mlar_jax.data import base, sampling, sources, synthetic, transforms, video
 
 # name -> fn(data_config, split) -> VideoSource
 SOURCES: registry.Registry = registry.Registry("dataset")
@@ -46,24 +40,43 @@ LABEL_MODES = ("video", "window")
 def _synthetic(cfg: ml_collections.ConfigDict, split: str) -> base.VideoSource:
   s = cfg.synthetic
   return synthetic.SyntheticVideos(
-      split, seed=s.seed, num_videos=s[f"num_{split}"],
-      video_frames=s.video_frames, resolution=s.resolution)
+    split,
+    seed=s.seed,
+    num_videos=s[f"num_{split}"],
+    video_frames=s.video_frames,
+    resolution=s.resolution,
+  )
 
 
 @SOURCES.register("charades")
 def _charades(cfg: ml_collections.ConfigDict, split: str) -> base.VideoSource:
   c = cfg.charades
-  return sources.charades(split, root=c.root, train_csv=c.train_csv, test_csv=c.test_csv,
-                          classes=c.classes, videos=c.videos, frames=c.frames,
-                          video_ext=c.video_ext, fps=c.fps)
+  return sources.charades(
+    split,
+    root=c.root,
+    train_csv=c.train_csv,
+    test_csv=c.test_csv,
+    classes=c.classes,
+    videos=c.videos,
+    frames=c.frames,
+    video_ext=c.video_ext,
+    fps=c.fps,
+  )
 
 
 def _list_source(c: ml_collections.ConfigDict, split: str, header: bool) -> base.VideoSource:
   csv_file = c[f"{split}_csv"]
   if not csv_file:
     raise ValueError(f"config.data: no {split}_csv for split {split!r}")
-  return sources.video_list(split, root=c.root, csv_file=csv_file, classes=c.classes,
-                            videos=c.videos, fps=c.fps, header=header)
+  return sources.video_list(
+    split,
+    root=c.root,
+    csv_file=csv_file,
+    classes=c.classes,
+    videos=c.videos,
+    fps=c.fps,
+    header=header,
+  )
 
 
 @SOURCES.register("mmit")
@@ -78,8 +91,7 @@ def _csv(cfg: ml_collections.ConfigDict, split: str) -> base.VideoSource:
 
 @SOURCES.register("prepared")
 def _prepared(cfg: ml_collections.ConfigDict, split: str) -> base.VideoSource:
-  return sources.PreparedVideos(split, data_dir=cfg.prepared.data_dir,
-                                dataset=cfg.prepared.dataset)
+  return sources.PreparedVideos(split, data_dir=cfg.prepared.data_dir, dataset=cfg.prepared.dataset)
 
 
 class DecodeErrors:
@@ -113,8 +125,9 @@ class DecodeErrors:
       logging.warning("Skipping undecodable video (%d so far): %s", self.failed, error)
     if self.seen >= self.min_samples and ratio > self.max_ratio:
       raise RuntimeError(
-          f"{self.failed} of {self.seen} samples failed to decode ({ratio:.1%} > "
-          f"config.data.max_error_ratio={self.max_ratio:.1%}); last: {error}")
+        f"{self.failed} of {self.seen} samples failed to decode ({ratio:.1%} > "
+        f"config.data.max_error_ratio={self.max_ratio:.1%}); last: {error}"
+      )
 
 
 def window_labels(record: base.Record, indices: np.ndarray, fps: float) -> np.ndarray:
@@ -142,8 +155,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   config_lib.check_choice(config, "data.name", SOURCES.names())
   config_lib.check_choice(config, "data.label_mode", LABEL_MODES)
   config_lib.check_choice(config, "eval.split", SPLITS)
-  config_lib.check_positive(config, "data.num_frames", "data.crop_size", "data.min_short_side",
-                            "data.max_short_side", "data.eval_short_side")
+  config_lib.check_positive(
+    config,
+    "data.num_frames",
+    "data.crop_size",
+    "data.min_short_side",
+    "data.max_short_side",
+    "data.eval_short_side",
+  )
   d = config.data
   if not d.rates or any(not isinstance(r, int) or r <= 0 for r in d.rates):
     config_lib.fail("data.rates", d.rates, "must be a non-empty tuple of positive integers")
@@ -153,22 +172,26 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if any(p < 0 for p in d.rate_probs) or abs(sum(d.rate_probs) - 1) > 1e-6:
       config_lib.fail("data.rate_probs", d.rate_probs, "must be non-negative and sum to 1")
   if d.min_short_side > d.max_short_side:
-    config_lib.fail("data.min_short_side", d.min_short_side,
-                    f"exceeds data.max_short_side={d.max_short_side}")
+    config_lib.fail(
+      "data.min_short_side", d.min_short_side, f"exceeds data.max_short_side={d.max_short_side}"
+    )
   if d.crop_size > d.min_short_side:
-    config_lib.fail("data.crop_size", d.crop_size,
-                    f"exceeds data.min_short_side={d.min_short_side}")
+    config_lib.fail(
+      "data.crop_size", d.crop_size, f"exceeds data.min_short_side={d.min_short_side}"
+    )
   if d.crop_size > d.eval_short_side:
-    config_lib.fail("data.crop_size", d.crop_size,
-                    f"exceeds data.eval_short_side={d.eval_short_side}")
+    config_lib.fail(
+      "data.crop_size", d.crop_size, f"exceeds data.eval_short_side={d.eval_short_side}"
+    )
   if len(d.mean) != 3 or len(d.std) != 3 or min(d.std) <= 0:
     config_lib.fail("data.std", d.std, "mean and std need 3 channels, std > 0")
   if d.num_workers < 0 or d.num_threads <= 0:
     config_lib.fail("data.num_workers", d.num_workers, "workers >= 0 and threads > 0")
 
 
-def batch_spec(cfg: ml_collections.ConfigDict, batch_size: int, num_classes: int,
-               evaluation: bool = False) -> dict[str, jax.ShapeDtypeStruct]:
+def batch_spec(
+  cfg: ml_collections.ConfigDict, batch_size: int, num_classes: int, evaluation: bool = False
+) -> dict[str, jax.ShapeDtypeStruct]:
   """Shapes and dtypes of the batches the pipelines yield: the one description
   of a batch for model initialisation, compilation and padding.
 
@@ -184,12 +207,16 @@ def batch_spec(cfg: ml_collections.ConfigDict, batch_size: int, num_classes: int
     "mask" bool [B] (False on padding rows).
   """
   s = cfg.crop_size
-  spec = {"video": jax.ShapeDtypeStruct((batch_size, cfg.num_frames, s, s, 3), np.uint8),
-          "labels": jax.ShapeDtypeStruct((batch_size, num_classes), np.int32)}
+  spec = {
+    "video": jax.ShapeDtypeStruct((batch_size, cfg.num_frames, s, s, 3), np.uint8),
+    "labels": jax.ShapeDtypeStruct((batch_size, num_classes), np.int32),
+  }
   if evaluation:
-    spec.update(index=jax.ShapeDtypeStruct((batch_size,), np.int32),
-                view=jax.ShapeDtypeStruct((batch_size,), np.int32),
-                mask=jax.ShapeDtypeStruct((batch_size,), np.bool_))
+    spec.update(
+      index=jax.ShapeDtypeStruct((batch_size,), np.int32),
+      view=jax.ShapeDtypeStruct((batch_size,), np.int32),
+      mask=jax.ShapeDtypeStruct((batch_size,), np.bool_),
+    )
   return spec
 
 
@@ -199,6 +226,7 @@ class TrainClip(grain.transforms.RandomMap):
 
   Output: {"video": uint8 [T, S, S, 3], "labels": int32 [C]}.
   """
+
   source: base.VideoSource
   num_frames: int
   rates: Sequence[int]
@@ -210,8 +238,7 @@ class TrainClip(grain.transforms.RandomMap):
   label_mode: str
   errors: DecodeErrors
 
-  def random_map(self, record: base.Record, rng: np.random.Generator
-                 ) -> dict[str, Any] | None:
+  def random_map(self, record: base.Record, rng: np.random.Generator) -> dict[str, Any] | None:
     rate = int(rng.choice(self.rates, p=self.rate_probs))
     try:
       n, fps = self.source.video_info(record)
@@ -223,10 +250,18 @@ class TrainClip(grain.transforms.RandomMap):
       return None
     self.errors.ok()
     frames = transforms.train_augment(
-        rng, frames, min_short_side=self.min_short_side,
-        max_short_side=self.max_short_side, crop_size=self.crop_size, flip=self.flip)
-    labels = (window_labels(record, idx, fps) if self.label_mode == "window"
-              else record["labels"].astype(np.int32))
+      rng,
+      frames,
+      min_short_side=self.min_short_side,
+      max_short_side=self.max_short_side,
+      crop_size=self.crop_size,
+      flip=self.flip,
+    )
+    labels = (
+      window_labels(record, idx, fps)
+      if self.label_mode == "window"
+      else record["labels"].astype(np.int32)
+    )
     return {"video": frames, "labels": labels}
 
 
@@ -260,6 +295,7 @@ class EvalWindow(grain.transforms.Map):
   id in the plan}; empty when the video cannot be decoded (each of its views
   counts as a skipped clip).
   """
+
   source: base.VideoSource
   plan: tuple[sampling.View, ...]
   num_frames: int
@@ -272,7 +308,8 @@ class EvalWindow(grain.transforms.Map):
     try:
       n, _ = self.source.video_info(record)
       frames = self.source.load_frames(
-          record, sampling.view_indices(n, self.num_frames, self.plan[view_ids[0]]))
+        record, sampling.view_indices(n, self.num_frames, self.plan[view_ids[0]])
+      )
     except video.VideoDecodeError as e:
       for _ in view_ids:
         self.errors.failed_on(e)
@@ -281,12 +318,20 @@ class EvalWindow(grain.transforms.Map):
     for view_id in view_ids:
       self.errors.ok()
       view = self.plan[view_id]
-      clips.append({
-          "video": transforms.eval_view(frames, short_side=self.short_side,
-                                        crop_size=self.crop_size, crop_index=view.crop,
-                                        num_crops=view.num_crops),
+      clips.append(
+        {
+          "video": transforms.eval_view(
+            frames,
+            short_side=self.short_side,
+            crop_size=self.crop_size,
+            crop_index=view.crop,
+            num_crops=view.num_crops,
+          ),
           "labels": record["labels"].astype(np.int32),
-          "index": np.int32(position), "view": np.int32(view_id)})
+          "index": np.int32(position),
+          "view": np.int32(view_id),
+        }
+      )
     return clips
 
 
@@ -301,8 +346,9 @@ class _Views(grain.experimental.FlatMapTransform):
 
 
 def _read_options(cfg: ml_collections.ConfigDict) -> grain.ReadOptions:
-  return grain.ReadOptions(num_threads=cfg.num_threads,
-                           prefetch_buffer_size=cfg.prefetch_buffer_size)
+  return grain.ReadOptions(
+    num_threads=cfg.num_threads, prefetch_buffer_size=cfg.prefetch_buffer_size
+  )
 
 
 def _maybe_multiprocess(ds: grain.IterDataset, cfg: ml_collections.ConfigDict) -> grain.IterDataset:
@@ -321,12 +367,19 @@ class HostRows(grain.MapDataset):
   skips whole global batches (resuming on a different process count).
   """
 
-  def __init__(self, parent: grain.MapDataset, global_batch: int, process_index: int,
-               process_count: int, start_batch: int = 0):
+  def __init__(
+    self,
+    parent: grain.MapDataset,
+    global_batch: int,
+    process_index: int,
+    process_count: int,
+    start_batch: int = 0,
+  ):
     super().__init__(parent)
     if global_batch % process_count:
-      raise ValueError(f"global batch {global_batch} is not a multiple of the "
-                       f"{process_count} processes")
+      raise ValueError(
+        f"global batch {global_batch} is not a multiple of the {process_count} processes"
+      )
     self._local = global_batch // process_count
     self._global, self._p, self._start = global_batch, process_index, start_batch
     self._length = (len(parent) // global_batch - start_batch) * self._local
@@ -344,10 +397,17 @@ class HostRows(grain.MapDataset):
     return f"HostRows(process {self._p}, {self._local} of {self._global} rows per batch)"
 
 
-def train_dataset(source: base.VideoSource, cfg: ml_collections.ConfigDict, *,
-                  global_batch_size: int, seed: int, process_index: int = 0,
-                  process_count: int = 1, start_batch: int = 0,
-                  errors: DecodeErrors | None = None) -> grain.IterDataset:
+def train_dataset(
+  source: base.VideoSource,
+  cfg: ml_collections.ConfigDict,
+  *,
+  global_batch_size: int,
+  seed: int,
+  process_index: int = 0,
+  process_count: int = 1,
+  start_batch: int = 0,
+  errors: DecodeErrors | None = None,
+) -> grain.IterDataset:
   """The infinite, shuffled, augmented and batched training stream of one host.
 
   The order (shuffle, then clip sampling and augmentation seeded by global
@@ -373,24 +433,40 @@ def train_dataset(source: base.VideoSource, cfg: ml_collections.ConfigDict, *,
   ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
   rate_probs = None if not cfg.rate_probs else tuple(cfg.rate_probs)
   ds = ds.random_map(
-      TrainClip(source=source, num_frames=cfg.num_frames, rates=tuple(cfg.rates),
-                rate_probs=rate_probs, min_short_side=cfg.min_short_side,
-                max_short_side=cfg.max_short_side, crop_size=cfg.crop_size,
-                flip=cfg.flip, label_mode=cfg.label_mode, errors=errors),
-      seed=seed)
+    TrainClip(
+      source=source,
+      num_frames=cfg.num_frames,
+      rates=tuple(cfg.rates),
+      rate_probs=rate_probs,
+      min_short_side=cfg.min_short_side,
+      max_short_side=cfg.max_short_side,
+      crop_size=cfg.crop_size,
+      flip=cfg.flip,
+      label_mode=cfg.label_mode,
+      errors=errors,
+    ),
+    seed=seed,
+  )
   ds = HostRows(ds, global_batch_size, process_index, process_count, start_batch)
   # Skipped samples are None; the IterDataset drops them before batching (a
   # host then takes the next of its rows, so with skips the global batches
   # differ slightly between host counts).
-  ds = ds.to_iter_dataset(_read_options(cfg)).batch(global_batch_size // process_count,
-                                                    drop_remainder=True)
+  ds = ds.to_iter_dataset(_read_options(cfg)).batch(
+    global_batch_size // process_count, drop_remainder=True
+  )
   return _maybe_multiprocess(ds, cfg)
 
 
-def eval_dataset(source: base.VideoSource, cfg: ml_collections.ConfigDict,
-                 plan: Sequence[sampling.View], *, local_batch_size: int,
-                 process_index: int = 0, process_count: int = 1,
-                 errors: DecodeErrors | None = None) -> grain.IterDataset:
+def eval_dataset(
+  source: base.VideoSource,
+  cfg: ml_collections.ConfigDict,
+  plan: Sequence[sampling.View],
+  *,
+  local_batch_size: int,
+  process_index: int = 0,
+  process_count: int = 1,
+  errors: DecodeErrors | None = None,
+) -> grain.IterDataset:
   """One pass over this host's shard of every (video, view) of `source`.
 
   Hosts split the (video, temporal window) pairs; each window's frames are
@@ -411,21 +487,28 @@ def eval_dataset(source: base.VideoSource, cfg: ml_collections.ConfigDict,
   errors = errors or DecodeErrors(cfg.max_error_ratio)
   windows = VideoWindows(source, plan)
   ds = grain.MapDataset.source(windows)[process_index::process_count]
-  ds = ds.map(EvalWindow(source=source, plan=tuple(plan), num_frames=cfg.num_frames,
-                         short_side=cfg.eval_short_side, crop_size=cfg.crop_size,
-                         errors=errors))
+  ds = ds.map(
+    EvalWindow(
+      source=source,
+      plan=tuple(plan),
+      num_frames=cfg.num_frames,
+      short_side=cfg.eval_short_side,
+      crop_size=cfg.crop_size,
+      errors=errors,
+    )
+  )
   ds = grain.experimental.FlatMapIterDataset(
-      ds.to_iter_dataset(_read_options(cfg)),
-      _Views(max(len(ids) for ids in windows.windows)))
+    ds.to_iter_dataset(_read_options(cfg)), _Views(max(len(ids) for ids in windows.windows))
+  )
   ds = ds.batch(local_batch_size, drop_remainder=False)
   return _maybe_multiprocess(ds, cfg)
 
 
-def eval_num_batches(num_videos: int, plan: Sequence[sampling.View], *,
-                     local_batch_size: int, process_count: int = 1) -> int:
+def eval_num_batches(
+  num_videos: int, plan: Sequence[sampling.View], *, local_batch_size: int, process_count: int = 1
+) -> int:
   """Batches of `eval_dataset` on the host with the most clips: every host
   runs that many evaluation steps (they are collective), padding the rest."""
   sizes = np.tile([len(ids) for ids in sampling.temporal_windows(plan)], num_videos)
   most = max(int(sizes[p::process_count].sum()) for p in range(process_count))
   return -(-most // local_batch_size)
-

@@ -26,32 +26,39 @@ from typing import Any, Sequence
 import ml_collections
 import tensorflow_datasets as tfds
 import tqdm
-from absl import app
-from absl import flags
-from absl import logging
+from absl import app, flags, logging
 from array_record.python.array_record_module import ArrayRecordWriter
 from etils import epath
 
 from mlar_jax import config_lib
-from mlar_jax.data import base
-from mlar_jax.data import builders
+from mlar_jax.data import base, builders
 
 
 def _progress_path(out_dir: str, split: str) -> str:
   return os.path.join(out_dir, f"progress_{split}.json")
 
 
-def _file_template(out_dir: str, builder: tfds.core.DatasetBuilder,
-                   split: str | None = None) -> tfds.core.ShardedFileTemplate:
+def _file_template(
+  out_dir: str, builder: tfds.core.DatasetBuilder, split: str | None = None
+) -> tfds.core.ShardedFileTemplate:
   # TFDS's default file names, so both writers produce the same files.
   return tfds.core.ShardedFileTemplate(
-      data_dir=epath.Path(out_dir), dataset_name=builder.name, split=split,
-      template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",
-      filetype_suffix="array_record")
+    data_dir=epath.Path(out_dir),
+    dataset_name=builder.name,
+    split=split,
+    template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",
+    filetype_suffix="array_record",
+  )
 
 
-def prepare_split(source: base.VideoSource, template: tfds.core.ShardedFileTemplate, *,
-                  short_side: int, fps: float, shard_size: int) -> dict[str, Any]:
+def prepare_split(
+  source: base.VideoSource,
+  template: tfds.core.ShardedFileTemplate,
+  *,
+  short_side: int,
+  fps: float,
+  shard_size: int,
+) -> dict[str, Any]:
   """Writes (or completes) the shards of one split.
 
   Progress (settings, the video ids and labels of each complete shard,
@@ -63,17 +70,18 @@ def prepare_split(source: base.VideoSource, template: tfds.core.ShardedFileTempl
   split, out_dir = template.split, os.fspath(template.data_dir)
   feats = builders.features()
   num_shards = max(1, math.ceil(len(source) / shard_size))
-  settings = {"videos": len(source), "shard_size": shard_size, "short_side": short_side,
-              "fps": fps}
+  settings = {"videos": len(source), "shard_size": shard_size, "short_side": short_side, "fps": fps}
   path = _progress_path(out_dir, split)
   progress = {"settings": settings, "shards": {}, "skipped": {}}
   if os.path.exists(path):
     with open(path) as f:
       progress = json.load(f)
     if progress["settings"] != settings:
-      raise ValueError(f"{path}: split {split!r} was being prepared with "
-                       f"{progress['settings']}, now {settings}; use the same settings to "
-                       f"resume, or delete {out_dir} to start again")
+      raise ValueError(
+        f"{path}: split {split!r} was being prepared with "
+        f"{progress['settings']}, now {settings}; use the same settings to "
+        f"resume, or delete {out_dir} to start again"
+      )
   written = 0
   for shard in tqdm.trange(num_shards, desc=f"{template.dataset_name}/{split}", unit="shard"):
     shard_path = os.fspath(template.sharded_filepath(shard_index=shard, num_shards=num_shards))
@@ -82,8 +90,13 @@ def prepare_split(source: base.VideoSource, template: tfds.core.ShardedFileTempl
     ids, labels = [], []
     writer = ArrayRecordWriter(shard_path + ".tmp", "group_size:1")
     for _, example in builders.examples(
-        source, shard * shard_size, min((shard + 1) * shard_size, len(source)),
-        progress["skipped"], short_side=short_side, fps=fps):
+      source,
+      shard * shard_size,
+      min((shard + 1) * shard_size, len(source)),
+      progress["skipped"],
+      short_side=short_side,
+      fps=fps,
+    ):
       writer.write(feats.serialize_example(feats.encode_example(example)))
       ids.append(example["id"])
       labels.append(builders.label_list(example))
@@ -96,13 +109,24 @@ def prepare_split(source: base.VideoSource, template: tfds.core.ShardedFileTempl
       json.dump(progress, f)
     os.replace(path + ".tmp", path)
     os.replace(shard_path + ".tmp", shard_path)
-  return {"split": split, "shards": num_shards, "written_now": written,
-          "skipped": len(progress["skipped"])}
+  return {
+    "split": split,
+    "shards": num_shards,
+    "written_now": written,
+    "skipped": len(progress["skipped"]),
+  }
 
 
-def prepare(data_cfg: ml_collections.ConfigDict, dataset: str, splits: Sequence[str] | None,
-            data_dir: str, *, short_side: int, fps: float,
-            shard_size: int) -> list[dict[str, Any]]:
+def prepare(
+  data_cfg: ml_collections.ConfigDict,
+  dataset: str,
+  splits: Sequence[str] | None,
+  data_dir: str,
+  *,
+  short_side: int,
+  fps: float,
+  shard_size: int,
+) -> list[dict[str, Any]]:
   """Prepares `splits` of `dataset` under `data_dir`, resumably.
 
   Splits prepared earlier into the same directory stay listed.
@@ -120,20 +144,33 @@ def prepare(data_cfg: ml_collections.ConfigDict, dataset: str, splits: Sequence[
     One summary per split (see `prepare_split`).
   """
   builder = builders.BUILDERS[dataset](
-      data_dir=data_dir, file_format="array_record", data_cfg=data_cfg,
-      short_side=short_side, fps=fps, splits=splits)
+    data_dir=data_dir,
+    file_format="array_record",
+    data_cfg=data_cfg,
+    short_side=short_side,
+    fps=fps,
+    splits=splits,
+  )
   # Every split's annotations are read first: a missing or malformed file
   # fails before hours of decoding, not after.
   sources = {split: builder.source(split, data_cfg[dataset].root) for split in builder.splits}
   out_dir = os.fspath(builder.data_path)
   os.makedirs(out_dir, exist_ok=True)
-  summaries = [prepare_split(source, _file_template(out_dir, builder, split),
-                             short_side=short_side, fps=fps, shard_size=shard_size)
-               for split, source in sources.items()]
+  summaries = [
+    prepare_split(
+      source,
+      _file_template(out_dir, builder, split),
+      short_side=short_side,
+      fps=fps,
+      shard_size=shard_size,
+    )
+    for split, source in sources.items()
+  ]
   # Publish every complete split here, of this run or an earlier one.
   info = builder.info
-  info.metadata.update(class_names=list(sources[builder.splits[0]].class_names),
-                       ids={}, labels={}, skipped={})
+  info.metadata.update(
+    class_names=list(sources[builder.splits[0]].class_names), ids={}, labels={}, skipped={}
+  )
   split_infos = []
   for name in sorted(os.listdir(out_dir)):
     m = re.fullmatch(r"progress_(\w+)\.json", name)
@@ -145,19 +182,28 @@ def prepare(data_cfg: ml_collections.ConfigDict, dataset: str, splits: Sequence[
     settings = progress["settings"]
     num_shards = max(1, math.ceil(settings["videos"] / settings["shard_size"]))
     if len(progress["shards"]) < num_shards:
-      logging.warning("Split %r is not complete (%d of %d shards): not published; rerun "
-                      "with --splits=%s to finish it", split, len(progress["shards"]),
-                      num_shards, split)
+      logging.warning(
+        "Split %r is not complete (%d of %d shards): not published; rerun "
+        "with --splits=%s to finish it",
+        split,
+        len(progress["shards"]),
+        num_shards,
+        split,
+      )
       continue
     shards = [progress["shards"][str(i)] for i in range(num_shards)]
     template = _file_template(out_dir, builder, split)
     for key in ("ids", "labels"):
       info.metadata[key][split] = [x for shard in shards for x in shard[key]]
     info.metadata["skipped"][split] = progress["skipped"]
-    split_infos.append(tfds.core.SplitInfo(
-        name=split, shard_lengths=[len(shard["ids"]) for shard in shards],
+    split_infos.append(
+      tfds.core.SplitInfo(
+        name=split,
+        shard_lengths=[len(shard["ids"]) for shard in shards],
         num_bytes=sum(os.path.getsize(f) for f in template.sharded_filepaths(num_shards)),
-        filename_template=template))
+        filename_template=template,
+      )
+    )
   info.set_splits(tfds.core.SplitDict(split_infos))
   info.write_to_directory(out_dir)
   return summaries
@@ -172,13 +218,20 @@ def main(argv):
     for item in f.set:
       key, _, value = item.partition("=")
       if key not in data_cfg[f.dataset]:
-        raise app.UsageError(f"--set {key}: not a key of config.data.{f.dataset}: "
-                             f"{sorted(data_cfg[f.dataset])}")
+        raise app.UsageError(
+          f"--set {key}: not a key of config.data.{f.dataset}: {sorted(data_cfg[f.dataset])}"
+        )
       kind = type(data_cfg[f.dataset][key])
-      data_cfg[f.dataset][key] = (value.lower() in ("1", "true") if kind is bool
-                                  else kind(value))
-  for s in prepare(data_cfg, f.dataset, f.splits, f.data_dir, short_side=f.short_side,
-                   fps=f.fps, shard_size=f.shard_size):
+      data_cfg[f.dataset][key] = value.lower() in ("1", "true") if kind is bool else kind(value)
+  for s in prepare(
+    data_cfg,
+    f.dataset,
+    f.splits,
+    f.data_dir,
+    short_side=f.short_side,
+    fps=f.fps,
+    shard_size=f.shard_size,
+  ):
     print(json.dumps(s))
 
 
@@ -187,8 +240,12 @@ def define_flags() -> None:
   flags.DEFINE_enum("dataset", None, ["charades", "mmit", "csv"], "Dataset format.")
   flags.DEFINE_string("manual_dir", None, "Folder with the annotations and videos.")
   flags.DEFINE_string("data_dir", None, "TFDS data directory to write to.")
-  flags.DEFINE_list("splits", None, "Splits to prepare (default: the dataset's; "
-                    "train,test for Charades, train,val for M-MiT, all three for csv).")
+  flags.DEFINE_list(
+    "splits",
+    None,
+    "Splits to prepare (default: the dataset's; "
+    "train,test for Charades, train,val for M-MiT, all three for csv).",
+  )
   flags.DEFINE_integer("short_side", 256, "Resize frames to this short side.")
   flags.DEFINE_float("fps", 0.0, "Frames per second to keep (0: all).")
   flags.DEFINE_integer("shard_size", 64, "Videos per ArrayRecord shard.")

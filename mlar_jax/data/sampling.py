@@ -27,10 +27,11 @@ from mlar_jax.data import transforms
 @dataclasses.dataclass(frozen=True)
 class View:
   """One evaluation view of a video."""
+
   rate: int
-  position: int        # temporal position index in [0, num_positions)
+  position: int  # temporal position index in [0, num_positions)
   num_positions: int
-  crop: int            # spatial crop index in [0, num_crops)
+  crop: int  # spatial crop index in [0, num_crops)
   num_crops: int
 
 
@@ -68,17 +69,23 @@ def view_start(num_video_frames: int, num_frames: int, view: View) -> int:
 
 def view_indices(num_video_frames: int, num_frames: int, view: View) -> np.ndarray:
   """int32 [num_frames] frame indices of `view`."""
-  return transforms.clip_indices(num_video_frames, num_frames, view.rate,
-                                 view_start(num_video_frames, num_frames, view))
+  return transforms.clip_indices(
+    num_video_frames, num_frames, view.rate, view_start(num_video_frames, num_frames, view)
+  )
 
 
 # How a video's view scores combine (`config.eval.aggregate`).
 AGGREGATIONS = ("sum", "mean", "max")
 
 
-def aggregate_views(scores: np.ndarray, video: np.ndarray, view_ids: np.ndarray,
-                    num_videos: int, how: str = "sum",
-                    keep_views: Sequence[int] | None = None) -> np.ndarray:
+def aggregate_views(
+  scores: np.ndarray,
+  video: np.ndarray,
+  view_ids: np.ndarray,
+  num_videos: int,
+  how: str = "sum",
+  keep_views: Sequence[int] | None = None,
+) -> np.ndarray:
   """Per-video scores from per-view scores.
 
   Args:
@@ -115,8 +122,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   config_lib.check_positive(config, "eval.spatial_crops", "eval.batch_size")
   config_lib.check_choice(config, "eval.aggregate", AGGREGATIONS)
   views = config.eval.views
-  if (not views or any(len(v) != 2 or not all(isinstance(x, int) and x > 0 for x in v)
-                       for v in views)
-      or len({v[0] for v in views}) != len(views)):
-    config_lib.fail("eval.views", views, "must be ((rate, positions), ...) with positive "
-                    "integers and each rate once")
+  if (
+    not views
+    or any(len(v) != 2 or not all(isinstance(x, int) and x > 0 for x in v) for v in views)
+    or len({v[0] for v in views}) != len(views)
+  ):
+    config_lib.fail(
+      "eval.views",
+      views,
+      "must be ((rate, positions), ...) with positive integers and each rate once",
+    )

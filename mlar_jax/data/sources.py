@@ -22,8 +22,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from mlar_jax.data import base
-from mlar_jax.data import video
+from mlar_jax.data import base, video
 
 
 class FileVideos(base.AnnotatedVideos):
@@ -32,8 +31,11 @@ class FileVideos(base.AnnotatedVideos):
   def __init__(self, split: str, class_names: Sequence[str], records: list[base.Record]):
     for i, r in enumerate(records):
       r["index"] = i
-    labels = (np.stack([r["labels"] for r in records]) if records
-              else np.zeros((0, len(class_names)), np.int32))
+    labels = (
+      np.stack([r["labels"] for r in records])
+      if records
+      else np.zeros((0, len(class_names)), np.int32)
+    )
     super().__init__(split, class_names, labels, [r["id"] for r in records])
     self._records = records
 
@@ -97,8 +99,18 @@ def _multi_hot(classes: list[int], num_classes: int) -> np.ndarray:
   return labels
 
 
-def charades(split: str, *, root: str, train_csv: str, test_csv: str, classes: str,
-             videos: str, frames: bool, video_ext: str, fps: float) -> FileVideos:
+def charades(
+  split: str,
+  *,
+  root: str,
+  train_csv: str,
+  test_csv: str,
+  classes: str,
+  videos: str,
+  frames: bool,
+  video_ext: str,
+  fps: float,
+) -> FileVideos:
   """Charades: `Charades_v1_{train,test}.csv` and `Charades_v1_classes.txt`.
 
   Args:
@@ -130,20 +142,25 @@ def charades(split: str, *, root: str, train_csv: str, test_csv: str, classes: s
       for action in filter(None, (row["actions"] or "").split(";")):
         parts = action.split()
         if len(parts) != 3 or parts[0] not in lookup:
-          raise ValueError(f"{path}:{line}: bad action {action!r} (want 'c092 11.90 21.20' "
-                           f"with a class of {classes})")
+          raise ValueError(
+            f"{path}:{line}: bad action {action!r} (want 'c092 11.90 21.20' "
+            f"with a class of {classes})"
+          )
         try:
           segments.append((lookup[parts[0]], float(parts[1]), float(parts[2])))
         except ValueError:
           raise ValueError(f"{path}:{line}: bad times in action {action!r}") from None
       vid = row["id"]
-      records.append({
+      records.append(
+        {
           "id": vid,
           "path": j(os.path.join(videos, vid) if frames else os.path.join(videos, vid + video_ext)),
           "labels": _multi_hot([s[0] for s in segments], len(names)),
           "segments": np.array(segments, np.float32).reshape(-1, 3),
-          "num_frames": -1, "fps": float(fps),
-      })
+          "num_frames": -1,
+          "fps": float(fps),
+        }
+      )
   return FileVideos(split, names, records)
 
 
@@ -153,8 +170,9 @@ def _open(path: str):
   return open(path, encoding="utf-8", newline="")
 
 
-def video_list(split: str, *, root: str, csv_file: str, classes: str, videos: str,
-               fps: float, header: bool) -> FileVideos:
+def video_list(
+  split: str, *, root: str, csv_file: str, classes: str, videos: str, fps: float, header: bool
+) -> FileVideos:
   """M-MiT style lists: `path,label1,label2,...` lines (labels are class names,
   codes or indices of the class file); with `header`, the first line names the
   columns and must have `path` and `labels` (labels separated by ';')."""
@@ -186,11 +204,16 @@ def video_list(split: str, *, root: str, csv_file: str, classes: str, videos: st
       unknown = [n for n in label_names if n not in lookup]
       if unknown:
         raise ValueError(f"{path}:{line}: unknown labels {unknown} (not in {classes})")
-      records.append({
-          "id": vid, "path": j(os.path.join(videos, rel)),
+      records.append(
+        {
+          "id": vid,
+          "path": j(os.path.join(videos, rel)),
           "labels": _multi_hot([lookup[n] for n in label_names], len(names)),
-          "segments": np.zeros((0, 3), np.float32), "num_frames": -1, "fps": float(fps),
-      })
+          "segments": np.zeros((0, 3), np.float32),
+          "num_frames": -1,
+          "fps": float(fps),
+        }
+      )
   return FileVideos(split, names, records)
 
 
@@ -211,37 +234,50 @@ class PreparedVideos(base.AnnotatedVideos):
 
   def __init__(self, split: str, *, data_dir: str, dataset: str):
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
     root = prepared_dir(data_dir, dataset)
     hint = f"(run python -m mlar_jax.data.prepare --dataset {dataset} --data_dir {data_dir})"
     if not os.path.exists(os.path.join(root, "dataset_info.json")):
-      raise FileNotFoundError(f"{root}: no prepared {dataset!r} data of version "
-                              f"{PREPARED_VERSION} {hint}")
+      raise FileNotFoundError(
+        f"{root}: no prepared {dataset!r} data of version {PREPARED_VERSION} {hint}"
+      )
     builder = tfds.builder_from_directory(root)
     meta = builder.info.metadata or {}
     if split not in builder.info.splits or split not in meta.get("labels", {}):
-      raise FileNotFoundError(f"{root}: split {split!r} is not prepared; prepared: "
-                              f"{sorted(builder.info.splits)} {hint}")
+      raise FileNotFoundError(
+        f"{root}: split {split!r} is not prepared; prepared: {sorted(builder.info.splits)} {hint}"
+      )
     self._data = builder.as_data_source(split)
     ids = meta["ids"][split]
     labels = np.zeros((len(meta["labels"][split]), len(meta["class_names"])), np.int32)
     for row, classes in zip(labels, meta["labels"][split]):
       row[classes] = 1
     if not len(ids) == len(labels) == len(self._data):
-      raise ValueError(f"{root}/metadata.json: {len(ids)} ids and {len(labels)} "
-                       f"labels for split {split!r} of {len(self._data)} examples")
+      raise ValueError(
+        f"{root}/metadata.json: {len(ids)} ids and {len(labels)} "
+        f"labels for split {split!r} of {len(self._data)} examples"
+      )
     super().__init__(split, meta["class_names"], labels, ids)
 
   def __getitem__(self, index: int) -> base.Record:
     ex = self._data[int(index)]
-    return {"id": ex["id"].decode() if isinstance(ex["id"], bytes) else str(ex["id"]),
-            "index": int(index), "labels": np.asarray(ex["labels"], np.int32),
-            "segments": np.asarray(ex["segments"], np.float32),
-            "num_frames": len(ex["frames"]), "fps": float(ex["fps"]),
-            "frames": ex["frames"]}
+    return {
+      "id": ex["id"].decode() if isinstance(ex["id"], bytes) else str(ex["id"]),
+      "index": int(index),
+      "labels": np.asarray(ex["labels"], np.int32),
+      "segments": np.asarray(ex["segments"], np.float32),
+      "num_frames": len(ex["frames"]),
+      "fps": float(ex["fps"]),
+      "frames": ex["frames"],
+    }
 
   def load_frames(self, record: base.Record, indices: np.ndarray) -> np.ndarray:
     try:
-      return np.stack([np.asarray(Image.open(io.BytesIO(record["frames"][i])).convert("RGB"))
-                       for i in np.asarray(indices)])
+      return np.stack(
+        [
+          np.asarray(Image.open(io.BytesIO(record["frames"][i])).convert("RGB"))
+          for i in np.asarray(indices)
+        ]
+      )
     except (OSError, IndexError) as e:
       raise video.VideoDecodeError(f"prepared:{record['id']}", str(e)) from e

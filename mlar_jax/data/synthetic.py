@@ -56,27 +56,45 @@ import numpy as np
 from mlar_jax.data import base
 
 CLASS_NAMES = (
-    "move_right", "move_left", "move_up", "move_down",
-    "grow", "shrink", "rotate", "lights_dim",
-    "color_change", "meet",
-    "jump", "shake", "vanish", "flash",
+  "move_right",
+  "move_left",
+  "move_up",
+  "move_down",
+  "grow",
+  "shrink",
+  "rotate",
+  "lights_dim",
+  "color_change",
+  "meet",
+  "jump",
+  "shake",
+  "vanish",
+  "flash",
 )
 _C = {name: i for i, name in enumerate(CLASS_NAMES)}
 SPLITS = {"train": 0, "val": 1, "test": 2}
 FPS = 24.0  # nominal frame rate, for segments in seconds
 
 # Saturated actor colours; a colour change goes to a different entry.
-_PALETTE = np.array([
-    [0.95, 0.25, 0.2], [0.2, 0.85, 0.3], [0.25, 0.45, 0.95],
-    [0.95, 0.85, 0.2], [0.85, 0.3, 0.9], [0.2, 0.9, 0.9],
-], np.float32)
+_PALETTE = np.array(
+  [
+    [0.95, 0.25, 0.2],
+    [0.2, 0.85, 0.3],
+    [0.25, 0.45, 0.95],
+    [0.95, 0.85, 0.2],
+    [0.85, 0.3, 0.9],
+    [0.2, 0.9, 0.9],
+  ],
+  np.float32,
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class _Plan:
   """Every random choice of one video; frames are rendered from it alone."""
-  labels: np.ndarray          # [C] int32
-  segments: np.ndarray        # [C, 2] int32, [start, end) frames, -1 if absent
+
+  labels: np.ndarray  # [C] int32
+  segments: np.ndarray  # [C, 2] int32, [start, end) frames, -1 if absent
   x0: float
   y0: float
   dx: float
@@ -90,12 +108,12 @@ class _Plan:
   color_t: int
   dim: bool
   brightness: float
-  bg_colors: np.ndarray       # [2, 3]
+  bg_colors: np.ndarray  # [2, 3]
   texture_seed: int
-  disc: str                   # "none" | "distractor" | "meet"
+  disc: str  # "none" | "distractor" | "meet"
   disc_xy0: tuple[float, float]
   disc_dxy: tuple[float, float]
-  disc_t: tuple[int, int]     # motion start and end frames
+  disc_t: tuple[int, int]  # motion start and end frames
   disc_color: int
 
 
@@ -185,14 +203,29 @@ def _plan(seed: int, split: str, index: int, num_frames: int) -> _Plan:
     disc_t = (0, t_last)
 
   return _Plan(
-      labels=labels, segments=segments, x0=x0, y0=y0, dx=dx, dy=dy,
-      size0=rng.uniform(0.08, 0.12), size_gain=size_gain,
-      angle0=rng.uniform(0, np.pi), spin=spin, color0=color0, color1=color1,
-      color_t=color_t, dim=dim, brightness=rng.uniform(0.75, 1.0),
-      bg_colors=rng.uniform(0.05, 0.45, size=(2, 3)).astype(np.float32),
-      texture_seed=int(rng.integers(2**31)), disc=disc, disc_xy0=disc_xy0,
-      disc_dxy=disc_dxy, disc_t=disc_t,
-      disc_color=int(rng.integers(len(_PALETTE))))
+    labels=labels,
+    segments=segments,
+    x0=x0,
+    y0=y0,
+    dx=dx,
+    dy=dy,
+    size0=rng.uniform(0.08, 0.12),
+    size_gain=size_gain,
+    angle0=rng.uniform(0, np.pi),
+    spin=spin,
+    color0=color0,
+    color1=color1,
+    color_t=color_t,
+    dim=dim,
+    brightness=rng.uniform(0.75, 1.0),
+    bg_colors=rng.uniform(0.05, 0.45, size=(2, 3)).astype(np.float32),
+    texture_seed=int(rng.integers(2**31)),
+    disc=disc,
+    disc_xy0=disc_xy0,
+    disc_dxy=disc_dxy,
+    disc_t=disc_t,
+    disc_color=int(rng.integers(len(_PALETTE))),
+  )
 
 
 def _in_segment(plan: _Plan, name: str, t: np.ndarray) -> np.ndarray:
@@ -263,8 +296,15 @@ class SyntheticVideos(base.VideoSource):
     resolution: frame height and width in pixels.
   """
 
-  def __init__(self, split: str, *, seed: int = 0, num_videos: int = 1024,
-               video_frames: int = 32, resolution: int = 64):
+  def __init__(
+    self,
+    split: str,
+    *,
+    seed: int = 0,
+    num_videos: int = 1024,
+    video_frames: int = 32,
+    resolution: int = 64,
+  ):
     if split not in SPLITS:
       raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
     if video_frames < 16:
@@ -280,9 +320,11 @@ class SyntheticVideos(base.VideoSource):
     return self.num_videos
 
   def __repr__(self) -> str:
-    return (f"SyntheticVideos(split={self.split!r}, seed={self.seed}, "
-            f"num_videos={self.num_videos}, video_frames={self.video_frames}, "
-            f"resolution={self.resolution})")
+    return (
+      f"SyntheticVideos(split={self.split!r}, seed={self.seed}, "
+      f"num_videos={self.num_videos}, video_frames={self.video_frames}, "
+      f"resolution={self.resolution})"
+    )
 
   @property
   def class_names(self) -> Sequence[str]:
@@ -301,17 +343,18 @@ class SyntheticVideos(base.VideoSource):
     present = np.flatnonzero(plan.labels)
     segments = np.concatenate([present[:, None], plan.segments[present] / FPS], axis=1)
     return {
-        "id": self._video_id(index),
-        "index": int(index),
-        "labels": plan.labels,
-        "segments": segments.astype(np.float32),
-        "num_frames": self.video_frames,
-        "fps": FPS,
+      "id": self._video_id(index),
+      "index": int(index),
+      "labels": plan.labels,
+      "segments": segments.astype(np.float32),
+      "num_frames": self.video_frames,
+      "fps": FPS,
     }
 
   def load_frames(self, record: base.Record, indices: np.ndarray) -> np.ndarray:
-    return _render(self.plan(record["index"]), np.asarray(indices),
-                   self.video_frames, self.resolution)
+    return _render(
+      self.plan(record["index"]), np.asarray(indices), self.video_frames, self.resolution
+    )
 
   def video(self, index: int) -> np.ndarray:
     """All frames of a video, uint8 [T_v, H, W, 3]."""

@@ -11,8 +11,7 @@ import numpy as np
 from PIL import Image
 
 
-def clip_indices(num_video_frames: int, num_frames: int, rate: int,
-                 start: int) -> np.ndarray:
+def clip_indices(num_video_frames: int, num_frames: int, rate: int, start: int) -> np.ndarray:
   """Frame indices of a clip of `num_frames` frames every `rate` frames.
 
   A clip that runs past the end of a short video repeats its last frame
@@ -30,8 +29,9 @@ def clip_span(num_frames: int, rate: int) -> int:
   return (num_frames - 1) * rate + 1
 
 
-def random_clip_start(rng: np.random.Generator, num_video_frames: int,
-                      num_frames: int, rate: int) -> int:
+def random_clip_start(
+  rng: np.random.Generator, num_video_frames: int, num_frames: int, rate: int
+) -> int:
   """A uniformly random start frame such that the clip fits when it can."""
   return int(rng.integers(0, max(num_video_frames - clip_span(num_frames, rate), 0) + 1))
 
@@ -40,8 +40,9 @@ def center_clip_start(num_video_frames: int, num_frames: int, rate: int) -> int:
   return max(num_video_frames - clip_span(num_frames, rate), 0) // 2
 
 
-def resize(frames: np.ndarray, height: int, width: int,
-           window: tuple[int, int, int, int] | None = None) -> np.ndarray:
+def resize(
+  frames: np.ndarray, height: int, width: int, window: tuple[int, int, int, int] | None = None
+) -> np.ndarray:
   """Bilinear resize of uint8 frames [T, H, W, 3] to [T, height, width, 3].
 
   Pixel centres are at half-integers (as jax.image.resize, torch
@@ -62,7 +63,7 @@ def resize(frames: np.ndarray, height: int, width: int,
   t, h, w, c = frames.shape
   top, left, out_h, out_w = window or (0, 0, height, width)
   if (h, w) == (height, width):
-    return frames[:, top:top + out_h, left:left + out_w]
+    return frames[:, top : top + out_h, left : left + out_w]
   sy, sx = h / height, w / width
   box = (left * sx, top * sy, (left + out_w) * sx, (top + out_h) * sy)
   out = np.empty((t, out_h, out_w, c), np.uint8)
@@ -82,8 +83,9 @@ def resize_short_side(frames: np.ndarray, size: int) -> np.ndarray:
   return resize(frames, *short_side_shape(*frames.shape[1:3], size))
 
 
-def uniform_crop_origin(height: int, width: int, size: int, index: int,
-                        num_crops: int) -> tuple[int, int]:
+def uniform_crop_origin(
+  height: int, width: int, size: int, index: int, num_crops: int
+) -> tuple[int, int]:
   """(top, left) of crop `index` of `num_crops`, spread along the longer side
   (PySlowFast's 3-crop test: first, centre, last) and centred on the shorter
   one; along the width when the frame is square. One crop is the centre crop."""
@@ -95,9 +97,15 @@ def uniform_crop_origin(height: int, width: int, size: int, index: int,
   return (height - size) // 2, offset(width)
 
 
-def train_augment(rng: np.random.Generator, frames: np.ndarray, *,
-                  min_short_side: int, max_short_side: int, crop_size: int,
-                  flip: bool) -> np.ndarray:
+def train_augment(
+  rng: np.random.Generator,
+  frames: np.ndarray,
+  *,
+  min_short_side: int,
+  max_short_side: int,
+  crop_size: int,
+  flip: bool,
+) -> np.ndarray:
   """Short-side scale jitter, random square crop and optional horizontal flip.
 
   Args:
@@ -122,8 +130,9 @@ def train_augment(rng: np.random.Generator, frames: np.ndarray, *,
   return np.ascontiguousarray(frames)
 
 
-def eval_view(frames: np.ndarray, *, short_side: int, crop_size: int,
-              crop_index: int = 0, num_crops: int = 1) -> np.ndarray:
+def eval_view(
+  frames: np.ndarray, *, short_side: int, crop_size: int, crop_index: int = 0, num_crops: int = 1
+) -> np.ndarray:
   """An evaluation view: resize the short side to `short_side`, then take crop
   `crop_index` of `num_crops` (`uniform_crop_origin`), resizing only the crop."""
   height, width = short_side_shape(*frames.shape[1:3], short_side)

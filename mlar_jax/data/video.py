@@ -125,8 +125,7 @@ def decode_frames(path: str, indices) -> np.ndarray:
       start = stream.start_time or 0
       if first > 0:
         # The keyframe at or before `first`; decoding runs forward from it.
-        container.seek(int(start + first / fps / tb), stream=stream, backward=True,
-                       any_frame=False)
+        container.seek(int(start + first / fps / tb), stream=stream, backward=True, any_frame=False)
       for frame in container.decode(stream):
         if frame.pts is None:
           continue
@@ -139,6 +138,9 @@ def decode_frames(path: str, indices) -> np.ndarray:
     raise VideoDecodeError(path, f"decoding failed ({e})") from e
   missing = sorted(wanted - got.keys())
   if missing:
-    raise VideoDecodeError(path, f"frames {missing[:5]}{'...' if len(missing) > 5 else ''} "
-                                 f"not found (truncated or shorter than expected)")
+    raise VideoDecodeError(
+      path,
+      f"frames {missing[:5]}{'...' if len(missing) > 5 else ''} "
+      f"not found (truncated or shorter than expected)",
+    )
   return np.stack([got[int(i)] for i in indices])

@@ -25,17 +25,18 @@ class LinearHead(nn.Module):
     num_classes: number of activities A.
     dropout_rate: dropout on the pooled features while training.
   """
+
   num_classes: int
   dropout_rate: float = 0.5
 
   @nn.compact
-  def __call__(self, features: dict[str, jnp.ndarray], *, train: bool
-               ) -> dict[str, jnp.ndarray]:
+  def __call__(self, features: dict[str, jnp.ndarray], *, train: bool) -> dict[str, jnp.ndarray]:
     """Args: features: {"pooled": [B, D], ...}. Returns {"logits": [B, A] float32}."""
     pooled = features["pooled"].astype(jnp.float32)
     pooled = nn.Dropout(self.dropout_rate, deterministic=not train)(pooled)
-    logits = nn.Dense(self.num_classes, kernel_init=nn.initializers.normal(0.01),
-                      name="classifier")(pooled)
+    logits = nn.Dense(
+      self.num_classes, kernel_init=nn.initializers.normal(0.01), name="classifier"
+    )(pooled)
     return {"logits": logits}
 
 
@@ -56,14 +57,16 @@ class GroupedLinear(nn.Module):
   [..., C] -> [..., C']: channels split into n groups of C/n, each mapped to
   C'/n by its own [C/n, C'/n] matrix; n times fewer weights than dense.
   """
+
   features: int
   groups: int
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     c, n = x.shape[-1], self.groups
-    w = self.param("kernel", nn.initializers.lecun_normal(batch_axis=(0,)),
-                   (n, c // n, self.features // n))
+    w = self.param(
+      "kernel", nn.initializers.lecun_normal(batch_axis=(0,)), (n, c // n, self.features // n)
+    )
     y = jnp.einsum("...gc,gcd->...gd", x.reshape(*x.shape[:-1], n, c // n), w)
     return y.reshape(*x.shape[:-1], self.features)
 
@@ -128,6 +131,7 @@ class MLARHead(nn.Module):
       key it gets is unused); the mask is then read from the variables, so
       the module itself holds no [A, A] array.
   """
+
   num_classes: int
   num_observations: int = 64
   groups: int = 32
@@ -138,8 +142,7 @@ class MLARHead(nn.Module):
   mask_init: Callable[..., jnp.ndarray] = nn.initializers.zeros
 
   @nn.compact
-  def __call__(self, features: dict[str, jnp.ndarray], *, train: bool
-               ) -> dict[str, jnp.ndarray]:
+  def __call__(self, features: dict[str, jnp.ndarray], *, train: bool) -> dict[str, jnp.ndarray]:
     """Args: features: {"map": [B, T, H, W, C], ...}. Returns {"logits", "logits_activity"}: [B, A]
     ("logits" only when use_correlation=False).
 
@@ -161,20 +164,20 @@ class MLARHead(nn.Module):
     w_gamma = self.param("obs_gamma", init, shape)
 
     # 1. Observations. q_k = g^beta_k(F_f at the last position).
-    q = jnp.einsum("bgc,kgcd->bkgd", f[:, -1], w_beta)               # [B, K, n, C'/n]
+    q = jnp.einsum("bgc,kgcd->bkgd", f[:, -1], w_beta)  # [B, K, n, C'/n]
     # q_k . g^gamma_k(F_f)_p = (W^gamma_k^T q_k) . F_f,p
-    u = jnp.einsum("bkgd,kgcd->bkgc", q, w_gamma)                     # [B, K, n, C/n]
+    u = jnp.einsum("bkgd,kgcd->bkgc", q, w_gamma)  # [B, K, n, C/n]
     attn_obs = jax.nn.softmax(jnp.einsum("bpgc,bkgc->bkp", f, u) * scale, axis=-1)
-    pooled = jnp.einsum("bkp,bpgc->bkgc", attn_obs, f)                # [B, K, n, C/n]
+    pooled = jnp.einsum("bkp,bpgc->bkgc", attn_obs, f)  # [B, K, n, C/n]
     obs = jnp.einsum("bkgc,kgcd->bkgd", pooled, w_alpha).reshape(b, k, d)
     self.sow("intermediates", "attn_obs", attn_obs.reshape(b, k, t, h, w))
 
     # 2. Activity-specific features.
     if self.use_activity_specific:
       queries = self.param("activity_queries", nn.initializers.normal(1.0), (a, d))
-      keys = GroupedLinear(d, n, name="activity_keys")(obs)          # [B, K, C']
+      keys = GroupedLinear(d, n, name="activity_keys")(obs)  # [B, K, C']
       attn_act = jax.nn.softmax(jnp.einsum("ad,bkd->bak", queries, keys) * scale, axis=-1)
-      f_a = jnp.einsum("bak,bkd->bad", attn_act, obs)                 # [B, A, C']
+      f_a = jnp.einsum("bak,bkd->bad", attn_act, obs)  # [B, A, C']
       # Activities may be split over the mesh's `model` axis (many classes).
       f_a = nn.with_logical_constraint(f_a, ("batch", "activities", "features"))
       self.sow("intermediates", "attn_activity", attn_act)
@@ -189,13 +192,14 @@ class MLARHead(nn.Module):
 
     # 3. Correlation map.
     # No key: the mask is data (the training labels'), not a random draw.
-    mask = self.variable("constants", "correlation_mask", self.mask_init,
-                         None, (a, a), jnp.float32).value
+    mask = self.variable(
+      "constants", "correlation_mask", self.mask_init, None, (a, a), jnp.float32
+    ).value
     qc = GroupedLinear(d, n, name="corr_beta")(f_a)
     kc = GroupedLinear(d, n, name="corr_gamma")(f_a)
     attn_corr = jax.nn.softmax(jnp.einsum("bjd,bkd->bjk", qc, kc) * scale, axis=-1)
     self.sow("intermediates", "attn_corr", attn_corr)
-    f_ac = jnp.einsum("bjk,bkd->bjd", attn_corr + mask, f_a)            # [B, A, C']
+    f_ac = jnp.einsum("bjk,bkd->bjd", attn_corr + mask, f_a)  # [B, A, C']
     outputs["logits"] = self._output(f_ac, "out_corr", train)
     return outputs
 

@@ -65,6 +65,7 @@ class Conv3D(nn.Module):
       on the small layers of the CPU demo).
     * "auto": "folded" on CPU, "native" elsewhere.
   """
+
   features: int
   kernel_size: tuple[int, int, int]
   strides: tuple[int, int, int] = (1, 1, 1)
@@ -78,27 +79,33 @@ class Conv3D(nn.Module):
   def _pads(self, shape: tuple[int, ...]) -> list[tuple[int, int, int]]:
     if self.padding not in PADDINGS:
       raise ValueError(f"Conv3D padding must be one of {sorted(PADDINGS)}, got {self.padding!r}")
-    return [PADDINGS[self.padding](n, k, s)
-            for n, k, s in zip(shape, self.kernel_size, self.strides)]
+    return [
+      PADDINGS[self.padding](n, k, s) for n, k, s in zip(shape, self.kernel_size, self.strides)
+    ]
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     kt, kh, kw = self.kernel_size
     cin = x.shape[-1]
     if cin % self.groups or self.features % self.groups:
-      raise ValueError(f"Conv3D {self.name}: channels {cin} -> {self.features} are not "
-                       f"divisible by groups={self.groups}")
-    kernel = self.param("kernel", self.kernel_init,
-                        (kt, kh, kw, cin // self.groups, self.features))
+      raise ValueError(
+        f"Conv3D {self.name}: channels {cin} -> {self.features} are not "
+        f"divisible by groups={self.groups}"
+      )
+    kernel = self.param("kernel", self.kernel_init, (kt, kh, kw, cin // self.groups, self.features))
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
     impl = self.impl
     if impl == "auto":
       impl = "folded" if jax.default_backend() == "cpu" else "native"
     if impl == "native":
       y = lax.conv_general_dilated(
-          x, kernel, self.strides, [(lo, hi) for _, lo, hi in self._pads(x.shape[1:4])],
-          dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
-          feature_group_count=self.groups)
+        x,
+        kernel,
+        self.strides,
+        [(lo, hi) for _, lo, hi in self._pads(x.shape[1:4])],
+        dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
+        feature_group_count=self.groups,
+      )
     elif impl == "folded":
       y = self._folded(x, kernel)
     else:
@@ -117,11 +124,16 @@ class Conv3D(nn.Module):
     # taps[..., c * kt + dt] = x[t * st + dt, c]: one frame per output time.
     # Channel-major, so each channel group's taps stay contiguous for
     # feature_group_count.
-    taps = jnp.stack([x[:, dt:dt + last:st] for dt in range(kt)], axis=-1)
+    taps = jnp.stack([x[:, dt : dt + last : st] for dt in range(kt)], axis=-1)
     taps = taps.reshape(b * t_out, h, w, cin * kt)
     cg = cin // self.groups
     k2d = jnp.transpose(kernel, (1, 2, 3, 0, 4)).reshape(kh, kw, cg * kt, self.features)
-    y = lax.conv_general_dilated(taps, k2d, (sh, sw), [(lo, hi) for _, lo, hi in spatial],
-                                 dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                 feature_group_count=self.groups)
+    y = lax.conv_general_dilated(
+      taps,
+      k2d,
+      (sh, sw),
+      [(lo, hi) for _, lo, hi in spatial],
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      feature_group_count=self.groups,
+    )
     return y.reshape(b, t_out, *y.shape[1:])

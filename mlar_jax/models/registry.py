@@ -9,10 +9,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
-from mlar_jax import config_lib
-from mlar_jax import registry
-from mlar_jax.models import heads
-from mlar_jax.models import layers
+from mlar_jax import config_lib, registry
+from mlar_jax.models import heads, layers
 from mlar_jax.models import video_resnets as vr
 
 # name -> backbone constructor (a `flax.linen.Module` class with its
@@ -45,50 +43,99 @@ XLA_CONV = dict(padding="SAME", kernel_init=nn.initializers.lecun_normal())
 # PyTorchVideo hub names where they exist; `*_tiny` keep each family's
 # structure at widths/depths a CPU test or the demo can afford.
 ARCHS = {
-    "i3d_r50": partial(vr.ResNet, depths=R50, stem_kernel=(5, 7, 7), pool1=True,
-                       conv_a_t=I3D_CONV_A),
-    "slow_r50": partial(vr.ResNet, depths=R50, stem_kernel=(1, 7, 7), conv_a_t=SLOW_CONV_A),
-    "nl_r50": partial(vr.ResNet, depths=R50, stem_kernel=(5, 7, 7), pool1=True,
-                      conv_a_t=I3D_CONV_A, nonlocal_blocks=NL_BLOCKS),
-    "nl_r101": partial(vr.ResNet, depths=R101, stem_kernel=(5, 7, 7), pool1=True,
-                       conv_a_t=I3D_CONV_A, nonlocal_blocks=NL_BLOCKS),
-    "slowfast_r50": partial(vr.SlowFast, depths=R50, fusion_kernel=7),
-    "slowfast_r101": partial(vr.SlowFast, depths=R101, fusion_kernel=5),
-    "csn_r152": partial(vr.ResNet, depths=R152, block=CSN_BLOCK, stem_kernel=(3, 7, 7),
-                        conv_a_t=((1,),) * 4, temporal_strides=(1, 2, 2, 2)),
-    # X3D-XS/S/M share the network; they differ in input (4x160, 13x160,
-    # 16x224 frames x crop: config.data).
-    "x3d_xs": partial(vr.X3D, width_factor=2.0, depth_factor=2.2),
-    "x3d_s": partial(vr.X3D, width_factor=2.0, depth_factor=2.2),
-    "x3d_m": partial(vr.X3D, width_factor=2.0, depth_factor=2.2),
-    "x3d_l": partial(vr.X3D, width_factor=2.0, depth_factor=5.0),
-    # 8 segments = 8 input frames.
-    "tsm_r50": partial(vr.ResNet, depths=R50, block=TSM_BLOCK, stem_kernel=(1, 7, 7),
-                       conv_a_t=((1,),) * 4),
-    # R3D-18 (Tran et al. 2018; torchvision's r3d_18): 3x3x3 everywhere.
-    "r3d_18": partial(vr.ResNet, depths=(2, 2, 2, 2), block=vr.BasicBlock,
-                      stem_kernel=(3, 7, 7), stem_pool=False, conv_a_t=((3,),) * 4,
-                      temporal_strides=(1, 2, 2, 2)),
-    # Plain 3D ResNets of one basic block per stage: the CPU demo and tests
-    # (16-64 channels), and a 32-256 channel one.
-    "resnet3d_tiny": partial(vr.ResNet, depths=(1, 1, 1), block=vr.BasicBlock, stem_width=16,
-                             stem_kernel=(3, 5, 5), stem_pool=False, conv_a_t=((3,),) * 3,
-                             **XLA_CONV),
-    "resnet3d_small": partial(vr.ResNet, depths=TINY, block=vr.BasicBlock, stem_width=32,
-                              stem_kernel=(3, 5, 5), stem_pool=False, conv_a_t=SLOW_CONV_A,
-                              **XLA_CONV),
-    "i3d_tiny": partial(vr.ResNet, depths=TINY, stem_width=8, stem_kernel=(5, 7, 7),
-                        pool1=True, conv_a_t=I3D_CONV_A),
-    "nl_tiny": partial(vr.ResNet, depths=TINY, stem_width=8, stem_kernel=(5, 7, 7),
-                       conv_a_t=I3D_CONV_A, nonlocal_blocks=NL_TINY),
-    "slowfast_tiny": partial(vr.SlowFast, depths=TINY, stem_width=16, beta_inv=4),
-    "csn_tiny": partial(vr.ResNet, depths=TINY, block=CSN_BLOCK, stem_width=8,
-                        stem_kernel=(3, 7, 7), conv_a_t=((1,),) * 4,
-                        temporal_strides=(1, 2, 2, 2)),
-    "x3d_tiny": partial(vr.X3D, width_factor=1.0, depth_factor=1.0, stem_width=8,
-                        head_width=256),
-    "tsm_tiny": partial(vr.ResNet, depths=TINY, block=TSM_BLOCK, stem_width=8,
-                        conv_a_t=((1,),) * 4),
+  "i3d_r50": partial(vr.ResNet, depths=R50, stem_kernel=(5, 7, 7), pool1=True, conv_a_t=I3D_CONV_A),
+  "slow_r50": partial(vr.ResNet, depths=R50, stem_kernel=(1, 7, 7), conv_a_t=SLOW_CONV_A),
+  "nl_r50": partial(
+    vr.ResNet,
+    depths=R50,
+    stem_kernel=(5, 7, 7),
+    pool1=True,
+    conv_a_t=I3D_CONV_A,
+    nonlocal_blocks=NL_BLOCKS,
+  ),
+  "nl_r101": partial(
+    vr.ResNet,
+    depths=R101,
+    stem_kernel=(5, 7, 7),
+    pool1=True,
+    conv_a_t=I3D_CONV_A,
+    nonlocal_blocks=NL_BLOCKS,
+  ),
+  "slowfast_r50": partial(vr.SlowFast, depths=R50, fusion_kernel=7),
+  "slowfast_r101": partial(vr.SlowFast, depths=R101, fusion_kernel=5),
+  "csn_r152": partial(
+    vr.ResNet,
+    depths=R152,
+    block=CSN_BLOCK,
+    stem_kernel=(3, 7, 7),
+    conv_a_t=((1,),) * 4,
+    temporal_strides=(1, 2, 2, 2),
+  ),
+  # X3D-XS/S/M share the network; they differ in input (4x160, 13x160,
+  # 16x224 frames x crop: config.data).
+  "x3d_xs": partial(vr.X3D, width_factor=2.0, depth_factor=2.2),
+  "x3d_s": partial(vr.X3D, width_factor=2.0, depth_factor=2.2),
+  "x3d_m": partial(vr.X3D, width_factor=2.0, depth_factor=2.2),
+  "x3d_l": partial(vr.X3D, width_factor=2.0, depth_factor=5.0),
+  # 8 segments = 8 input frames.
+  "tsm_r50": partial(
+    vr.ResNet, depths=R50, block=TSM_BLOCK, stem_kernel=(1, 7, 7), conv_a_t=((1,),) * 4
+  ),
+  # R3D-18 (Tran et al. 2018; torchvision's r3d_18): 3x3x3 everywhere.
+  "r3d_18": partial(
+    vr.ResNet,
+    depths=(2, 2, 2, 2),
+    block=vr.BasicBlock,
+    stem_kernel=(3, 7, 7),
+    stem_pool=False,
+    conv_a_t=((3,),) * 4,
+    temporal_strides=(1, 2, 2, 2),
+  ),
+  # Plain 3D ResNets of one basic block per stage: the CPU demo and tests
+  # (16-64 channels), and a 32-256 channel one.
+  "resnet3d_tiny": partial(
+    vr.ResNet,
+    depths=(1, 1, 1),
+    block=vr.BasicBlock,
+    stem_width=16,
+    stem_kernel=(3, 5, 5),
+    stem_pool=False,
+    conv_a_t=((3,),) * 3,
+    **XLA_CONV,
+  ),
+  "resnet3d_small": partial(
+    vr.ResNet,
+    depths=TINY,
+    block=vr.BasicBlock,
+    stem_width=32,
+    stem_kernel=(3, 5, 5),
+    stem_pool=False,
+    conv_a_t=SLOW_CONV_A,
+    **XLA_CONV,
+  ),
+  "i3d_tiny": partial(
+    vr.ResNet, depths=TINY, stem_width=8, stem_kernel=(5, 7, 7), pool1=True, conv_a_t=I3D_CONV_A
+  ),
+  "nl_tiny": partial(
+    vr.ResNet,
+    depths=TINY,
+    stem_width=8,
+    stem_kernel=(5, 7, 7),
+    conv_a_t=I3D_CONV_A,
+    nonlocal_blocks=NL_TINY,
+  ),
+  "slowfast_tiny": partial(vr.SlowFast, depths=TINY, stem_width=16, beta_inv=4),
+  "csn_tiny": partial(
+    vr.ResNet,
+    depths=TINY,
+    block=CSN_BLOCK,
+    stem_width=8,
+    stem_kernel=(3, 7, 7),
+    conv_a_t=((1,),) * 4,
+    temporal_strides=(1, 2, 2, 2),
+  ),
+  "x3d_tiny": partial(vr.X3D, width_factor=1.0, depth_factor=1.0, stem_width=8, head_width=256),
+  "tsm_tiny": partial(vr.ResNet, depths=TINY, block=TSM_BLOCK, stem_width=8, conv_a_t=((1,),) * 4),
 }
 for _name, _arch in ARCHS.items():
   BACKBONES.register(_name)(_arch)
@@ -99,7 +146,8 @@ def build_backbone(cfg: ml_collections.ConfigDict) -> nn.Module:
   (`config.model`): dtype, frozen_bn, conv_impl. Maps [B, T, H, W, 3] to
   {"map": [B, T', H', W', C], "pooled": [B, D]}."""
   return BACKBONES.get(cfg.backbone)(
-      dtype=DTYPES[cfg.dtype], frozen_bn=cfg.frozen_bn, conv_impl=cfg.conv_impl)
+    dtype=DTYPES[cfg.dtype], frozen_bn=cfg.frozen_bn, conv_impl=cfg.conv_impl
+  )
 
 
 @HEADS.register("linear")
@@ -116,13 +164,20 @@ def _mlar(cfg, num_classes, class_stats):
   if class_stats is not None:
     mask_init = nn.initializers.constant(heads.correlation_mask(class_stats.cooccurrence))
   return heads.MLARHead(
-      num_classes, num_observations=m.num_observations, groups=m.groups,
-      features=m.features, use_activity_specific=m.use_activity_specific,
-      use_correlation=m.use_correlation, dropout_rate=cfg.dropout_rate, mask_init=mask_init)
+    num_classes,
+    num_observations=m.num_observations,
+    groups=m.groups,
+    features=m.features,
+    use_activity_specific=m.use_activity_specific,
+    use_correlation=m.use_correlation,
+    dropout_rate=cfg.dropout_rate,
+    mask_init=mask_init,
+  )
 
 
 class VideoClassifier(nn.Module):
   """Backbone then head: [B, T, H, W, 3] -> dict of [B, A] logits."""
+
   backbone: nn.Module
   head: nn.Module
 
@@ -130,8 +185,9 @@ class VideoClassifier(nn.Module):
     return self.head(self.backbone(video, train=train), train=train)
 
 
-def build_model(cfg: ml_collections.ConfigDict, num_classes: int,
-                class_stats: Any = None) -> VideoClassifier:
+def build_model(
+  cfg: ml_collections.ConfigDict, num_classes: int, class_stats: Any = None
+) -> VideoClassifier:
   """The model named by `cfg.backbone` and `cfg.head`.
 
   Args:
@@ -142,8 +198,8 @@ def build_model(cfg: ml_collections.ConfigDict, num_classes: int,
       gives those heads placeholder values (shapes, parameter counts).
   """
   return VideoClassifier(
-      backbone=build_backbone(cfg),
-      head=HEADS.get(cfg.head)(cfg, num_classes, class_stats))
+    backbone=build_backbone(cfg), head=HEADS.get(cfg.head)(cfg, num_classes, class_stats)
+  )
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -152,11 +208,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   config_lib.check_choice(config, "model.head", HEADS.names())
   config_lib.check_choice(config, "model.dtype", DTYPES)
   config_lib.check_choice(config, "model.conv_impl", layers.CONV_IMPLS)
-  config_lib.check_positive(config, "model.mlar.num_observations", "model.mlar.groups",
-                            "model.mlar.features")
+  config_lib.check_positive(
+    config, "model.mlar.num_observations", "model.mlar.groups", "model.mlar.features"
+  )
   m = config.model.mlar
   if m.features % m.groups:
-    config_lib.fail("model.mlar.features", m.features,
-                    f"must be divisible by model.mlar.groups={m.groups}")
+    config_lib.fail(
+      "model.mlar.features", m.features, f"must be divisible by model.mlar.groups={m.groups}"
+    )
   if not 0.0 <= config.model.dropout_rate < 1.0:
     config_lib.fail("model.dropout_rate", config.model.dropout_rate, "must be in [0, 1)")

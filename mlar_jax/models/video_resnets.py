@@ -29,7 +29,6 @@ Activations carry logical axis names ("batch", "time", "height", "width",
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any, Callable, Sequence
 
@@ -54,6 +53,7 @@ class _Common(nn.Module):
   "SAME" and LeCun-normal init (`layers.Conv3D`'s defaults), which train
   better at 16-64 channels on the embedded data (measured: README, demo).
   """
+
   dtype: Dtype = jnp.float32
   frozen_bn: bool = False
   conv_impl: str = "auto"
@@ -65,15 +65,27 @@ class _Common(nn.Module):
     return {f: getattr(self, f) for f in _SHARED}
 
   def conv(self, *args, **kw) -> layers.Conv3D:
-    return layers.Conv3D(*args, padding=self.padding, dtype=self.dtype, impl=self.conv_impl,
-                         kernel_init=self.kernel_init, **kw)
+    return layers.Conv3D(
+      *args,
+      padding=self.padding,
+      dtype=self.dtype,
+      impl=self.conv_impl,
+      kernel_init=self.kernel_init,
+      **kw,
+    )
 
   def norm(self, train: bool, **kw) -> nn.BatchNorm:
-    return nn.BatchNorm(use_running_average=not train or self.frozen_bn,
-                        momentum=0.9, epsilon=1e-5, dtype=self.dtype, **kw)
+    return nn.BatchNorm(
+      use_running_average=not train or self.frozen_bn,
+      momentum=0.9,
+      epsilon=1e-5,
+      dtype=self.dtype,
+      **kw,
+    )
 
-  def shortcut(self, x: jnp.ndarray, out: int, strides: tuple[int, int, int],
-               train: bool) -> jnp.ndarray:
+  def shortcut(
+    self, x: jnp.ndarray, out: int, strides: tuple[int, int, int], train: bool
+  ) -> jnp.ndarray:
     """A residual block's shortcut: x [B, T, H, W, C], or its strided 1x1x1
     projection and BN [B, T', H', W', out] when the block changes the shape."""
     if x.shape[-1] == out and strides == (1, 1, 1):
@@ -91,12 +103,13 @@ def temporal_shift(x: jnp.ndarray, fold_div: int) -> jnp.ndarray:
   are zero-filled. [B, T, H, W, C] -> same."""
   fold = x.shape[-1] // fold_div
   back = jnp.pad(x[:, 1:, ..., :fold], ((0, 0), (0, 1), (0, 0), (0, 0), (0, 0)))
-  fwd = jnp.pad(x[:, :-1, ..., fold:2 * fold], ((0, 0), (1, 0), (0, 0), (0, 0), (0, 0)))
-  return jnp.concatenate([back, fwd, x[..., 2 * fold:]], axis=-1)
+  fwd = jnp.pad(x[:, :-1, ..., fold : 2 * fold], ((0, 0), (1, 0), (0, 0), (0, 0), (0, 0)))
+  return jnp.concatenate([back, fwd, x[..., 2 * fold :]], axis=-1)
 
 
 class Stem(_Common):
   """Conv (kt x 7 x 7, spatial stride 2), BN, ReLU, optional 1x3x3 max pool."""
+
   features: int = 64
   kernel: tuple[int, int, int] = (1, 7, 7)
   pool: bool = True
@@ -119,6 +132,7 @@ class Bottleneck(_Common):
   `depthwise` makes conv_b channel-separated (ir-CSN); `shift_div` > 0 shifts
   the residual branch's input in time first (TSM).
   """
+
   width: int = 64
   conv_a_t: int = 1
   conv_b_t: int = 1
@@ -138,8 +152,13 @@ class Bottleneck(_Common):
     y = temporal_shift(x, self.shift_div) if self.shift_div else x
     y = self.conv(self.width, (self.conv_a_t, 1, 1), a_stride, name="conv_a")(y)
     y = nn.relu(self.norm(train, name="bn_a")(y))
-    y = self.conv(self.width, (self.conv_b_t, 3, 3), b_stride,
-                  groups=self.width if self.depthwise else 1, name="conv_b")(y)
+    y = self.conv(
+      self.width,
+      (self.conv_b_t, 3, 3),
+      b_stride,
+      groups=self.width if self.depthwise else 1,
+      name="conv_b",
+    )(y)
     y = nn.relu(self.norm(train, name="bn_b")(y))
     y = self.conv(out, (1, 1, 1), name="conv_c")(y)
     # Zero-initialised last scale: each block starts as the identity.
@@ -155,6 +174,7 @@ class BasicBlock(_Common):
   Takes the attributes `ResNet` gives every block; `conv_a_t` is the
   temporal kernel of both convolutions.
   """
+
   width: int = 64
   conv_a_t: int = 3
   spatial_stride: int = 1
@@ -179,6 +199,7 @@ class NonLocal(_Common):
   with bias to C/2, a 1x2x2 max pool on phi and g, similarities scaled by
   (C/2)^-0.5, output conv and a zero-initialised BN, added to the input.
   """
+
   pool: tuple[int, int, int] = (1, 2, 2)
 
   @nn.compact
@@ -187,12 +208,13 @@ class NonLocal(_Common):
     inner = c // 2
     conv = lambda name: self.conv(inner, (1, 1, 1), use_bias=True, name=name)
     theta = conv("theta")(x).reshape(b, -1, inner)
-    pooled = nn.max_pool(x, self.pool, self.pool, padding="VALID") if any(
-        p > 1 for p in self.pool) else x
+    pooled = (
+      nn.max_pool(x, self.pool, self.pool, padding="VALID") if any(p > 1 for p in self.pool) else x
+    )
     phi = conv("phi")(pooled).reshape(b, -1, inner)
     g = conv("g")(pooled).reshape(b, -1, inner)
     attn = jnp.einsum("bqc,bkc->bqk", theta.astype(jnp.float32), phi.astype(jnp.float32))
-    attn = nn.softmax(attn * inner ** -0.5, axis=-1).astype(self.dtype)
+    attn = nn.softmax(attn * inner**-0.5, axis=-1).astype(self.dtype)
     y = jnp.einsum("bqk,bkc->bqc", attn, g).reshape(b, t, h, w, inner)
     y = self.conv(c, (1, 1, 1), use_bias=True, name="out")(y)
     return x + self.norm(train, name="bn", scale_init=nn.initializers.zeros)(y)
@@ -225,6 +247,7 @@ class ResNet(_Common):
     nonlocal_blocks: per stage, the block indices after which a non-local
       block is inserted; empty for none.
   """
+
   block: Any = Bottleneck
   depths: Sequence[int] = (3, 4, 6, 3)
   conv_a_t: Sequence[Sequence[int]] = ((1,), (1,), (3,), (3,))
@@ -240,17 +263,22 @@ class ResNet(_Common):
     """Args: x: [B, T, H, W, 3]. Returns {"map": [B, T', H', W', C], "pooled": [B, C]}:
     H' = H / 2^(stages + 1) with the stem pool, H / 2^stages without."""
     common = self.shared()
-    x = Stem(features=self.stem_width, kernel=self.stem_kernel, pool=self.stem_pool,
-             name="stem", **common)(x.astype(self.dtype), train=train)
+    x = Stem(
+      features=self.stem_width, kernel=self.stem_kernel, pool=self.stem_pool, name="stem", **common
+    )(x.astype(self.dtype), train=train)
     width = self.stem_width
     for i, depth in enumerate(self.depths):
       nonlocal_after = self.nonlocal_blocks[i] if self.nonlocal_blocks else ()
       for j, kt in enumerate(_cycle(self.conv_a_t[i], depth)):
         first = j == 0
         x = self.block(
-            width=width, conv_a_t=kt, spatial_stride=2 if first and i > 0 else 1,
-            temporal_stride=self.temporal_strides[i] if first and self.temporal_strides else 1,
-            name=f"res{i + 2}_block{j}", **common)(x, train=train)
+          width=width,
+          conv_a_t=kt,
+          spatial_stride=2 if first and i > 0 else 1,
+          temporal_stride=self.temporal_strides[i] if first and self.temporal_strides else 1,
+          name=f"res{i + 2}_block{j}",
+          **common,
+        )(x, train=train)
         if j in nonlocal_after:
           x = NonLocal(name=f"res{i + 2}_nonlocal{j}", **common)(x, train=train)
       if i == 0 and self.pool1:
@@ -274,6 +302,7 @@ class SlowFast(_Common):
   Input: the Fast clip [B, T, H, W, 3]; the Slow clip is taken from it
   (`slow_indices`). T must be a multiple of alpha.
   """
+
   depths: Sequence[int] = (3, 4, 6, 3)
   alpha: int = 4
   beta_inv: int = 8
@@ -299,13 +328,19 @@ class SlowFast(_Common):
     slow = self._fuse(slow, fast, "fuse_stem", train)
     out = w * 4
     for i, depth in enumerate(self.depths):
-      for path, kt, width in (("slow", self.slow_conv_a_t[i], out),
-                              ("fast", self.fast_conv_a_t[i], out // beta)):
+      for path, kt, width in (
+        ("slow", self.slow_conv_a_t[i], out),
+        ("fast", self.fast_conv_a_t[i], out // beta),
+      ):
         y = slow if path == "slow" else fast
         for j in range(depth):
-          y = Bottleneck(width=width // 4, conv_a_t=kt,
-                         spatial_stride=2 if j == 0 and i > 0 else 1,
-                         name=f"{path}_res{i + 2}_block{j}", **common)(y, train=train)
+          y = Bottleneck(
+            width=width // 4,
+            conv_a_t=kt,
+            spatial_stride=2 if j == 0 and i > 0 else 1,
+            name=f"{path}_res{i + 2}_block{j}",
+            **common,
+          )(y, train=train)
         slow, fast = (y, fast) if path == "slow" else (slow, y)
       if i < len(self.depths) - 1:
         slow = self._fuse(slow, fast, f"fuse_res{i + 2}", train)
@@ -316,8 +351,9 @@ class SlowFast(_Common):
 
   def _fuse(self, slow, fast, name: str, train: bool) -> jnp.ndarray:
     k = self.fusion_kernel
-    y = self.conv(fast.shape[-1] * self.fusion_ratio, (k, 1, 1), (self.alpha, 1, 1),
-                  name=f"{name}_conv")(fast)
+    y = self.conv(
+      fast.shape[-1] * self.fusion_ratio, (k, 1, 1), (self.alpha, 1, 1), name=f"{name}_conv"
+    )(fast)
     y = nn.relu(self.norm(train, name=f"{name}_bn")(y))
     return jnp.concatenate([slow, y], axis=-1)
 
@@ -331,6 +367,7 @@ def round_width(width: float, multiplier: float, min_width: int = 8, divisor: in
 
 class X3DBlock(_Common):
   """1x1x1 -> depthwise 3x3x3 (strided) -> BN -> [SE] -> swish -> 1x1x1."""
+
   inner: int = 54
   out: int = 24
   stride: int = 1
@@ -345,8 +382,9 @@ class X3DBlock(_Common):
     y = self.norm(train, name="bn_b")(y)
     if self.se_ratio:
       se = jnp.mean(y, axis=(1, 2, 3), keepdims=True)
-      se = nn.relu(nn.Dense(round_width(self.inner, self.se_ratio), dtype=self.dtype,
-                            name="se_reduce")(se))
+      se = nn.relu(
+        nn.Dense(round_width(self.inner, self.se_ratio), dtype=self.dtype, name="se_reduce")(se)
+      )
       y = y * nn.sigmoid(nn.Dense(self.inner, dtype=self.dtype, name="se_expand")(se))
     y = nn.swish(y)
     y = self.conv(self.out, (1, 1, 1), name="conv_c")(y)
@@ -370,6 +408,7 @@ class X3D(_Common):
     se_ratio: squeeze-excitation reduction on every other block.
     head_width: lin5 features (2048).
   """
+
   width_factor: float = 2.0
   depth_factor: float = 2.2
   bottleneck_factor: float = 2.25
@@ -393,9 +432,14 @@ class X3D(_Common):
       out = round_width(dim, self.width_factor)
       inner = int(self.bottleneck_factor * out)
       for j in range(int(math.ceil(self.depth_factor * base))):
-        x = X3DBlock(inner=inner, out=out, stride=2 if j == 0 else 1,
-                     se_ratio=self.se_ratio if j % 2 == 0 else 0.0,
-                     name=f"res{i + 2}_block{j}", **common)(x, train=train)
+        x = X3DBlock(
+          inner=inner,
+          out=out,
+          stride=2 if j == 0 else 1,
+          se_ratio=self.se_ratio if j % 2 == 0 else 0.0,
+          name=f"res{i + 2}_block{j}",
+          **common,
+        )(x, train=train)
     x = self.conv(inner, (1, 1, 1), name="conv5")(x)
     x = nn.relu(self.norm(train, name="conv5_bn")(x))
     pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2, 3))

@@ -31,14 +31,11 @@ from typing import Any
 
 import ml_collections
 import numpy as np
-from absl import app
-from absl import flags
-from absl import logging
+from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mlar_jax import cli
+from mlar_jax import cli, train
 from mlar_jax.tools import speed_invariant
-from mlar_jax import train
 
 FLAGS = flags.FLAGS
 
@@ -55,34 +52,52 @@ def define_flags() -> None:
 
 # study -> [(variant name, {dotted config key: value})]
 STUDIES: dict[str, list[tuple[str, dict[str, Any]]]] = {
-    "heads": [
-        ("baseline", {"model.head": "linear"}),
-        ("no_activity_specific", {"model.head": "mlar",
-                                  "model.mlar.use_activity_specific": False,
-                                  "model.mlar.use_correlation": True}),
-        ("no_correlation", {"model.head": "mlar",
-                            "model.mlar.use_activity_specific": True,
-                            "model.mlar.use_correlation": False}),
-        ("complete", {"model.head": "mlar",
-                      "model.mlar.use_activity_specific": True,
-                      "model.mlar.use_correlation": True}),
-    ],
-    "rates": [
-        ("4", {"stage2.rates": (4,), "eval.views": ((4, 10),), "eval.spatial_crops": 3}),
-        ("2+4", {"stage2.rates": (2, 4), "eval.views": ((2, 5), (4, 5)),
-                 "eval.spatial_crops": 3}),
-        ("2+4+8", {"stage2.rates": (2, 4, 8), "eval.views": ((2, 3), (4, 4), (8, 3)),
-                   "eval.spatial_crops": 3}),
-    ],
+  "heads": [
+    ("baseline", {"model.head": "linear"}),
+    (
+      "no_activity_specific",
+      {
+        "model.head": "mlar",
+        "model.mlar.use_activity_specific": False,
+        "model.mlar.use_correlation": True,
+      },
+    ),
+    (
+      "no_correlation",
+      {
+        "model.head": "mlar",
+        "model.mlar.use_activity_specific": True,
+        "model.mlar.use_correlation": False,
+      },
+    ),
+    (
+      "complete",
+      {
+        "model.head": "mlar",
+        "model.mlar.use_activity_specific": True,
+        "model.mlar.use_correlation": True,
+      },
+    ),
+  ],
+  "rates": [
+    ("4", {"stage2.rates": (4,), "eval.views": ((4, 10),), "eval.spatial_crops": 3}),
+    ("2+4", {"stage2.rates": (2, 4), "eval.views": ((2, 5), (4, 5)), "eval.spatial_crops": 3}),
+    (
+      "2+4+8",
+      {"stage2.rates": (2, 4, 8), "eval.views": ((2, 3), (4, 4), (8, 3)), "eval.spatial_crops": 3},
+    ),
+  ],
 }
 STUDIES["losses"] = [
-    (name, {"loss.name": name, "loss.class_weights": "min_over_count"})
-    for name in ("bce", "warp", "lsep", "wlsep")]
+  (name, {"loss.name": name, "loss.class_weights": "min_over_count"})
+  for name in ("bce", "warp", "lsep", "wlsep")
+]
 TWO_STAGE = {"rates"}
 
 
-def variant_config(base: ml_collections.ConfigDict, overrides: dict[str, Any],
-                   seed: int) -> ml_collections.ConfigDict:
+def variant_config(
+  base: ml_collections.ConfigDict, overrides: dict[str, Any], seed: int
+) -> ml_collections.ConfigDict:
   config = copy.deepcopy(base)
   with config.unlocked():
     for key, value in {**overrides, "seed": seed}.items():
@@ -94,16 +109,18 @@ def variant_config(base: ml_collections.ConfigDict, overrides: dict[str, Any],
   return config
 
 
-def run_study(base: ml_collections.ConfigDict, study: str, seeds: list[int],
-              workdir: str) -> list[dict[str, Any]]:
+def run_study(
+  base: ml_collections.ConfigDict, study: str, seeds: list[int], workdir: str
+) -> list[dict[str, Any]]:
   """Trains and evaluates every (variant, seed); returns one row per variant."""
   rows = []
   for name, overrides in STUDIES[study]:
     maps = []
     for seed in seeds:
       run_dir = os.path.join(workdir, name, f"seed_{seed}")
-      results_path = os.path.join(run_dir, "stage2" if study in TWO_STAGE else "",
-                                  "eval_results.json")
+      results_path = os.path.join(
+        run_dir, "stage2" if study in TWO_STAGE else "", "eval_results.json"
+      )
       config = variant_config(base, overrides, seed)
       if os.path.exists(results_path):
         with open(results_path) as f:
@@ -111,26 +128,35 @@ def run_study(base: ml_collections.ConfigDict, study: str, seeds: list[int],
       elif study in TWO_STAGE:
         logging.info("Study %s: variant %s, seed %d", study, name, seed)
         results = speed_invariant.run_two_stage(
-            config, run_dir, stage1_dir=os.path.join(workdir, "stage1", f"seed_{seed}"))
+          config, run_dir, stage1_dir=os.path.join(workdir, "stage1", f"seed_{seed}")
+        )
       else:
         logging.info("Study %s: variant %s, seed %d", study, name, seed)
         results = train.train_and_evaluate(config, run_dir)
       maps.append(results["macro_map"])
-    rows.append({"variant": name, "overrides": overrides, "seeds": seeds,
-                 "macro_map": maps, "mean": float(np.mean(maps)),
-                 "std": float(np.std(maps, ddof=1)) if len(maps) > 1 else 0.0,
-                 "chance_macro_map": results["chance_macro_map"]})
+    rows.append(
+      {
+        "variant": name,
+        "overrides": overrides,
+        "seeds": seeds,
+        "macro_map": maps,
+        "mean": float(np.mean(maps)),
+        "std": float(np.std(maps, ddof=1)) if len(maps) > 1 else 0.0,
+        "chance_macro_map": results["chance_macro_map"],
+      }
+    )
   return rows
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-  lines = ["| variant | test macro mAP (mean +- std) | per seed |",
-           "|---|---|---|"]
+  lines = ["| variant | test macro mAP (mean +- std) | per seed |", "|---|---|---|"]
   for r in rows:
     per_seed = ", ".join(f"{m:.4f}" for m in r["macro_map"])
     lines.append(f"| {r['variant']} | {r['mean']:.4f} +- {r['std']:.4f} | {per_seed} |")
-  lines.append(f"\nchance (constant predictor) macro mAP: {rows[0]['chance_macro_map']:.4f}; "
-               f"seeds {rows[0]['seeds']}")
+  lines.append(
+    f"\nchance (constant predictor) macro mAP: {rows[0]['chance_macro_map']:.4f}; "
+    f"seeds {rows[0]['seeds']}"
+  )
   return "\n".join(lines)
 
 

@@ -52,9 +52,7 @@ import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
-from absl import app
-from absl import flags
-from absl import logging
+from absl import app, flags, logging
 from flax import traverse_util
 
 FLAGS = flags.FLAGS
@@ -64,10 +62,16 @@ FLAGS = flags.FLAGS
 # ----------------------------------------------------------------------------
 
 _STORAGE_DTYPES = {
-    "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
-    "BFloat16Storage": ml_dtypes.bfloat16, "LongStorage": np.int64, "IntStorage": np.int32,
-    "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8,
-    "BoolStorage": np.bool_,
+  "FloatStorage": np.float32,
+  "DoubleStorage": np.float64,
+  "HalfStorage": np.float16,
+  "BFloat16Storage": ml_dtypes.bfloat16,
+  "LongStorage": np.int64,
+  "IntStorage": np.int32,
+  "ShortStorage": np.int16,
+  "CharStorage": np.int8,
+  "ByteStorage": np.uint8,
+  "BoolStorage": np.bool_,
 }
 
 
@@ -86,7 +90,8 @@ def _rebuild_tensor(storage, offset, size, stride, *args):
   del args  # requires_grad, backward hooks, metadata
   itemsize = storage.dtype.itemsize
   return np.lib.stride_tricks.as_strided(
-      storage[offset:], shape=tuple(size), strides=[s * itemsize for s in stride]).copy()
+    storage[offset:], shape=tuple(size), strides=[s * itemsize for s in stride]
+  ).copy()
 
 
 def _rebuild_parameter(data, *args):
@@ -95,7 +100,6 @@ def _rebuild_parameter(data, *args):
 
 
 class _Unpickler(pickle.Unpickler):
-
   def __init__(self, file, archive: zipfile.ZipFile, prefix: str):
     super().__init__(file)
     self._archive, self._prefix = archive, prefix
@@ -132,8 +136,10 @@ def read_torch_file(path: str) -> Any:
     try:
       import torch  # pylint: disable=g-import-not-at-top
     except ImportError:
-      raise ValueError(f"{path}: not a torch.save zip archive (the pre-1.6 legacy format "
-                       "needs PyTorch installed to read)") from None
+      raise ValueError(
+        f"{path}: not a torch.save zip archive (the pre-1.6 legacy format "
+        "needs PyTorch installed to read)"
+      ) from None
     obj = torch.load(path, map_location="cpu", weights_only=False)
     return jax.tree.map(lambda t: t.numpy() if hasattr(t, "numpy") else t, obj)
   with zipfile.ZipFile(path) as archive:
@@ -153,12 +159,14 @@ def state_dict_of(obj: Any, path: str = "checkpoint") -> dict[str, np.ndarray]:
         obj = obj[key]
         break
   if not isinstance(obj, dict) or not obj:
-    raise ValueError(f"{path}: no state dict (expected a dict of tensors, or one under "
-                     "'model_state' / 'state_dict')")
+    raise ValueError(
+      f"{path}: no state dict (expected a dict of tensors, or one under "
+      "'model_state' / 'state_dict')"
+    )
   out = {}
   for key, value in obj.items():
     if isinstance(value, np.ndarray):
-      out[key[len("module."):] if key.startswith("module.") else key] = value
+      out[key[len("module.") :] if key.startswith("module.") else key] = value
   if not out:
     raise ValueError(f"{path}: the state dict holds no tensors")
   return out
@@ -169,10 +177,13 @@ def state_dict_of(obj: Any, path: str = "checkpoint") -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------
 
 _BLOCK_PARTS = [  # PyTorchVideo bottleneck internals
-    (r"branch1_conv", "shortcut_conv"), (r"branch1_norm", "shortcut_bn"),
-    (r"branch2\.norm_b\.0", "bn_b"),                      # X3D: Sequential(BN, SE)
-    (r"branch2\.norm_b\.1\.block\.0", "se_reduce"), (r"branch2\.norm_b\.1\.block\.2", "se_expand"),
-    (r"branch2\.conv_([abc])", r"conv_\1"), (r"branch2\.norm_([abc])", r"bn_\1"),
+  (r"branch1_conv", "shortcut_conv"),
+  (r"branch1_norm", "shortcut_bn"),
+  (r"branch2\.norm_b\.0", "bn_b"),  # X3D: Sequential(BN, SE)
+  (r"branch2\.norm_b\.1\.block\.0", "se_reduce"),
+  (r"branch2\.norm_b\.1\.block\.2", "se_expand"),
+  (r"branch2\.conv_([abc])", r"conv_\1"),
+  (r"branch2\.norm_([abc])", r"bn_\1"),
 ]
 
 
@@ -187,9 +198,19 @@ def _ptv_map(family: str, keys: list[str]) -> Callable[[str], str | None]:
   """PyTorchVideo module paths ("blocks.1.res_blocks.0.branch2.conv_a")."""
   # Residual stages are numbered by their position among the `blocks` that
   # hold res_blocks (I3D has a pooling block between res2 and res3).
-  stage_blocks = sorted({int(m.group(1)) for k in keys
-                         if (m := re.match(r"blocks\.(\d+)\.(?:multipathway_blocks\.\d\.)?"
-                                           r"res_blocks\.", k))})
+  stage_blocks = sorted(
+    {
+      int(m.group(1))
+      for k in keys
+      if (
+        m := re.match(
+          r"blocks\.(\d+)\.(?:multipathway_blocks\.\d\.)?"
+          r"res_blocks\.",
+          k,
+        )
+      )
+    }
+  )
   stage = {b: i + 2 for i, b in enumerate(stage_blocks)}
   paths = ("slow", "fast")
 
@@ -197,25 +218,31 @@ def _ptv_map(family: str, keys: list[str]) -> Callable[[str], str | None]:
     if m := re.fullmatch(r"blocks\.(\d+)\.proj", module):
       return "head/classifier"
     if family == "x3d":
-      fixed = {"blocks.0.conv.conv_t": "stem_conv_xy", "blocks.0.conv.conv_xy": "stem_conv_t",
-               "blocks.0.norm": "stem_bn"}
+      fixed = {
+        "blocks.0.conv.conv_t": "stem_conv_xy",
+        "blocks.0.conv.conv_xy": "stem_conv_t",
+        "blocks.0.norm": "stem_bn",
+      }
       if module in fixed:
         return "backbone/" + fixed[module]
       if m := re.fullmatch(r"blocks\.\d+\.pool\.(pre_conv|pre_norm|post_conv)", module):
-        return "backbone/" + {"pre_conv": "conv5", "pre_norm": "conv5_bn",
-                              "post_conv": "lin5"}[m.group(1)]
+        return (
+          "backbone/"
+          + {"pre_conv": "conv5", "pre_norm": "conv5_bn", "post_conv": "lin5"}[m.group(1)]
+        )
     if family == "slowfast":
       if m := re.fullmatch(r"blocks\.0\.multipathway_blocks\.(\d)\.(conv|norm)", module):
         return f"backbone/{paths[int(m.group(1))]}_stem/{'conv' if m.group(2) == 'conv' else 'bn'}"
-      if m := re.fullmatch(r"blocks\.(\d+)\.multipathway_fusion\.(conv_fast_to_slow|norm)",
-                           module):
+      if m := re.fullmatch(r"blocks\.(\d+)\.multipathway_fusion\.(conv_fast_to_slow|norm)", module):
         where = "stem" if m.group(1) == "0" else f"res{int(m.group(1)) + 1}"
         return f"backbone/fuse_{where}_{'conv' if m.group(2) != 'norm' else 'bn'}"
-      if m := re.fullmatch(r"blocks\.(\d+)\.multipathway_blocks\.(\d)\.res_blocks\.(\d+)\.(.+)",
-                           module):
+      if m := re.fullmatch(
+        r"blocks\.(\d+)\.multipathway_blocks\.(\d)\.res_blocks\.(\d+)\.(.+)", module
+      ):
         part = _sub_block(m.group(4))
-        return part and (f"backbone/{paths[int(m.group(2))]}_res{stage[int(m.group(1))]}"
-                         f"_block{m.group(3)}/{part}")
+        return part and (
+          f"backbone/{paths[int(m.group(2))]}_res{stage[int(m.group(1))]}_block{m.group(3)}/{part}"
+        )
       return None
     if m := re.fullmatch(r"blocks\.0\.(conv|norm)", module):
       return f"backbone/stem/{'conv' if m.group(1) == 'conv' else 'bn'}"
@@ -231,11 +258,23 @@ def _pyslowfast_map(family: str, keys: list[str]) -> Callable[[str], str | None]
   """PySlowFast module paths ("s2.pathway0_res0.branch2.a", "s1_fuse.conv_f2s")."""
   del keys
   paths = ("slow", "fast")
-  parts = {"branch1": "shortcut_conv", "branch1_bn": "shortcut_bn",
-           "branch2.a": "conv_a", "branch2.a_bn": "bn_a", "branch2.b": "conv_b",
-           "branch2.b_bn": "bn_b", "branch2.c": "conv_c", "branch2.c_bn": "bn_c"}
-  nonlocal_parts = {"conv_theta": "theta", "conv_phi": "phi", "conv_g": "g",
-                    "conv_out": "out", "bn": "bn"}
+  parts = {
+    "branch1": "shortcut_conv",
+    "branch1_bn": "shortcut_bn",
+    "branch2.a": "conv_a",
+    "branch2.a_bn": "bn_a",
+    "branch2.b": "conv_b",
+    "branch2.b_bn": "bn_b",
+    "branch2.c": "conv_c",
+    "branch2.c_bn": "bn_c",
+  }
+  nonlocal_parts = {
+    "conv_theta": "theta",
+    "conv_phi": "phi",
+    "conv_g": "g",
+    "conv_out": "out",
+    "bn": "bn",
+  }
 
   def rename(module: str) -> str | None:
     if module == "head.projection":
@@ -249,8 +288,9 @@ def _pyslowfast_map(family: str, keys: list[str]) -> Callable[[str], str | None]
       return f"backbone/fuse_{where}_{'conv' if m.group(2) == 'conv_f2s' else 'bn'}"
     if m := re.fullmatch(r"s(\d)\.pathway(\d)_res(\d+)\.(.+)", module):
       part = parts.get(m.group(4))
-      return part and (f"backbone/{prefix(int(m.group(2)))}res{m.group(1)}"
-                       f"_block{m.group(3)}/{part}")
+      return part and (
+        f"backbone/{prefix(int(m.group(2)))}res{m.group(1)}_block{m.group(3)}/{part}"
+      )
     if m := re.fullmatch(r"s(\d)\.pathway0_nonlocal(\d+)\.(.+)", module):
       part = nonlocal_parts.get(m.group(3))
       return part and f"backbone/res{m.group(1)}_nonlocal{m.group(2)}/{part}"
@@ -268,7 +308,9 @@ def _torchvision_map(family: str, keys: list[str]) -> Callable[[str], str | None
       return f"backbone/stem/{'conv' if module == 'conv1' else 'bn'}"
     if m := re.fullmatch(r"layer(\d)\.(\d+)\.(conv|bn)([123])", module):
       kind = "conv" if m.group(3) == "conv" else "bn"
-      return f"backbone/res{int(m.group(1)) + 1}_block{m.group(2)}/{kind}_{'abc'[int(m.group(4)) - 1]}"
+      return (
+        f"backbone/res{int(m.group(1)) + 1}_block{m.group(2)}/{kind}_{'abc'[int(m.group(4)) - 1]}"
+      )
     if m := re.fullmatch(r"layer(\d)\.(\d+)\.downsample\.([01])", module):
       kind = "shortcut_conv" if m.group(3) == "0" else "shortcut_bn"
       return f"backbone/res{int(m.group(1)) + 1}_block{m.group(2)}/{kind}"
@@ -277,15 +319,22 @@ def _torchvision_map(family: str, keys: list[str]) -> Callable[[str], str | None
   return rename
 
 
-SOURCES = {"pytorchvideo": _ptv_map, "pyslowfast": _pyslowfast_map,
-           "torchvision": _torchvision_map}
+SOURCES = {"pytorchvideo": _ptv_map, "pyslowfast": _pyslowfast_map, "torchvision": _torchvision_map}
 # Which sources each backbone family accepts.
 SUPPORTED = {
-    "pytorchvideo": ("i3d_r50", "slow_r50", "slowfast_r50", "slowfast_r101", "csn_r152",
-                     "x3d_xs", "x3d_s", "x3d_m", "x3d_l"),
-    "pyslowfast": ("i3d_r50", "slow_r50", "nl_r50", "nl_r101", "slowfast_r50",
-                   "slowfast_r101"),
-    "torchvision": ("i3d_r50", "slow_r50", "nl_r50", "tsm_r50"),
+  "pytorchvideo": (
+    "i3d_r50",
+    "slow_r50",
+    "slowfast_r50",
+    "slowfast_r101",
+    "csn_r152",
+    "x3d_xs",
+    "x3d_s",
+    "x3d_m",
+    "x3d_l",
+  ),
+  "pyslowfast": ("i3d_r50", "slow_r50", "nl_r50", "nl_r101", "slowfast_r50", "slowfast_r101"),
+  "torchvision": ("i3d_r50", "slow_r50", "nl_r50", "tsm_r50"),
 }
 # Model parameters a source may leave at their initialisation.
 _FRESH_OK = {"torchvision": re.compile(r"_nonlocal\d+/")}
@@ -299,16 +348,24 @@ def detect_source(keys: list[str]) -> str:
     return "pyslowfast"
   if any(k.startswith("layer1.") for k in keys):
     return "torchvision"
-  raise ValueError("cannot tell the checkpoint's convention from its keys (first: "
-                   f"{keys[:5]}); pass --source pytorchvideo|pyslowfast|torchvision")
+  raise ValueError(
+    "cannot tell the checkpoint's convention from its keys (first: "
+    f"{keys[:5]}); pass --source pytorchvideo|pyslowfast|torchvision"
+  )
 
 
 def _family(arch: str) -> str:
-  return "slowfast" if arch.startswith("slowfast") else "x3d" if arch.startswith("x3d") else "resnet"
+  return (
+    "slowfast" if arch.startswith("slowfast") else "x3d" if arch.startswith("x3d") else "resnet"
+  )
 
 
-_BN_LEAVES = {"weight": ("params", "scale"), "bias": ("params", "bias"),
-              "running_mean": ("batch_stats", "mean"), "running_var": ("batch_stats", "var")}
+_BN_LEAVES = {
+  "weight": ("params", "scale"),
+  "bias": ("params", "bias"),
+  "running_mean": ("batch_stats", "mean"),
+  "running_var": ("batch_stats", "var"),
+}
 
 
 def _to_ours(value: np.ndarray, target_shape: tuple[int, ...], inflate: bool) -> np.ndarray:
@@ -327,8 +384,13 @@ def _to_ours(value: np.ndarray, target_shape: tuple[int, ...], inflate: bool) ->
   return value
 
 
-def convert_state_dict(state: dict[str, np.ndarray], arch: str, source: str = "auto",
-                       keep_head: bool = False, seed: int = 0) -> dict[str, Any]:
+def convert_state_dict(
+  state: dict[str, np.ndarray],
+  arch: str,
+  source: str = "auto",
+  keep_head: bool = False,
+  seed: int = 0,
+) -> dict[str, Any]:
   """Our variables {"params", "model_state"} from a PyTorch state dict.
 
   Args:
@@ -351,8 +413,9 @@ def convert_state_dict(state: dict[str, np.ndarray], arch: str, source: str = "a
   if source not in SOURCES:
     raise ValueError(f"--source must be one of {sorted(SOURCES)} or auto, got {source!r}")
   if arch not in SUPPORTED[source]:
-    raise ValueError(f"{source} checkpoints convert to {', '.join(SUPPORTED[source])}; "
-                     f"not to {arch!r}")
+    raise ValueError(
+      f"{source} checkpoints convert to {', '.join(SUPPORTED[source])}; not to {arch!r}"
+    )
   cfg = config_lib.base_config().model
   cfg.backbone = arch
   backbone = registry.build_backbone(cfg)
@@ -361,8 +424,9 @@ def convert_state_dict(state: dict[str, np.ndarray], arch: str, source: str = "a
   fresh_ok = _FRESH_OK.get(source)
   # Shapes only, unless some leaves may keep their initial values.
   fresh = jax.jit(init)() if fresh_ok else jax.eval_shape(init)
-  fresh = {col: traverse_util.flatten_dict({"backbone": tree}, sep="/")
-           for col, tree in fresh.items()}
+  fresh = {
+    col: traverse_util.flatten_dict({"backbone": tree}, sep="/") for col, tree in fresh.items()
+  }
   rename = SOURCES[source](_family(arch), keys)
 
   out = {"params": {}, "batch_stats": {}}
@@ -373,18 +437,21 @@ def convert_state_dict(state: dict[str, np.ndarray], arch: str, source: str = "a
       continue
     ours = rename(module)
     if ours is None or (ours.startswith("head/") and not keep_head):
-      if not (ours or "").startswith("head/") and not (source == "torchvision"
-                                                       and module == "fc"):
+      if not (ours or "").startswith("head/") and not (source == "torchvision" and module == "fc"):
         unmatched.append(f"  {key}: {tuple(state[key].shape)}")
       continue
     if ours == "head/classifier":
       value = np.asarray(state[key], np.float32)
       out["params"][f"{ours}/{'kernel' if leaf == 'weight' else 'bias'}"] = (
-          value.T if leaf == "weight" else value)
+        value.T if leaf == "weight" else value
+      )
       continue
     is_bn = f"{ours}/scale" in fresh["params"] or f"{ours}/mean" in fresh.get("batch_stats", {})
-    col, name = _BN_LEAVES[leaf] if is_bn and leaf in _BN_LEAVES else (
-        "params", "kernel" if leaf == "weight" else leaf)
+    col, name = (
+      _BN_LEAVES[leaf]
+      if is_bn and leaf in _BN_LEAVES
+      else ("params", "kernel" if leaf == "weight" else leaf)
+    )
     path = f"{ours}/{name}"
     if path not in fresh.get(col, {}):
       unmatched.append(f"  {key}: {tuple(state[key].shape)} (-> {col}/{path}, not in {arch})")
@@ -393,8 +460,7 @@ def convert_state_dict(state: dict[str, np.ndarray], arch: str, source: str = "a
     value = _to_ours(state[key], target, inflate=source == "torchvision")
     if value.shape != target:
       out[col][path] = None  # reported here, not again as uncovered
-      mismatched.append(f"  {key}: {tuple(state[key].shape)} -> {col}/{path} "
-                        f"needs {tuple(target)}")
+      mismatched.append(f"  {key}: {tuple(state[key].shape)} -> {col}/{path} needs {tuple(target)}")
       continue
     out[col][path] = value
   missing, kept_fresh = [], []
@@ -408,24 +474,32 @@ def convert_state_dict(state: dict[str, np.ndarray], arch: str, source: str = "a
       else:
         missing.append(f"  {col}/{path}: {tuple(value.shape)}")
   problems = []
-  for title, lines in (("source keys with no place in the model", unmatched),
-                       ("shape mismatches", mismatched),
-                       ("model parameters the checkpoint does not cover", missing)):
+  for title, lines in (
+    ("source keys with no place in the model", unmatched),
+    ("shape mismatches", mismatched),
+    ("model parameters the checkpoint does not cover", missing),
+  ):
     if lines:
       problems.append(f"{title} ({len(lines)}):\n" + "\n".join(lines))
   if problems:
     raise ValueError(f"The {source} checkpoint does not match {arch}:\n" + "\n".join(problems))
   if kept_fresh:
-    logging.info("Kept at initialisation (not in a %s checkpoint): %d leaves, e.g. %s",
-                 source, len(kept_fresh), kept_fresh[0])
-  return {"params": traverse_util.unflatten_dict(out["params"], sep="/"),
-          "model_state": {"batch_stats": traverse_util.unflatten_dict(
-              out["batch_stats"], sep="/")}}
+    logging.info(
+      "Kept at initialisation (not in a %s checkpoint): %d leaves, e.g. %s",
+      source,
+      len(kept_fresh),
+      kept_fresh[0],
+    )
+  return {
+    "params": traverse_util.unflatten_dict(out["params"], sep="/"),
+    "model_state": {"batch_stats": traverse_util.unflatten_dict(out["batch_stats"], sep="/")},
+  }
 
 
 def save_variables(variables: dict[str, Any], out: str) -> str:
   """Writes `variables` as `out/state`, the layout `checkpointing.load_variables` reads."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
   path = os.path.join(os.path.abspath(out), "state")
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(path, variables, force=True)

@@ -19,15 +19,11 @@ import json
 import jax
 import jax.numpy as jnp
 import ml_collections
-from absl import app
-from absl import flags
+from absl import app, flags
 from ml_collections import config_flags
 
-from mlar_jax import cli
-from mlar_jax import sharding
-from mlar_jax import train
-from mlar_jax.data import base
-from mlar_jax.data import pipeline
+from mlar_jax import cli, sharding, train
+from mlar_jax.data import base, pipeline
 
 FLAGS = flags.FLAGS
 
@@ -56,26 +52,34 @@ def model_info(config: ml_collections.ConfigDict) -> dict:
   # The trainer's own model and state on one device. The head's shapes do
   # not depend on the label statistics (only its mask values do), so
   # placeholder statistics keep this independent of the data.
-  mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": 1, "fsdp": 1, "model": 1}),
-                            jax.devices()[:1])
+  mesh = sharding.make_mesh(
+    ml_collections.ConfigDict({"data": 1, "fsdp": 1, "model": 1}), jax.devices()[:1]
+  )
   training = train.build_training(config, mesh, base.ClassStats.placeholder(num_classes))
   model, state = training.model, training.abstract_state
   variables = {"params": state.params, **state.model_state}
   clip = pipeline.batch_spec(config.data, 1, num_classes)["video"]
   video = jax.ShapeDtypeStruct(clip.shape, jnp.float32)
   fmap = jax.eval_shape(
-      lambda v, x: model.apply(v, x, train=False, method=lambda m, x, train: m.backbone(x, train=train)),
-      variables, video)
+    lambda v, x: model.apply(
+      v, x, train=False, method=lambda m, x, train: m.backbone(x, train=train)
+    ),
+    variables,
+    video,
+  )
   head_vars = {col: tree["head"] for col, tree in variables.items() if "head" in tree}
   total = _gflops(lambda v, x: model.apply(v, x, train=False), variables, video)
   head = _gflops(lambda v, f: model.head.apply(v, f, train=False), head_vars, fmap)
   return {
-      "backbone": config.model.backbone, "head": config.model.head,
-      "backbone_params": _count(state.params["backbone"]),
-      "head_params": _count(state.params["head"]),
-      "gflops_per_view": total, "head_gflops": head,
-      "gmacs_per_view": total / 2, "head_gmacs": head / 2,
-      "feature_map": list(fmap["map"].shape),
+    "backbone": config.model.backbone,
+    "head": config.model.head,
+    "backbone_params": _count(state.params["backbone"]),
+    "head_params": _count(state.params["head"]),
+    "gflops_per_view": total,
+    "head_gflops": head,
+    "gmacs_per_view": total / 2,
+    "head_gmacs": head / 2,
+    "feature_map": list(fmap["map"].shape),
   }
 
 

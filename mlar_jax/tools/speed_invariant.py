@@ -21,19 +21,15 @@ import os
 from typing import Any
 
 import ml_collections
-from absl import app
-from absl import flags
+from absl import app, flags
 from ml_collections import config_flags
 
-from mlar_jax import cli
-from mlar_jax import train
-from mlar_jax import validation
+from mlar_jax import cli, train, validation
 
 FLAGS = flags.FLAGS
 
 
-def stage2_config(config: ml_collections.ConfigDict, stage1_dir: str
-                  ) -> ml_collections.ConfigDict:
+def stage2_config(config: ml_collections.ConfigDict, stage1_dir: str) -> ml_collections.ConfigDict:
   """The fine-tuning config derived from a stage-1 config and its workdir."""
   s = config.stage2
   out = copy.deepcopy(config)
@@ -49,8 +45,9 @@ def stage2_config(config: ml_collections.ConfigDict, stage1_dir: str
   return out
 
 
-def run_two_stage(config: ml_collections.ConfigDict, workdir: str,
-                  stage1_dir: str | None = None) -> dict[str, Any]:
+def run_two_stage(
+  config: ml_collections.ConfigDict, workdir: str, stage1_dir: str | None = None
+) -> dict[str, Any]:
   """Runs (or resumes) stage 1, then stage 2; returns stage 2's evaluation.
 
   Args:
@@ -78,9 +75,11 @@ def main(argv):
   del argv
   cli.setup(FLAGS.config)
   results = run_two_stage(FLAGS.config, FLAGS.workdir)
-  print(f"stage 2 {results['split']} macro mAP {results['macro_map']:.4f} "
-        f"({results['views']} views); by rates: " +
-        ", ".join(f"{k}: {v['macro_map']:.4f}" for k, v in results["per_rate"].items()))
+  print(
+    f"stage 2 {results['split']} macro mAP {results['macro_map']:.4f} "
+    f"({results['views']} views); by rates: "
+    + ", ".join(f"{k}: {v['macro_map']:.4f}" for k, v in results["per_rate"].items())
+  )
 
 
 if __name__ == "__main__":
