@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mlar_jax import config_lib
-from mlar_jax.data import pipeline, scenes
+from mlar_jax.data import pipeline, scenes, synthetic
 
 C = {n: i for i, n in enumerate(scenes.CLASS_NAMES)}
 N = 400
@@ -48,15 +48,19 @@ def test_asked_frames_equal_slices_of_the_whole_video(train):
     np.testing.assert_array_equal(part, whole[idx])
 
 
-def test_video_ids_are_the_records_ids_without_drawing_a_video(monkeypatch):
-  videos = scenes.SceneVideos("val", seed=1, num_videos=12, resolution=16)
+@pytest.mark.parametrize(
+  "module, source", [(synthetic, synthetic.SyntheticVideos), (scenes, scenes.SceneVideos)]
+)
+def test_video_ids_are_the_records_ids_without_drawing_a_video(monkeypatch, module, source):
+  # Both procedural sources get their ids from base.PlannedVideos.
+  videos = source("val", seed=1, num_videos=12, resolution=16)
   ref = [videos[i]["id"] for i in range(len(videos))]
   assert ref[:2] == ["val000000", "val000001"] and len(set(ref)) == 12
 
   def no_plan(*args):
     raise AssertionError("video_ids drew a video's plan")
 
-  monkeypatch.setattr(scenes, "_plan", no_plan)
+  monkeypatch.setattr(module, "_plan", no_plan)
   assert videos.video_ids() == ref
 
 

@@ -102,7 +102,7 @@ from typing import Sequence
 import numpy as np
 
 from mlar_jax.data import base
-from mlar_jax.data.synthetic import FPS, SPLITS
+from mlar_jax.data.synthetic import FPS
 
 PERSON = (
   "walk_left",
@@ -252,7 +252,7 @@ def _free(busy: list[tuple[int, int]], start: int, end: int) -> bool:
 
 def _plan(seed: int, split: str, index: int, min_frames: int, max_frames: int) -> Plan:
   """Draws one video's actors, activities and their parameters."""
-  rng = np.random.default_rng([seed, SPLITS[split], index])
+  rng = np.random.default_rng([seed, base.SPLIT_IDS[split], index])
   T = int(rng.integers(min_frames, max_frames + 1))
   n = int(rng.choice(4, p=(0.25, 0.35, 0.25, 0.15))) + 1
   region = rng.permutation(4)[:n]
@@ -583,7 +583,7 @@ def _render(plan: Plan, t: np.ndarray, res: int) -> np.ndarray:
   return (np.clip(frames, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
 
 
-class SceneVideos(base.VideoSource):
+class SceneVideos(base.PlannedVideos):
   """One split of the scenes dataset as a grain random-access source.
 
   Records hold the `base.VideoSource` keys plus `instances` (int32 [S, 5]);
@@ -608,20 +608,12 @@ class SceneVideos(base.VideoSource):
     min_frames: int = 96,
     max_frames: int = 160,
   ):
-    if split not in SPLITS:
-      raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
     if not 64 <= min_frames <= max_frames:
       raise ValueError(f"need 64 <= min_frames <= max_frames, got {min_frames}, {max_frames}")
-    self.split = split
-    self.seed = seed
-    self.num_videos = num_videos
+    super().__init__(split, seed, num_videos)
     self.resolution = resolution
     self.min_frames = min_frames
     self.max_frames = max_frames
-    self._labels: np.ndarray | None = None
-
-  def __len__(self) -> int:
-    return self.num_videos
 
   def __repr__(self) -> str:
     return (
@@ -634,13 +626,8 @@ class SceneVideos(base.VideoSource):
   def class_names(self) -> Sequence[str]:
     return CLASS_NAMES
 
-  def plan(self, index: int) -> Plan:
-    if not 0 <= index < self.num_videos:
-      raise IndexError(f"index {index} out of range for {self!r}")
-    return _plan(self.seed, self.split, int(index), self.min_frames, self.max_frames)
-
-  def _video_id(self, index: int) -> str:
-    return f"{self.split}{int(index):06d}"
+  def _draw(self, index: int) -> Plan:
+    return _plan(self.seed, self.split, index, self.min_frames, self.max_frames)
 
   def __getitem__(self, index: int) -> base.Record:
     plan = self.plan(index)
@@ -658,11 +645,6 @@ class SceneVideos(base.VideoSource):
 
   def load_frames(self, record: base.Record, indices: np.ndarray) -> np.ndarray:
     return _render(self.plan(record["index"]), np.asarray(indices), self.resolution)
-
-  def video(self, index: int) -> np.ndarray:
-    """All frames of a video, uint8 [T_v, H, W, 3]."""
-    record = self[index]
-    return self.load_frames(record, np.arange(record["num_frames"]))
 
   def boxes(self, record: base.Record, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each actor's box at frames `indices` ([F]).
@@ -716,13 +698,3 @@ class SceneVideos(base.VideoSource):
         if k >= 0:
           out[act, k, c] = 1
     return out
-
-  def label_matrix(self) -> np.ndarray:
-    # Every video's plan is drawn once, then kept with the source.
-    if self._labels is None:
-      self._labels = np.stack([self.plan(i).labels for i in range(self.num_videos)])
-    return self._labels
-
-  def video_ids(self) -> list[str]:
-    # From the split and index alone: no plan is drawn, no frame rendered.
-    return [self._video_id(i) for i in range(self.num_videos)]
