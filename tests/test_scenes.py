@@ -159,7 +159,7 @@ def test_boxes_and_masks_agree_with_the_pixels():
           # Visible pixels lie in the (amodal) box, in the actor's colour or
           # its head's.
           assert y1 <= ys.min() and ys.max() < y2 and x1 <= xs.min() and xs.max() < x2
-          colour = state.color[k, f] * state.light[f] * 255
+          colour = scenes._COLORS[state.color_id[k, f]] * state.light[f] * 255
           pixels = frames[f, ys, xs]
           body = np.abs(pixels - np.round(colour)).max(-1) <= 1
           head = np.abs(pixels - np.round(colour * 0.3)).max(-1) <= 1
@@ -204,3 +204,34 @@ def test_trains_through_the_pipeline():
   batch = next(iter(pipeline.train_dataset(source, d, global_batch_size=4, seed=0)))
   assert batch["video"].shape == (4, 4, 24, 24, 3) and batch["video"].dtype == np.uint8
   assert batch["labels"].shape == (4, 24)
+
+
+def test_concept_masks_agree_with_instances_and_pixels():
+  videos = scenes.SceneVideos("val", seed=5, num_videos=20, resolution=32)
+  for i in range(20):
+    record, plan = videos[i], videos.plan(i)
+    idx = np.arange(0, record["num_frames"], 5)
+    concepts = videos.concepts(record, idx)
+    ids = videos.masks(record, idx)
+    labels = videos.actor_labels(record, idx)
+    frames = videos.load_frames(record, idx).astype(np.int64)
+    light = scenes._state(plan, idx).light
+    assert all(m.shape == ids.shape and m.dtype == np.int32 for m in concepts.values())
+    for k in range(plan.num_actors):
+      mine = ids == k + 1
+      np.testing.assert_array_equal(concepts["shape"][mine], plan.shape[k] + 1)
+      # The action region is the actor's mask while it does something.
+      busy = labels[:, k].any(-1)[:, None, None] & mine
+      assert (concepts["action"][busy] > 0).all() and (concepts["action"][mine & ~busy] == 0).all()
+      f, y, x = np.nonzero(busy)
+      assert labels[f, k, concepts["action"][f, y, x] - 1].all()
+    # The background's texture shows exactly where no object is.
+    items = scenes._items(scenes._state(plan, idx), 32)
+    background = (concepts["shape"] == 0) & (ids == 0) & ~items
+    np.testing.assert_array_equal(concepts["texture"] > 0, background)
+    assert (concepts["texture"][concepts["texture"] > 0] == plan.texture + 1).all()
+    # An actor pixel's colour concept is its colour on screen.
+    on_actor = (concepts["color"] > 0) & (ids > 0)
+    f, y, x = np.nonzero(on_actor)
+    expected = scenes._COLORS[concepts["color"][f, y, x] - 1] * light[f, None] * 255
+    assert (np.abs(frames[f, y, x] - np.round(expected)) <= 1).all()

@@ -92,6 +92,12 @@ Ground truth (computed on demand by `SceneVideos` methods):
     k + 1 for actor k (what is visible after occlusion).
   `actor_labels(record, idx)`: int32 [F, MAX_ACTORS, A], each actor's active
     person-level and interaction labels.
+  `concepts(record, idx)`: Broden-style concept masks, int32 [F, H, W] each,
+    0 where absent: `shape` (1 + SHAPES index of the actor or distractor
+    seen), `color` (1 + palette index of the colour seen on an actor's body
+    or a distractor, len(PALETTE) + 1 for white), `texture` (1 + TEXTURES
+    index where the background is seen) and `action` (1 + the class an actor
+    performs, on its visible pixels).
 """
 
 from __future__ import annotations
@@ -144,6 +150,8 @@ PALETTE = np.array(
   ],
   np.float32,
 )
+# Colour ids: the palette, then white (a flash).
+_COLORS = np.concatenate([PALETTE, np.ones((1, 3), np.float32)])
 _ITEM_COLOR = np.array([1.0, 1.0, 0.7], np.float32)
 
 # Person-level draws: (activity, weight); rotate and resize become the
@@ -163,8 +171,12 @@ _DRAWS = (
 )
 _DRAW_P = np.array([w for _, w in _DRAWS])
 # Activity -> (its follower, probability), placed right after it.
-_CHAINS = {"jump": ("land", 0.8), "crouch": ("stand_up", 0.7), "flash": ("vanish", 0.6)}
-_CHAINS["carry"] = ("throw", 0.5)
+_CHAINS = {
+  "jump": ("land", 0.8),
+  "crouch": ("stand_up", 0.7),
+  "flash": ("vanish", 0.6),
+  "carry": ("throw", 0.5),
+}
 _WALK_SPEED = 0.005
 
 
@@ -371,7 +383,8 @@ class _State:
 
   Attributes (N actors, F frames; lengths are fractions of the frame):
     cx, cy: [N, F] actor centres; half_w, half_h: [N, F] half-extents.
-    angle: [N, F] radians; color: [N, F, 3]; visible: bool [N, F].
+    angle: [N, F] radians; color_id: int [N, F], rows of `_COLORS`;
+    visible: bool [N, F].
     items: (x [F], y [F], on bool [F]) of each carried or thrown item.
     light: [F] brightness factor; shift: int [F, 2] camera offset (x, y) in
       pixels.
@@ -382,7 +395,7 @@ class _State:
   half_w: np.ndarray
   half_h: np.ndarray
   angle: np.ndarray
-  color: np.ndarray
+  color_id: np.ndarray
   visible: np.ndarray
   items: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
   light: np.ndarray
@@ -397,7 +410,7 @@ def _state(plan: Plan, t: np.ndarray) -> _State:
   half_w = np.repeat(plan.size[:, None], f, axis=1)
   half_h = half_w.copy()
   angle = np.repeat(plan.angle0[:, None], f, axis=1)
-  color = np.repeat(PALETTE[plan.color][:, None], f, axis=1)
+  color_id = np.repeat(plan.color[:, None], f, axis=1)
   visible = np.ones((n, f), bool)
   light = np.full(f, plan.brightness)
   shift = np.zeros((f, 2), np.int64)
@@ -444,11 +457,11 @@ def _state(plan: Plan, t: np.ndarray) -> _State:
       half_w[a] *= gain
       half_h[a] *= gain
     elif name == "flash":
-      color[a, act] = 1.0
+      color_id[a, act] = len(PALETTE)
     elif name == "vanish":
       visible[a] &= ~act
     elif name == "change_color":
-      color[a, act] = PALETTE[int(p)]
+      color_id[a, act] = int(p)
     elif name in ("carry", "throw", "hand_over"):
       items.append((name, a, b, act, q, p))
       if name == "hand_over":
@@ -489,7 +502,7 @@ def _state(plan: Plan, t: np.ndarray) -> _State:
     else:
       x, y = cx[a] + (cx[b] - cx[a]) * q, cy[a] + (cy[b] - cy[a]) * q
     item_xy.append((x, y, act))
-  return _State(cx, cy, half_w, half_h, angle, color, visible, item_xy, light, shift)
+  return _State(cx, cy, half_w, half_h, angle, color_id, visible, item_xy, light, shift)
 
 
 def _inside(shape: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -542,6 +555,20 @@ def _items(st: _State, res: int) -> np.ndarray:
   return out
 
 
+def _distractors(
+  plan: Plan, t: np.ndarray, st: _State, res: int
+) -> list[tuple[int, int, np.ndarray]]:
+  """(shape, palette index, where it is bool [F, H, W]) of each distractor."""
+  gx, gy = _grid(res, st.shift)
+  frac = t / (plan.num_frames - 1)
+  out = []
+  for shape, x, y, dx, dy, size, c in plan.distractors:
+    u = (gx - (x + dx * frac)[:, None, None]) / size
+    v = (gy - (y + dy * frac)[:, None, None]) / size
+    out.append((int(shape), int(c), _inside(shape, u, v)))
+  return out
+
+
 def _background(plan: Plan, size: int) -> np.ndarray:
   """float32 [size, size, 3], the static scene the camera looks at."""
   coords = (np.arange(size, dtype=np.float32) + 0.5) / size
@@ -568,16 +595,13 @@ def _render(plan: Plan, t: np.ndarray, res: int) -> np.ndarray:
   rows = np.arange(res)[None, :] + margin + st.shift[:, 1:]
   cols = np.arange(res)[None, :] + margin + st.shift[:, :1]
   frames = bg[rows[:, :, None], cols[:, None, :]]
-  gx, gy = _grid(res, st.shift)
-  frac = t / (plan.num_frames - 1)
-  for shape, x, y, dx, dy, size, c in plan.distractors:
-    u = (gx - (x + dx * frac)[:, None, None]) / size
-    v = (gy - (y + dy * frac)[:, None, None]) / size
-    frames = np.where(_inside(shape, u, v)[..., None], PALETTE[int(c)] * 0.5 + 0.15, frames)
+  for _, c, inside in _distractors(plan, t, st, res):
+    frames = np.where(inside[..., None], PALETTE[c] * 0.5 + 0.15, frames)
   body, head = _actors(plan, st, res)
   for k in range(plan.num_actors):
-    frames = np.where(body[k, ..., None], st.color[k, :, None, None], frames)
-    frames = np.where(head[k, ..., None], st.color[k, :, None, None] * 0.3, frames)
+    color = _COLORS[st.color_id[k]][:, None, None]
+    frames = np.where(body[k, ..., None], color, frames)
+    frames = np.where(head[k, ..., None], color * 0.3, frames)
   frames = np.where(_items(st, res)[..., None], _ITEM_COLOR, frames)
   frames = frames * st.light[:, None, None, None]
   return (np.clip(frames, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
@@ -698,3 +722,31 @@ class SceneVideos(base.PlannedVideos):
         if k >= 0:
           out[act, k, c] = 1
     return out
+
+  def concepts(self, record: base.Record, indices: np.ndarray) -> dict[str, np.ndarray]:
+    """Concept masks at frames `indices` (see the module docstring).
+
+    Returns:
+      {"shape", "color", "texture", "action"}: int32 [F, H, W] each.
+    """
+    plan = self.plan(record["index"])
+    t = np.asarray(indices)
+    st = _state(plan, t)
+    body, head = _actors(plan, st, self.resolution)
+    shape = np.zeros(body.shape[1:], np.int32)
+    color = np.zeros_like(shape)
+    for s, c, inside in _distractors(plan, t, st, self.resolution):
+      shape = np.where(inside, s + 1, shape)
+      color = np.where(inside, c + 1, color)
+    doing = self.actor_labels(record, t).argmax(-1) + 1  # [F, MAX_ACTORS]
+    doing *= self.actor_labels(record, t).any(-1)
+    action = np.zeros_like(shape)
+    for k in range(plan.num_actors):
+      shape = np.where(body[k], plan.shape[k] + 1, shape)
+      color = np.where(body[k], np.where(head[k], 0, st.color_id[k, :, None, None] + 1), color)
+      action = np.where(body[k], doing[:, k, None, None], action)
+    items = _items(st, self.resolution)
+    shape, color, action = (np.where(items, 0, m) for m in (shape, color, action))
+    texture = np.where((shape == 0) & ~items, plan.texture + 1, 0)
+    masks = {"shape": shape, "color": color, "texture": texture, "action": action}
+    return {name: m.astype(np.int32) for name, m in masks.items()}
