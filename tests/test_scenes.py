@@ -178,17 +178,22 @@ def test_boxes_and_masks_agree_with_the_pixels():
 
 
 def test_every_activity_changes_its_frames(train, plans):
-  # Rendering a plan without one instance changes nearly all of its frames.
+  # Rendering a plan without one instance changes nearly all of its frames,
+  # at 32 pixels, for the first 5 instances of each class.
   for name, c in C.items():
-    i, j = next(
+    found = [
       (i, j) for i, p in enumerate(plans) for j, row in enumerate(p.instances) if row[0] == c
-    )
-    plan = plans[i]
-    _, _, _, s, e = plan.instances[j]
-    keep = np.arange(len(plan.instances)) != j
-    without = dataclasses.replace(plan, instances=plan.instances[keep], param=plan.param[keep])
-    t = np.arange(s, e)
-    changed = (scenes._render(plan, t, 24) != scenes._render(without, t, 24)).any((1, 2, 3))
+    ]
+    changed = []
+    for i, j in found[:5]:
+      plan = plans[i]
+      _, _, _, s, e = plan.instances[j]
+      keep = np.arange(len(plan.instances)) != j
+      without = dataclasses.replace(plan, instances=plan.instances[keep], param=plan.param[keep])
+      t = np.arange(s, e)
+      diff = scenes._render(plan, t, 32) != scenes._render(without, t, 32)
+      changed.extend(diff.any((1, 2, 3)))
+    changed = np.array(changed)
     assert changed.mean() >= 0.9, (name, changed)
 
 

@@ -39,19 +39,21 @@ Person-level activities (one actor; an actor does one at a time)
     (3-4: squashed to 65% height, 130% width) with p=0.8; `land` never
     happens otherwise.
   * `crouch` (6-30): 55% height, feet kept. Followed at once by `stand_up`
-    (4-8: height back from 55% to 100%) with p=0.7; never otherwise.
+    (4-8: height from 55% to 85%, then back to 100%) with p=0.7; never
+    otherwise.
   * rotate is `spin` (8-36: a full turn every 10 frames) in videos that spin
-    (p=0.6) and `wave` (6-24: +-0.6 rad, period 6) in the others: the two
+    (p=0.6) and `wave` (6-24: +-0.7 rad, period 4) in the others: the two
     are mutually exclusive in a video.
-  * resize is `inflate` (6-20: up to 1.6x size and back) in videos that
-    inflate (p=0.65), `shrink` (6-20: down to 0.55x and back) in the others:
-    mutually exclusive.
+  * resize is `inflate` (6-20: 1.18x, up to 1.6x and back) in videos that
+    inflate (p=0.65), `shrink` (6-20: 0.87x, down to 0.55x and back) in the
+    others: mutually exclusive.
   * `shake` (3-10): it jitters sideways by +-0.04 of the frame every frame.
   * `change_color` (6-40): it takes another palette colour, then its own.
   * `flash` (3-5): it turns white. Followed at once by `vanish` with p=0.6.
   * `vanish` (3-8): it is not drawn (and has no box).
   * `carry` (16-0.8 T): a small pale item rides at its side. Followed at
-    once by `throw` (4-8: the item flies off in an arc) with p=0.5; `throw`
+    once by `throw` (4-8: the item flies off in an arc towards the middle of
+    the frame) with p=0.5; `throw`
     never happens otherwise.
 
 Interactions (two actors, both labelled; needs 2+ actors)
@@ -343,7 +345,8 @@ def _plan(seed: int, split: str, index: int, min_frames: int, max_frames: int) -
         lo, hi = _duration_range(follower, T)
         dur = min(int(rng.integers(lo, hi + 1)), limit - t)
         if dur >= lo:
-          add(follower, a, -1, t, t + dur, rng.choice((-1.0, 1.0)))
+          # A throw goes towards the middle of the frame, where it is seen.
+          add(follower, a, -1, t, t + dur, 1.0 if corner[a, 0] == 0 else -1.0)
           t += dur
 
   instances = np.array(inst, np.int32).reshape(-1, 5)
@@ -445,15 +448,16 @@ def _state(plan: Plan, t: np.ndarray) -> _State:
     elif name == "crouch":
       half_h[a] *= np.where(act, 0.55, 1.0)
     elif name == "stand_up":
-      half_h[a] *= np.where(act, 0.55 + 0.45 * q, 1.0)
+      half_h[a] *= np.where(act, 0.55 + 0.3 * q, 1.0)
     elif name == "wave":
-      angle[a] += 0.6 * np.sin(2 * np.pi * (t - s + 1.5) / 6) * act
+      angle[a] += 1.0 * np.sin(2 * np.pi * (t - s + 0.5) / 4) * act
     elif name == "spin":
       angle[a] += 2 * np.pi * (t - s + 0.5) / 10 * act
     elif name == "shake":
       cx[a] += 0.04 * np.where(t % 2 == 0, 1.0, -1.0) * act
     elif name in ("inflate", "shrink"):
-      gain = 1 + (0.6 if name == "inflate" else -0.45) * bump
+      # Starts and ends at 30% of the full change: visible at 32 pixels.
+      gain = 1 + (0.6 if name == "inflate" else -0.45) * (0.3 + 0.7 * bump) * act
       half_w[a] *= gain
       half_h[a] *= gain
     elif name == "flash":
@@ -541,7 +545,7 @@ def _actors(plan: Plan, st: _State, res: int) -> tuple[np.ndarray, np.ndarray]:
     v = (-ex * sin + ey * cos) / st.half_h[k, :, None, None]
     inside = _inside(plan.shape[k], u, v) & st.visible[k, :, None, None]
     body.append(inside)
-    head.append(inside & (u**2 + (v + 0.5) ** 2 <= 0.16))
+    head.append(inside & (u**2 + (v + 0.5) ** 2 <= 0.2))
   return np.stack(body), np.stack(head)
 
 
