@@ -129,7 +129,7 @@ def test_segments_agree_with_labels(train):
     np.testing.assert_allclose(seg[:, 1:] * scenes.FPS, inst[:, 3:], atol=1e-3)
     # Per-actor labels: every labelled class but the scene-level ones.
     per_actor = train.actor_labels(record, np.arange(record["num_frames"])).any((0, 1))
-    scene = np.isin(np.arange(len(C)), [C[s] for s in scenes.SCENE])
+    scene = np.isin(np.arange(len(C)), [C[s] for s in scenes.SCENE + scenes.AUDIO_ONLY])
     np.testing.assert_array_equal(per_actor, labels[i].astype(bool) & ~scene)
     # A window around one instance has its label.
     c, _, _, s, e = inst[len(inst) // 2]
@@ -179,7 +179,8 @@ def test_boxes_and_masks_agree_with_the_pixels():
 
 def test_every_activity_changes_its_frames(train, plans):
   # Rendering a plan without one instance changes nearly all of its frames,
-  # at 32 pixels, for the first 5 instances of each class.
+  # at 32 pixels, for the first 5 instances of each class
+  # (none for the audio-only classes).
   for name, c in C.items():
     found = [
       (i, j) for i, p in enumerate(plans) for j, row in enumerate(p.instances) if row[0] == c
@@ -194,7 +195,10 @@ def test_every_activity_changes_its_frames(train, plans):
       diff = scenes._render(plan, t, 32) != scenes._render(without, t, 32)
       changed.extend(diff.any((1, 2, 3)))
     changed = np.array(changed)
-    assert changed.mean() >= 0.9, (name, changed)
+    if name in scenes.AUDIO_ONLY:
+      assert not changed.any(), name
+    else:
+      assert changed.mean() >= 0.9, (name, changed)
 
 
 def test_trains_through_the_pipeline():
@@ -205,10 +209,10 @@ def test_trains_through_the_pipeline():
   d.scenes.update(num_train=8, num_val=4, num_test=4, resolution=24)
   pipeline.validate_config(config)
   source = pipeline.make_source(d, "train")
-  assert isinstance(source, scenes.SceneVideos) and source.num_classes == 24
+  assert isinstance(source, scenes.SceneVideos) and source.num_classes == len(C) == 26
   batch = next(iter(pipeline.train_dataset(source, d, global_batch_size=4, seed=0)))
   assert batch["video"].shape == (4, 4, 24, 24, 3) and batch["video"].dtype == np.uint8
-  assert batch["labels"].shape == (4, 24)
+  assert batch["labels"].shape == (4, 26)
 
 
 def test_concept_masks_agree_with_instances_and_pixels():
@@ -240,3 +244,40 @@ def test_concept_masks_agree_with_instances_and_pixels():
     f, y, x = np.nonzero(on_actor)
     expected = scenes._COLORS[concepts["color"][f, y, x] - 1] * light[f, None] * 255
     assert (np.abs(frames[f, y, x] - np.round(expected)) <= 1).all()
+
+
+def test_audio_sounds_with_its_activities(train, plans):
+  has_audio = np.array([p.has_audio for p in plans])
+  np.testing.assert_allclose(has_audio.mean(), 0.85, atol=0.06)
+  silent = next(i for i in range(N) if not has_audio[i])
+  assert not train.audio(train[silent], 0, 16000).any()
+
+  def tone(wave, hz, start):
+    """Amplitude of a `hz` sine in samples from `start` (a Fourier coefficient)."""
+    time = (start + np.arange(len(wave))) / scenes.SAMPLE_RATE
+    return 2 * np.abs(np.mean(wave * np.exp(-2j * np.pi * hz * time)))
+
+  heard = checked = 0
+  for i in np.flatnonzero(has_audio)[:60]:
+    record, plan = train[i], plans[i]
+    n = int(plan.num_frames / scenes.FPS * scenes.SAMPLE_RATE)
+    wave = train.audio(record, 0, n)
+    assert wave.dtype == np.float32 and (np.abs(wave) <= 1).all()
+    np.testing.assert_array_equal(train.audio(record, 1234, 5678), wave[1234:5678])
+    sounding = [r for r in plan.instances if scenes.CLASS_NAMES[r[0]] in scenes.SOUNDS]
+    for c, _, _, s, e in plan.instances:
+      a, b = int(s / scenes.FPS * scenes.SAMPLE_RATE), int(e / scenes.FPS * scenes.SAMPLE_RATE)
+      others = [r for r in sounding if r[3] < e and r[4] > s and r[0] != c]
+      if others:
+        continue  # overlapping sounds: checked in the videos where they are alone
+      name = scenes.CLASS_NAMES[c]
+      if name in scenes.SOUNDS:
+        # Full amplitude 0.3 while on (ring 50%, knock 30% of the time).
+        duty = {"ring": 0.5, "knock": 0.3}.get(name, 1.0)
+        assert tone(wave[a:b], scenes.SOUNDS[name], a) > 0.2 * duty, name
+        heard += 1
+      else:
+        loud = max(tone(wave[a:b], hz, a) for hz in scenes.SOUNDS.values())
+        assert loud < 0.02, name
+        checked += 1
+  assert heard > 30 and checked > 100

@@ -1,4 +1,4 @@
-"""Multi-actor scenes: an embedded dataset with boxes, masks and long videos.
+"""Multi-actor scenes: an embedded dataset with boxes, masks, sound and long videos.
 
 Each video is 96 to 160 frames (uniform, `min_frames`..`max_frames`) of
 `resolution` pixels square at a nominal `FPS` = 24. It shows 1 to 4 *actors*
@@ -75,6 +75,17 @@ Scene-level activities (no actor)
     exclusive.
   * `camera_shake` (3-12): p=0.12; the view jumps by 2 pixels each frame.
 
+Sound (mono, SAMPLE_RATE = 16 kHz)
+  * With p=0.15 a video has no sound track (`has_audio` False: silence).
+    Otherwise: Gaussian noise of standard deviation 0.01-0.04 (uniform),
+    plus a tone of amplitude 0.3 at the class's `SOUNDS` frequency during
+    every instance of a sounding class: `land`, `push`, `meet`,
+    `hand_over`, `throw`, `camera_shake`, `lights_flicker` (seen and heard)
+    and the audio-only scene-level classes:
+  * `ring` (8-48): p=0.1; an 880 Hz tone switched on and off every 0.05 s.
+  * `knock` (3-10): p=0.08; 180 Hz pulses of 0.03 s every 0.1 s.
+  The other classes are silent; `ring` and `knock` change no pixel.
+
 So activities last from 3 frames to most of the video, with idle stretches
 between them (clips at rates 2, 4 and 8 see different things); jump-land,
 crouch-stand_up, flash-vanish and carry-throw co-occur (the second only after
@@ -100,6 +111,8 @@ Ground truth (computed on demand by `SceneVideos` methods):
     or a distractor, len(PALETTE) + 1 for white), `texture` (1 + TEXTURES
     index where the background is seen) and `action` (1 + the class an actor
     performs, on its visible pixels).
+  `audio(record, start, stop)`: float32 [stop - start], samples start..stop
+    of the sound track; `has_audio` in the record.
 """
 
 from __future__ import annotations
@@ -133,11 +146,26 @@ PERSON = (
 )
 INTERACTIONS = ("meet", "follow", "push", "hand_over")
 SCENE = ("lights_dim", "lights_flicker", "camera_shake")
-CLASS_NAMES = PERSON + INTERACTIONS + SCENE
+AUDIO_ONLY = ("ring", "knock")
+CLASS_NAMES = PERSON + INTERACTIONS + SCENE + AUDIO_ONLY
 _C = {name: i for i, name in enumerate(CLASS_NAMES)}
 SHAPES = ("rectangle", "disc", "triangle", "cross", "diamond")
 TEXTURES = ("plain", "noise", "stripes", "checker")
 MAX_ACTORS = 4
+SAMPLE_RATE = 16000
+# The classes that sound, and their tone's frequency in Hz; the others are
+# silent.
+SOUNDS = {
+  "land": 120.0,
+  "push": 250.0,
+  "meet": 440.0,
+  "hand_over": 560.0,
+  "throw": 700.0,
+  "camera_shake": 90.0,
+  "lights_flicker": 1250.0,
+  "ring": 880.0,
+  "knock": 180.0,
+}
 
 PALETTE = np.array(
   [
@@ -209,6 +237,8 @@ def _duration_range(name: str, num_frames: int) -> tuple[int, int]:
     "lights_dim": (12, int(0.7 * num_frames)),
     "lights_flicker": (4, 12),
     "camera_shake": (3, 12),
+    "ring": (8, 48),
+    "knock": (3, 10),
   }
   return ranges[name]
 
@@ -231,6 +261,7 @@ class Plan:
     distractors: float [D, 7], (shape, x, y, dx, dy, size, colour index).
     bg_colors: float [2, 3]; texture: index into TEXTURES; texture_seed: int.
     brightness: float.
+    has_audio: whether the video has a sound track; noise: its noise level.
   """
 
   num_frames: int
@@ -247,6 +278,8 @@ class Plan:
   texture: int
   texture_seed: int
   brightness: float
+  has_audio: bool
+  noise: float
 
   @property
   def num_actors(self) -> int:
@@ -299,6 +332,9 @@ def _plan(seed: int, split: str, index: int, min_frames: int, max_frames: int) -
     add(name, -1, -1, *span(name))
   if rng.random() < 0.12:
     add("camera_shake", -1, -1, *span("camera_shake"))
+  for name, p in (("ring", 0.1), ("knock", 0.08)):
+    if rng.random() < p:
+      add(name, -1, -1, *span(name))
 
   # Interactions first, so that both actors are free at the same time.
   if n >= 2:
@@ -377,6 +413,8 @@ def _plan(seed: int, split: str, index: int, min_frames: int, max_frames: int) -
     texture=int(rng.integers(len(TEXTURES))),
     texture_seed=int(rng.integers(2**31)),
     brightness=float(rng.uniform(0.8, 1.0)),
+    has_audio=bool(rng.random() < 0.85),
+    noise=float(rng.uniform(0.01, 0.04)),
   )
 
 
@@ -573,6 +611,32 @@ def _distractors(
   return out
 
 
+def _audio(plan: Plan, start: int, stop: int) -> np.ndarray:
+  """Samples [start, stop) of a planned video's sound track, float32."""
+  out = np.zeros(stop - start, np.float32)
+  if not plan.has_audio or stop <= start:
+    return out
+  # Noise comes in 0.1 s blocks, each from its own seed, so that a span of
+  # samples draws only the blocks it overlaps.
+  block = SAMPLE_RATE // 10
+  for b in range(start // block, (stop - 1) // block + 1):
+    noise = np.random.default_rng([plan.texture_seed, b]).normal(0, plan.noise, block)
+    lo, hi = max(start, b * block), min(stop, (b + 1) * block)
+    out[lo - start : hi - start] = noise[lo - b * block : hi - b * block]
+  time = np.arange(start, stop) / SAMPLE_RATE
+  for c, _, _, s, e in plan.instances:
+    name = CLASS_NAMES[c]
+    if name not in SOUNDS:
+      continue
+    on = (time >= s / FPS) & (time < e / FPS)
+    if name == "ring":
+      on &= time % 0.1 < 0.05
+    elif name == "knock":
+      on &= time % 0.1 < 0.03
+    out += np.where(on, 0.3 * np.sin(2 * np.pi * SOUNDS[name] * time), 0.0).astype(np.float32)
+  return np.clip(out, -1.0, 1.0)
+
+
 def _background(plan: Plan, size: int) -> np.ndarray:
   """float32 [size, size, 3], the static scene the camera looks at."""
   coords = (np.arange(size, dtype=np.float32) + 0.5) / size
@@ -667,6 +731,7 @@ class SceneVideos(base.PlannedVideos):
       "labels": plan.labels,
       "segments": segments.astype(np.float32),
       "instances": inst,
+      "has_audio": plan.has_audio,
       "num_frames": plan.num_frames,
       "fps": FPS,
     }
@@ -726,6 +791,11 @@ class SceneVideos(base.PlannedVideos):
         if k >= 0:
           out[act, k, c] = 1
     return out
+
+  def audio(self, record: base.Record, start: int, stop: int) -> np.ndarray:
+    """Samples [start, stop) of the video's sound track at SAMPLE_RATE,
+    float32 [stop - start] in [-1, 1]; zeros when it has none."""
+    return _audio(self.plan(record["index"]), start, stop)
 
   def concepts(self, record: base.Record, indices: np.ndarray) -> dict[str, np.ndarray]:
     """Concept masks at frames `indices` (see the module docstring).
