@@ -116,6 +116,16 @@ def data_config() -> ml_collections.ConfigDict:
         "video_frames": 32,
         "resolution": 64,
       },
+      # Multi-actor scenes with boxes and masks (mlar_jax/data/scenes.py).
+      "scenes": {
+        "seed": 0,
+        "num_train": 2048,
+        "num_val": 256,
+        "num_test": 512,
+        "resolution": 48,
+        "min_frames": 96,
+        "max_frames": 160,
+      },
     }
   )
 

@@ -30,18 +30,6 @@ def test_rendering_a_subset_equals_indexing_the_whole_video(train):
   np.testing.assert_array_equal(train.load_frames(train[11], idx), train.video(11)[idx])
 
 
-def test_video_ids_are_the_records_ids_without_drawing_a_video(monkeypatch):
-  videos = synthetic.SyntheticVideos("val", seed=1, num_videos=12, resolution=16)
-  ref = [videos[i]["id"] for i in range(len(videos))]
-  assert ref[:2] == ["val000000", "val000001"] and len(set(ref)) == 12
-
-  def no_plan(*args):
-    raise AssertionError("video_ids drew a video's plan")
-
-  monkeypatch.setattr(synthetic, "_plan", no_plan)
-  assert videos.video_ids() == ref
-
-
 def test_label_statistics_follow_the_rules(train):
   labels = train.label_matrix()
   stats = train.class_stats()

@@ -118,6 +118,64 @@ class VideoSource(abc.ABC):
     return ClassStats.from_labels(self.label_matrix())
 
 
+# Procedural splits: their ids enter the random seed of every video.
+SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
+
+
+class PlannedVideos(VideoSource):
+  """A split rendered procedurally: video `index` is a *plan* of random
+  choices, a pure function of (seed, split, index), drawn by `_draw`; frames
+  and ground truth are computed from the plan alone.
+
+  Subclasses implement `_draw(index)` (a plan with an int32 [C] `labels`
+  attribute), `class_names`, `__getitem__` and `load_frames`.
+
+  Attributes:
+    split: "train", "val" or "test".
+    seed: dataset seed; (seed, split, index) fixes a video.
+    num_videos: number of videos in the split.
+  """
+
+  def __init__(self, split: str, seed: int, num_videos: int):
+    if split not in SPLIT_IDS:
+      raise ValueError(f"split must be one of {list(SPLIT_IDS)}, got {split!r}")
+    self.split = split
+    self.seed = seed
+    self.num_videos = num_videos
+    self._labels: np.ndarray | None = None
+
+  def __len__(self) -> int:
+    return self.num_videos
+
+  @abc.abstractmethod
+  def _draw(self, index: int) -> Any: ...
+
+  def plan(self, index: int) -> Any:
+    """The plan of video `index`."""
+    if not 0 <= index < self.num_videos:
+      raise IndexError(f"index {index} out of range for {self!r}")
+    return self._draw(int(index))
+
+  def _video_id(self, index: int) -> str:
+    return f"{self.split}{int(index):06d}"
+
+  def video(self, index: int) -> np.ndarray:
+    """All frames of a video, uint8 [T_v, H, W, 3]."""
+    record = self[index]
+    return self.load_frames(record, np.arange(record["num_frames"]))
+
+  def label_matrix(self) -> np.ndarray:
+    # Every video's plan is drawn once, then kept with the source (a
+    # functools.cache on the method would keep every source alive).
+    if self._labels is None:
+      self._labels = np.stack([self.plan(i).labels for i in range(self.num_videos)])
+    return self._labels
+
+  def video_ids(self) -> list[str]:
+    # From the split and index alone: no plan is drawn, no frame rendered.
+    return [self._video_id(i) for i in range(self.num_videos)]
+
+
 class AnnotatedVideos(VideoSource):
   """A split whose annotations are in memory (parsed files, prepared
   metadata): class names, the label matrix and the ids are given once."""

@@ -26,7 +26,7 @@ import numpy as np
 from absl import logging
 
 from mlar_jax import config_lib, registry
-from mlar_jax.data import base, sampling, sources, synthetic, transforms, video
+from mlar_jax.data import base, sampling, scenes, sources, synthetic, transforms, video
 
 # name -> fn(data_config, split) -> VideoSource
 SOURCES: registry.Registry = registry.Registry("dataset")
@@ -45,6 +45,19 @@ def _synthetic(cfg: ml_collections.ConfigDict, split: str) -> base.VideoSource:
     num_videos=s[f"num_{split}"],
     video_frames=s.video_frames,
     resolution=s.resolution,
+  )
+
+
+@SOURCES.register("scenes")
+def _scenes(cfg: ml_collections.ConfigDict, split: str) -> base.VideoSource:
+  s = cfg.scenes
+  return scenes.SceneVideos(
+    split,
+    seed=s.seed,
+    num_videos=s[f"num_{split}"],
+    resolution=s.resolution,
+    min_frames=s.min_frames,
+    max_frames=s.max_frames,
   )
 
 

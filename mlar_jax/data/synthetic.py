@@ -72,7 +72,6 @@ CLASS_NAMES = (
   "flash",
 )
 _C = {name: i for i, name in enumerate(CLASS_NAMES)}
-SPLITS = {"train": 0, "val": 1, "test": 2}
 FPS = 24.0  # nominal frame rate, for segments in seconds
 
 # Saturated actor colours; a colour change goes to a different entry.
@@ -119,7 +118,7 @@ class _Plan:
 
 def _plan(seed: int, split: str, index: int, num_frames: int) -> _Plan:
   """Draws the activities of one video and their parameters."""
-  rng = np.random.default_rng([seed, SPLITS[split], index])
+  rng = np.random.default_rng([seed, base.SPLIT_IDS[split], index])
   t_last = num_frames - 1
   labels = np.zeros(len(CLASS_NAMES), np.int32)
   segments = np.full((len(CLASS_NAMES), 2), -1, np.int32)
@@ -285,7 +284,7 @@ def _render(plan: _Plan, t: np.ndarray, num_frames: int, res: int) -> np.ndarray
   return (np.clip(frames, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
 
 
-class SyntheticVideos(base.VideoSource):
+class SyntheticVideos(base.PlannedVideos):
   """One split of the embedded dataset as a grain random-access source.
 
   Attributes:
@@ -305,19 +304,11 @@ class SyntheticVideos(base.VideoSource):
     video_frames: int = 32,
     resolution: int = 64,
   ):
-    if split not in SPLITS:
-      raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
     if video_frames < 16:
       raise ValueError(f"video_frames must be at least 16, got {video_frames}")
-    self.split = split
-    self.seed = seed
-    self.num_videos = num_videos
+    super().__init__(split, seed, num_videos)
     self.video_frames = video_frames
     self.resolution = resolution
-    self._labels: np.ndarray | None = None
-
-  def __len__(self) -> int:
-    return self.num_videos
 
   def __repr__(self) -> str:
     return (
@@ -330,13 +321,8 @@ class SyntheticVideos(base.VideoSource):
   def class_names(self) -> Sequence[str]:
     return CLASS_NAMES
 
-  def plan(self, index: int) -> _Plan:
-    if not 0 <= index < self.num_videos:
-      raise IndexError(f"index {index} out of range for {self!r}")
-    return _plan(self.seed, self.split, int(index), self.video_frames)
-
-  def _video_id(self, index: int) -> str:
-    return f"{self.split}{int(index):06d}"
+  def _draw(self, index: int) -> _Plan:
+    return _plan(self.seed, self.split, index, self.video_frames)
 
   def __getitem__(self, index: int) -> base.Record:
     plan = self.plan(index)
@@ -355,18 +341,3 @@ class SyntheticVideos(base.VideoSource):
     return _render(
       self.plan(record["index"]), np.asarray(indices), self.video_frames, self.resolution
     )
-
-  def video(self, index: int) -> np.ndarray:
-    """All frames of a video, uint8 [T_v, H, W, 3]."""
-    return self.load_frames(self[index], np.arange(self.video_frames))
-
-  def label_matrix(self) -> np.ndarray:
-    # Every video's plan is drawn once, then kept with the source (a
-    # functools.cache on the method would keep every source alive).
-    if self._labels is None:
-      self._labels = np.stack([self.plan(i).labels for i in range(self.num_videos)])
-    return self._labels
-
-  def video_ids(self) -> list[str]:
-    # From the split and index alone: no plan is drawn, no frame rendered.
-    return [self._video_id(i) for i in range(self.num_videos)]
