@@ -345,17 +345,22 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   validation.validate(config)
   mesh = sharding.make_mesh(config.mesh)
   sharding.validate_for_mesh(config, mesh)
-  train_source = pipeline.make_source(config.data, "train")
-  stats = train_source.class_stats()
-  model = models.build_model(config.model, stats.num_classes, stats)
-  with checkpointing.make_manager(workdir, config.checkpoint) as manager:
-    steps, directory = manager.all_steps(), epath.Path(manager.directory)
+  # The checkpoint first: a wrong workdir or step fails before any data is
+  # read, and a missing checkpoints/ folder is not created.
+  directory = epath.Path(os.path.abspath(os.fspath(workdir))) / "checkpoints"
+  steps = []
+  if directory.exists():
+    with checkpointing.make_manager(workdir, config.checkpoint) as manager:
+      steps = manager.all_steps()
   step = max(steps, default=None) if config.eval.step < 0 else config.eval.step
   if step not in steps:
     raise FileNotFoundError(
       f"No checkpoint {'(latest)' if config.eval.step < 0 else config.eval.step} "
       f"in {directory}; steps there: {sorted(steps)}"
     )
+  train_source = pipeline.make_source(config.data, "train")
+  stats = train_source.class_stats()
+  model = models.build_model(config.model, stats.num_classes, stats)
   loaded = checkpointing.load_variables(os.fspath(directory / str(step)))
   shardings = sharding.state_shardings(loaded, mesh, config.sharding)
   variables = jax.device_put(loaded, shardings)

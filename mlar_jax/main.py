@@ -8,6 +8,8 @@ Several processes (a TPU pod slice, SLURM tasks, or `--coordinator_address
 reads its rows of every global batch, and process 0 writes logs and results.
 """
 
+import sys
+
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -29,7 +31,10 @@ def main(argv):
   cli.setup(FLAGS.config)
   logging.info("Config:\n%s", FLAGS.config)
   if FLAGS.mode == "eval":
-    results = evaluate.evaluate(FLAGS.config, FLAGS.workdir)
+    try:
+      results = evaluate.evaluate(FLAGS.config, FLAGS.workdir)
+    except FileNotFoundError as e:  # no such checkpoint: one line, not a traceback
+      sys.exit(f"--mode eval: {e}")
   else:
     results = train.train_and_evaluate(
       FLAGS.config, FLAGS.workdir, final_eval=FLAGS.mode == "train_and_eval"

@@ -208,10 +208,15 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
     config_lib.fail("mesh", dict(config.mesh), "sizes must be positive, one of them may be -1")
   config_lib.check_positive(config, "sharding.fsdp_min_size")
-  for rule in config.sharding.rules:
+  rules = config.sharding.rules
+  if not isinstance(rules, (tuple, list)):
+    config_lib.fail("sharding.rules", rules, "must be a tuple of (regex, (axis or None, ...))")
+  for rule in rules:
     if (
-      len(rule) != 2
+      not isinstance(rule, (tuple, list))
+      or len(rule) != 2
       or not isinstance(rule[0], str)
+      or not isinstance(rule[1], (tuple, list))
       or any(a is not None and a not in AXES for a in rule[1])
     ):
       config_lib.fail(

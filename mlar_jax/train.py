@@ -144,10 +144,12 @@ def _log_line(
 @dataclasses.dataclass(frozen=True)
 class Training:
   """What `build_training` assembles: the model, the optimizer, and the one
-  pure update step with the state shardings that make it the step of `mesh`.
+  pure update step, with the parameter layout that makes it the step of
+  `mesh`.
 
-  Everything else is derived: `abstract_state` from `init_fn`, the jitted
-  step and initialiser from `step_fn` / `init_fn` and the shardings.
+  Everything else is derived, once: `abstract_state` from `init_fn`,
+  `state_shardings` from it and `sharding_config`, the jitted step and
+  initialiser from those.
   """
 
   model: nn.Module
@@ -155,12 +157,17 @@ class Training:
   mesh: Mesh
   init_fn: Callable[[jax.Array], TrainState]  # rng -> fresh state
   step_fn: Callable  # pure (state, batch) -> (state, metrics)
-  state_shardings: TrainState  # NamedShardings over `mesh`
+  sharding_config: ml_collections.ConfigDict  # config.sharding
 
   @functools.cached_property
   def abstract_state(self) -> TrainState:
     """The state's ShapeDtypeStructs (`jax.eval_shape`: nothing allocated)."""
     return jax.eval_shape(self.init_fn, jax.random.key(0))
+
+  @functools.cached_property
+  def state_shardings(self) -> TrainState:
+    """NamedShardings over `mesh` for every leaf of the state."""
+    return sharding.state_shardings(self.abstract_state, self.mesh, self.sharding_config)
 
   def jit_init(self) -> Callable[[jax.Array], TrainState]:
     """jit(rng -> state), the state laid out by `state_shardings`."""
@@ -204,11 +211,13 @@ def build_training(
   )
   video_shape = pipeline.batch_spec(config.data, 1, stats.num_classes)["video"].shape
   init_fn = functools.partial(init_state, model, tx, video_shape)
-  state_shardings = sharding.state_shardings(
-    jax.eval_shape(init_fn, jax.random.key(0)), mesh, config.sharding
-  )
   return Training(
-    model=model, tx=tx, mesh=mesh, init_fn=init_fn, step_fn=step_fn, state_shardings=state_shardings
+    model=model,
+    tx=tx,
+    mesh=mesh,
+    init_fn=init_fn,
+    step_fn=step_fn,
+    sharding_config=config.sharding,
   )
 
 

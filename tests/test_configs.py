@@ -89,6 +89,7 @@ def test_parse_arg():
       (("head/x", ("tensor",)),),
       "config.sharding.rules=('head/x', ('tensor',)): must be (regex, (axis or None, ...))",
     ),
+    ("sharding.rules", ("head/x",), "config.sharding.rules='head/x': must be (regex, "),
   ],
 )
 def test_validate_names_the_bad_key(key, value, message):
@@ -129,4 +130,12 @@ def test_cli_rejects_unknown_key_and_bad_value_before_training(tmp_path):
   proc = _cli(tmp_path, "--config.model.backbone=nope")
   assert proc.returncode != 0
   assert "config.model.backbone='nope'" in proc.stderr
+  assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+def test_cli_eval_without_a_checkpoint_is_one_line_and_creates_nothing(tmp_path):
+  proc = _cli(tmp_path, "--mode=eval")
+  assert proc.returncode != 0
+  assert proc.stderr.strip().splitlines()[-1].startswith("--mode eval: No checkpoint (latest) in ")
+  assert "Traceback" not in proc.stderr
   assert not (tmp_path / "w" / "checkpoints").exists()

@@ -118,8 +118,10 @@ class VideoSource(abc.ABC):
     return ClassStats.from_labels(self.label_matrix())
 
 
-# Procedural splits: their ids enter the random seed of every video.
-SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
+# The splits a dataset may have (`config.eval.split`); a procedural split's
+# position here enters the random seed of each of its videos.
+SPLITS = ("train", "val", "test")
+SPLIT_IDS = {split: i for i, split in enumerate(SPLITS)}
 
 
 class PlannedVideos(VideoSource):

@@ -30,7 +30,6 @@ from mlar_jax.data import base, sampling, scenes, sources, synthetic, transforms
 
 # name -> fn(data_config, split) -> VideoSource
 SOURCES: registry.Registry = registry.Registry("dataset")
-SPLITS = ("train", "val", "test")
 # Training labels: a video's (video) or those of the actions overlapping the
 # sampled clip (window; needs segment annotations, e.g. Charades).
 LABEL_MODES = ("video", "window")
@@ -167,7 +166,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   """`config.data` and the split `config.eval.split` evaluates."""
   config_lib.check_choice(config, "data.name", SOURCES.names())
   config_lib.check_choice(config, "data.label_mode", LABEL_MODES)
-  config_lib.check_choice(config, "eval.split", SPLITS)
+  config_lib.check_choice(config, "eval.split", base.SPLITS)
   config_lib.check_positive(
     config,
     "data.num_frames",
