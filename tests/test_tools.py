@@ -51,3 +51,14 @@ def test_study_variants_override_the_base_config():
     }
   ]
   assert "| a | 0.6000 +- 0.1414 | 0.5000, 0.7000 |" in ablate.format_table(rows)
+
+
+def test_scenes_figure_draws_a_video(tmp_path):
+  from PIL import Image
+
+  from mlar_jax.tools import scenes_figure
+
+  out = tmp_path / "scenes.png"
+  scenes_figure.main(["--out", str(out), "--frames", "3", "--resolution", "32"])
+  width, height = Image.open(out).size
+  assert width > 300 and height > 300
