@@ -64,9 +64,10 @@ def test_write_video_with_and_without_sound(tmp_path):
   t = np.arange(30 * rate // 24) / rate
   tone = (0.3 * np.sin(2 * np.pi * 440 * t) * (t > 0.5)).astype(np.float32)
   loud = video.write_video(str(tmp_path / "a.mp4"), frames, 24, audio=tone, sample_rate=rate)
-  silent = video.write_video(str(tmp_path / "b.mp4"), frames, 24)
+  silent = video.write_video(str(tmp_path / "b.mp4"), frames, 24.0)  # float rates too
   for path in (loud, silent):
-    assert video.video_info(path).num_frames == 30
+    info = video.video_info(path)
+    assert (info.num_frames, info.fps) == (30, 24.0)
     assert [read_index(f) for f in video.decode_frames(path, range(30))] == list(range(30))
   with av.open(silent) as container:
     assert not container.streams.audio

@@ -15,6 +15,7 @@ the file, so the pipeline can skip the sample and count it.
 from __future__ import annotations
 
 import dataclasses
+import fractions
 import os
 
 import av
@@ -193,7 +194,8 @@ def write_video(
   tmp = os.path.join(folder, f".{stem}.{os.getpid()}.tmp{ext}")
   try:
     with av.open(tmp, "w") as out:
-      vstream = out.add_stream("libx264", rate=fps)
+      # PyAV takes the rate as a fraction (24, 30000/1001), not a float.
+      vstream = out.add_stream("libx264", rate=fractions.Fraction(fps).limit_denominator(1001))
       vstream.width, vstream.height, vstream.pix_fmt = w, h, "yuv420p"
       vstream.options = {"crf": "10", "g": str(max(1, round(fps))), **(options or {})}
       send_audio = _audio_sender(out, audio, int(sample_rate or 0))
