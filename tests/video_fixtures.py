@@ -2,9 +2,10 @@
 
 import os
 
-import av
 import numpy as np
 from PIL import Image
+
+from mlar_jax.data import video
 
 BITS = 8
 
@@ -26,17 +27,8 @@ def read_index(frame: np.ndarray) -> int:
 
 def write_mp4(path: str, num_frames: int, fps: int = 24, gop: int = 8) -> str:
   """H.264 mp4 of index frames, a keyframe every `gop` frames."""
-  with av.open(path, "w") as out:
-    stream = out.add_stream("libx264", rate=fps)
-    stream.width = stream.height = 64
-    stream.pix_fmt = "yuv420p"
-    stream.options = {"g": str(gop), "bf": "2", "crf": "10"}
-    for i in range(num_frames):
-      for packet in stream.encode(av.VideoFrame.from_ndarray(index_frame(i), format="rgb24")):
-        out.mux(packet)
-    for packet in stream.encode():
-      out.mux(packet)
-  return path
+  frames = np.stack([index_frame(i) for i in range(num_frames)])
+  return video.write_video(path, frames, fps, options={"g": str(gop), "bf": "2", "crf": "10"})
 
 
 def write_frame_folder(path: str, video_id: str, num_frames: int) -> str:

@@ -113,16 +113,31 @@ Ground truth (computed on demand by `SceneVideos` methods):
     performs, on its visible pixels).
   `audio(record, start, stop)`: float32 [stop - start], samples start..stop
     of the sound track; `has_audio` in the record.
+
+Export: `python -m mlar_jax.data.scenes export --format charades --out DIR`
+writes the train and test splits as a Charades folder (class file, CSVs, one
+H.264 mp4 per video with its AAC sound track; `export_charades`), which
+`config.data.name=charades` with `config.data.charades.root=DIR` reads like
+the real dataset.
 """
 
 from __future__ import annotations
 
+import argparse
+import csv
 import dataclasses
+import io
+import json
+import os
+import sys
+import time
 from typing import Sequence
 
 import numpy as np
+import tqdm
 
-from mlar_jax.data import base
+from mlar_jax import config_lib
+from mlar_jax.data import base, video
 from mlar_jax.data.synthetic import FPS
 
 PERSON = (
@@ -824,3 +839,194 @@ class SceneVideos(base.PlannedVideos):
     texture = np.where((shape == 0) & ~items, plan.texture + 1, 0)
     masks = {"shape": shape, "color": color, "texture": texture, "action": action}
     return {name: m.astype(np.int32) for name, m in masks.items()}
+
+
+# Export ----------------------------------------------------------------------
+
+# The columns of the official Charades CSVs, in their order.
+CHARADES_COLUMNS = (
+  "id",
+  "subject",
+  "scene",
+  "quality",
+  "relevance",
+  "verified",
+  "script",
+  "objects",
+  "descriptions",
+  "actions",
+  "length",
+)
+# Beside an export: its settings. It marks the folder as one, and a rerun
+# with the same settings keeps the videos already written.
+EXPORT_MANIFEST = "scenes_export.json"
+
+
+def _write_text(path: str, text: str) -> None:
+  # Renamed into place: a file under its final name is always complete.
+  tmp = f"{path}.tmp"
+  with open(tmp, "w", encoding="utf-8", newline="") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def _charades_row(record: base.Record) -> dict[str, str]:
+  """A record as a row of CHARADES_COLUMNS. The columns the scenes have no
+  counterpart for (subject, scene, ratings, script, objects, descriptions)
+  are empty; every video is `verified`: its labels are true by construction."""
+  actions = ";".join(f"c{int(c):03d} {s:.2f} {e:.2f}" for c, s, e in record["segments"])
+  row = dict.fromkeys(CHARADES_COLUMNS, "")
+  row.update(
+    id=record["id"],
+    verified="Yes",
+    actions=actions,
+    length=f"{record['num_frames'] / FPS:.2f}",
+  )
+  return row
+
+
+def export_charades(
+  out_dir: str,
+  *,
+  seed: int,
+  num_train: int,
+  num_test: int,
+  resolution: int,
+  min_frames: int,
+  max_frames: int,
+  overwrite: bool = False,
+) -> dict[str, int]:
+  """Writes the "train" and "test" splits as a Charades folder.
+
+  The names are `config.data.charades`'s defaults, so the `charades` source
+  reads the folder with only `root` set:
+    Charades_v1_classes.txt: "c000 walk_left" lines in CLASS_NAMES order.
+    Charades_v1_{train,test}.csv: one row a video in index order, ids as
+      `SceneVideos` gives them ("train000012"), the official columns;
+      `actions` "c003 1.25 1.50;c010 0.00 3.00" from the segments (seconds,
+      2 decimals), `length` in seconds.
+    Charades_v1_480/ID.mp4: every frame at FPS (`video.write_video`: H.264,
+      crf 10), and when the video has sound its SAMPLE_RATE mono track as
+      AAC; no audio stream otherwise.
+    EXPORT_MANIFEST: the settings that fix the videos' content.
+
+  Videos are written first, each under a temporary name and then renamed,
+  and the annotations last: an interrupted export has no CSVs, and running it
+  again keeps the videos already written and writes the rest.
+
+  Args:
+    out_dir: the folder; created if missing. A folder that holds anything but
+      an export of the same seed, resolution and frame range is refused
+      unless `overwrite` (which writes over files of the same names, and
+      rewrites every video, but deletes nothing).
+    seed, resolution, min_frames, max_frames: as `SceneVideos`.
+    num_train, num_test: videos of each split.
+
+  Returns:
+    {"videos", "written", "kept"}: counts of videos in the export, written
+    by this call, and kept from an earlier one.
+  """
+  if resolution % 2:
+    raise ValueError(f"resolution must be even for H.264 (yuv420p), got {resolution}")
+  splits = {
+    split: SceneVideos(
+      split,
+      seed=seed,
+      num_videos=n,
+      resolution=resolution,
+      min_frames=min_frames,
+      max_frames=max_frames,
+    )
+    for split, n in (("train", num_train), ("test", num_test))
+  }
+  settings = {
+    "format": "charades",
+    "seed": seed,
+    "resolution": resolution,
+    "min_frames": min_frames,
+    "max_frames": max_frames,
+  }
+  manifest = os.path.join(out_dir, EXPORT_MANIFEST)
+  previous = None
+  if os.path.exists(manifest):
+    with open(manifest, encoding="utf-8") as f:
+      previous = json.load(f)
+  if os.path.isdir(out_dir) and os.listdir(out_dir) and previous != settings and not overwrite:
+    what = "files that are not a scenes export" if previous is None else f"an export of {previous}"
+    raise FileExistsError(f"{out_dir} holds {what}; pass --overwrite to write over it")
+  names = config_lib.data_config().charades
+  videos_dir = os.path.join(out_dir, names.videos)
+  os.makedirs(videos_dir, exist_ok=True)
+  _write_text(manifest, json.dumps(settings, indent=2) + "\n")
+  written = kept = 0
+  tables = {}
+  for split, videos in splits.items():
+    rows = []
+    for i in tqdm.tqdm(range(len(videos)), desc=f"scenes {split}", unit="video"):
+      record = videos[i]
+      rows.append(_charades_row(record))
+      path = os.path.join(videos_dir, record["id"] + names.video_ext)
+      if previous == settings and os.path.exists(path):
+        kept += 1
+        continue
+      audio = None
+      if record["has_audio"]:
+        audio = videos.audio(record, 0, round(record["num_frames"] / FPS * SAMPLE_RATE))
+      video.write_video(path, videos.video(i), FPS, audio=audio, sample_rate=SAMPLE_RATE)
+      written += 1
+    table = io.StringIO()
+    writer = csv.DictWriter(table, CHARADES_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    tables[split] = table.getvalue()
+  classes = "".join(f"c{i:03d} {name}\n" for i, name in enumerate(CLASS_NAMES))
+  _write_text(os.path.join(out_dir, names.classes), classes)
+  _write_text(os.path.join(out_dir, names.train_csv), tables["train"])
+  _write_text(os.path.join(out_dir, names.test_csv), tables["test"])
+  return {"videos": written + kept, "written": written, "kept": kept}
+
+
+# Formats of `export --format`, each a function of (out_dir, **EXPORT_SETTINGS,
+# overwrite).
+EXPORTERS = {"charades": export_charades}
+# The export's settings, whose defaults are `config.data.scenes`'s.
+EXPORT_SETTINGS = ("seed", "num_train", "num_test", "resolution", "min_frames", "max_frames")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  """`python -m mlar_jax.data.scenes export --format charades --out DIR`."""
+  defaults = config_lib.data_config().scenes
+  parser = argparse.ArgumentParser(
+    prog="python -m mlar_jax.data.scenes", description="The scenes dataset as files."
+  )
+  commands = parser.add_subparsers(dest="command", required=True)
+  export = commands.add_parser(
+    "export", help="write the train and test splits in another dataset's layout"
+  )
+  export.add_argument("--format", required=True, choices=sorted(EXPORTERS))
+  export.add_argument("--out", required=True, help="folder to write (created if missing)")
+  for key in EXPORT_SETTINGS:
+    export.add_argument(
+      f"--{key}", type=int, default=defaults[key], help=f"default: config.data.scenes.{key}"
+    )
+  export.add_argument(
+    "--overwrite",
+    action="store_true",
+    help="write into a folder that holds other files or another export (deletes nothing)",
+  )
+  args = parser.parse_args(argv)
+  start = time.perf_counter()
+  try:
+    summary = EXPORTERS[args.format](
+      args.out, overwrite=args.overwrite, **{key: getattr(args, key) for key in EXPORT_SETTINGS}
+    )
+  except (FileExistsError, ValueError) as e:  # bad settings or folder: one line, no trace
+    sys.exit(f"error: {e}")
+  print(
+    f"{args.out}: {summary['videos']} scenes videos as {args.format} ({summary['written']} "
+    f"written, {summary['kept']} kept) in {time.perf_counter() - start:.1f} s"
+  )
+
+
+if __name__ == "__main__":
+  main()
