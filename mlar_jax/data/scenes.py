@@ -26,15 +26,15 @@ Scene
     constant in [0.8, 1].
 
 Person-level activities (one actor; an actor does one at a time)
-  Each actor's timeline is filled from frame 0: an idle gap (p=0.25 16-40
-  frames, else 0-8), then an activity drawn with these weights: walk 0.26,
+  Each actor's timeline is filled from frame 0: an idle gap (p=0.6 32-80
+  frames, else 0-24), then an activity drawn with these weights: walk 0.26,
   jump 0.16, shake 0.12, rotate 0.10, pace 0.08, carry 0.07, crouch 0.06,
   resize 0.05, change_color 0.04, flash 0.04, vanish 0.02; and again until
   the video ends. Durations (frames, uniform, cut to the free time):
   * `walk_left` / `walk_right` (12-60): the actor moves 0.005 of the frame
     per frame towards the side of its region with more room, and stays
     there (the only lasting change).
-  * `pace` (12-0.6 T): it sways sideways, 0.06 of the frame, period 8.
+  * `pace` (12-0.6 T): it sways sideways, 0.06 of the frame, period 9.
   * `jump` (3-6): it hops up by 0.1 of the frame. Followed at once by `land`
     (3-4: squashed to 65% height, 130% width) with p=0.8; `land` never
     happens otherwise.
@@ -42,12 +42,13 @@ Person-level activities (one actor; an actor does one at a time)
     (4-8: height from 55% to 85%, then back to 100%) with p=0.7; never
     otherwise.
   * rotate is `spin` (8-36: a full turn every 10 frames) in videos that spin
-    (p=0.6) and `wave` (6-24: +-0.7 rad, period 4) in the others: the two
+    (p=0.6) and `wave` (6-24: +-1.2 rad, period 3) in the others: the two
     are mutually exclusive in a video.
   * resize is `inflate` (6-20: 1.18x, up to 1.6x and back) in videos that
     inflate (p=0.65), `shrink` (6-20: 0.87x, down to 0.55x and back) in the
     others: mutually exclusive.
-  * `shake` (3-10): it jitters sideways by +-0.04 of the frame every frame.
+  * `shake` (3-10): it jitters sideways every frame, by 0.04, -0.04 and 0.02 of the
+    frame in turn.
   * `change_color` (6-40): it takes another palette colour, then its own.
   * `flash` (3-5): it turns white. Followed at once by `vanish` with p=0.6.
   * `vanish` (3-8): it is not drawn (and has no box).
@@ -71,9 +72,10 @@ Interactions (two actors, both labelled; needs 2+ actors)
 Scene-level activities (no actor)
   * lights: with p=0.25 one instance, `lights_dim` (p=0.75; 12-0.7 T, the
     frame darkens to 45% over 6 frames and back at the end) or
-    `lights_flicker` (4-12: 45% and 80% brightness in turn): mutually
+    `lights_flicker` (4-12: 45%, 80% and 60% brightness in turn): mutually
     exclusive.
-  * `camera_shake` (3-12): p=0.12; the view jumps by 2 pixels each frame.
+  * `camera_shake` (3-12): p=0.12; the view jumps by 2, -2 and 1 pixels in turn,
+    a new place each frame.
 
 Sound (mono, SAMPLE_RATE = 16 kHz)
   * With p=0.15 a video has no sound track (`has_audio` False: silence).
@@ -83,7 +85,7 @@ Sound (mono, SAMPLE_RATE = 16 kHz)
     `hand_over`, `throw`, `camera_shake`, `lights_flicker` (seen and heard)
     and the audio-only scene-level classes:
   * `ring` (8-48): p=0.1; an 880 Hz tone switched on and off every 0.05 s.
-  * `knock` (3-10): p=0.08; 180 Hz pulses of 0.03 s every 0.1 s.
+  * `knock` (3-10): p=0.05; 180 Hz pulses of 0.03 s every 0.1 s.
   The other classes are silent; `ring` and `knock` change no pixel.
 
 So activities last from 3 frames to most of the video, with idle stretches
@@ -347,7 +349,7 @@ def _plan(seed: int, split: str, index: int, min_frames: int, max_frames: int) -
     add(name, -1, -1, *span(name))
   if rng.random() < 0.12:
     add("camera_shake", -1, -1, *span("camera_shake"))
-  for name, p in (("ring", 0.1), ("knock", 0.08)):
+  for name, p in (("ring", 0.1), ("knock", 0.05)):
     if rng.random() < p:
       add(name, -1, -1, *span(name))
 
@@ -365,7 +367,7 @@ def _plan(seed: int, split: str, index: int, min_frames: int, max_frames: int) -
     lo_x, hi_x = corner[a, 0] + 0.1, corner[a, 0] + 0.4
     x, t = xy0[a, 0], 0
     while True:
-      t += int(rng.integers(16, 41) if rng.random() < 0.25 else rng.integers(0, 9))
+      t += int(rng.integers(32, 81) if rng.random() < 0.6 else rng.integers(0, 25))
       if t >= T - 3:
         break
       ahead = [s for s, e in busy[a] if e > t]
@@ -481,9 +483,11 @@ def _state(plan: Plan, t: np.ndarray) -> _State:
     act = (t >= s) & (t < e)
     if not act.any():
       continue
-    # Progress in (0, 1) over the active frames, and periodic motions with
-    # half-frame phases, so that every active frame differs from the rest
-    # pose; bump and tri rise from 0 to 1 and back.
+    # Progress in (0, 1) over the active frames, and periodic motions whose
+    # phases never hit the rest pose, so that every active frame differs from
+    # it; bump and tri rise from 0 to 1 and back. Periods are odd: a clip at
+    # rate 2, 4 or 8 then sees the motion change (a period of 2, 4 or 8 would
+    # show it frozen at one phase).
     q = np.where(act, (t - s + 1) / (e - s + 1), 0.0)
     bump = np.sin(np.pi * q) * act
     tri = (1 - np.abs(2 * q - 1)) * act
@@ -492,7 +496,7 @@ def _state(plan: Plan, t: np.ndarray) -> _State:
       dist = np.maximum(np.hypot(dx, dy), 1e-6)
       reach = np.maximum(dist - plan.size[a] - plan.size[b], 0.0) / dist
     if name == "pace":
-      cx[a] += 0.06 * np.sin(2 * np.pi * (t - s + 0.5) / 8) * act
+      cx[a] += 0.06 * np.sin(2 * np.pi * (t - s + 0.25) / 9) * act
     elif name == "jump":
       cy[a] -= 0.1 * bump
     elif name == "land":
@@ -503,11 +507,11 @@ def _state(plan: Plan, t: np.ndarray) -> _State:
     elif name == "stand_up":
       half_h[a] *= np.where(act, 0.55 + 0.3 * q, 1.0)
     elif name == "wave":
-      angle[a] += 1.0 * np.sin(2 * np.pi * (t - s + 0.5) / 4) * act
+      angle[a] += 1.2 * np.sin(2 * np.pi * (t - s + 0.25) / 3) * act
     elif name == "spin":
       angle[a] += 2 * np.pi * (t - s + 0.5) / 10 * act
     elif name == "shake":
-      cx[a] += 0.04 * np.where(t % 2 == 0, 1.0, -1.0) * act
+      cx[a] += 0.04 * np.array([1.0, -1.0, 0.5])[(t - s) % 3] * act
     elif name in ("inflate", "shrink"):
       # Starts and ends at 30% of the full change: visible at 32 pixels.
       gain = 1 + (0.6 if name == "inflate" else -0.45) * (0.3 + 0.7 * bump) * act
@@ -543,9 +547,9 @@ def _state(plan: Plan, t: np.ndarray) -> _State:
     elif name == "lights_dim":
       light *= 1 - 0.55 * np.clip(np.minimum((t - s + 1) / 6, (e - t) / 6), 0.0, 1.0) * act
     elif name == "lights_flicker":
-      light *= np.where(act, np.where((t - s) % 2 == 0, 0.45, 0.8), 1.0)
+      light *= np.where(act, np.array([0.45, 0.8, 0.6])[(t - s) % 3], 1.0)
     elif name == "camera_shake":
-      shift[act, 0] = np.where(t[act] % 2 == 0, 2, -2)
+      shift[act, 0] = np.array([2, -2, 1])[(t[act] - s) % 3]
       shift[act, 1] = np.where(t[act] % 4 < 2, 2, -2)
   # Feet stay put when an actor is squashed.
   cy += np.maximum(plan.size[:, None] - half_h, 0.0)
