@@ -261,9 +261,9 @@ class TrainClip(grain.transforms.RandomMap):
       self.errors.failed_on(e)
       return None
     self.errors.ok()
-    frames = transforms.train_augment(
+    crop = transforms.train_crop(
       rng,
-      frames,
+      *frames.shape[1:3],
       min_short_side=self.min_short_side,
       max_short_side=self.max_short_side,
       crop_size=self.crop_size,
@@ -274,7 +274,7 @@ class TrainClip(grain.transforms.RandomMap):
       if self.label_mode == "window"
       else record["labels"].astype(np.int32)
     )
-    return {"video": frames, "labels": labels}
+    return {"video": transforms.crop_frames(frames, crop), "labels": labels}
 
 
 class VideoWindows:
@@ -330,15 +330,16 @@ class EvalWindow(grain.transforms.Map):
     for view_id in view_ids:
       self.errors.ok()
       view = self.plan[view_id]
+      crop = transforms.eval_crop(
+        *frames.shape[1:3],
+        short_side=self.short_side,
+        crop_size=self.crop_size,
+        crop_index=view.crop,
+        num_crops=view.num_crops,
+      )
       clips.append(
         {
-          "video": transforms.eval_view(
-            frames,
-            short_side=self.short_side,
-            crop_size=self.crop_size,
-            crop_index=view.crop,
-            num_crops=view.num_crops,
-          ),
+          "video": transforms.crop_frames(frames, crop),
           "labels": record["labels"].astype(np.int32),
           "index": np.int32(position),
           "view": np.int32(view_id),
