@@ -110,7 +110,8 @@ class Evaluator:
 
   def _eval_step(self, variables: Variables, batch: dict[str, jax.Array]) -> dict[str, Any]:
     """{"scores": {output: [B, A] sigmoid}, "labels", "mask", "index", "view"};
-    never softmax."""
+    never softmax. The batch's other keys (`config.data.extras`) are not
+    read."""
     data = self.config.data
     video = transforms.normalize(batch["video"], data.mean, data.std)
     outputs = self.model.apply(

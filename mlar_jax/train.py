@@ -77,7 +77,8 @@ def make_train_step(
   mesh (`sharding.with_constraints`, shardings, donation); unjitted or
   jitted alone it is the unpartitioned step (the AOT tool counts its FLOPs).
   The dropout key is a function of (seed, step) so a resumed run draws the
-  same masks as an uninterrupted one.
+  same masks as an uninterrupted one. It reads the batch's "video" and
+  "labels" only; other keys (`config.data.extras`) are not read.
   """
   compute_dtype = models.DTYPES[config.model.dtype]
   weights = None if class_weights is None else jnp.asarray(class_weights)

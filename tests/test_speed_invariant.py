@@ -107,15 +107,17 @@ def test_seven_videos_batch_four_on_eight_devices_count_once(devices, tmp_path):
   for i in range(7):
     total = 0
     for view in plan:
-      clip = transforms.eval_view(
-        source.load_frames(
-          source[i], sampling.view_indices(source[i]["num_frames"], config.data.num_frames, view)
-        ),
+      frames = source.load_frames(
+        source[i], sampling.view_indices(source[i]["num_frames"], config.data.num_frames, view)
+      )
+      crop = transforms.eval_crop(
+        *frames.shape[1:3],
         short_side=config.data.eval_short_side,
         crop_size=s,
         crop_index=view.crop,
         num_crops=view.num_crops,
       )
+      clip = transforms.crop_frames(frames, crop)
       x = transforms.normalize(clip[None], config.data.mean, config.data.std)
       total = total + jax.nn.sigmoid(model.apply(variables, x, train=False)["logits"][0])
     np.testing.assert_allclose(scores[i], np.asarray(total), rtol=1e-4, atol=1e-5)

@@ -74,9 +74,23 @@ class VideoSource(abc.ABC):
       (may be empty).
     num_frames: int, frames in the video, or -1 when `video_info` must probe.
     fps: float, frames per second.
+    has_audio: bool, whether the video has sound (sources with "audio").
+
+  Per-frame ground truth beyond the labels (`extras`, asked for by a
+  pipeline with `config.data.extras`) comes from the method of each name,
+  computed only when asked:
+    boxes: `boxes(record, indices)`, each actor's box and validity.
+    actor_labels: `actor_labels(record, indices)`, each actor's labels.
+    masks: `masks(record, indices)`, which actor each pixel shows.
+    audio: `audio(record, start, stop)`, samples at `sample_rate`.
+  Actors have `max_actors` slots, the same in every frame (actor k of a
+  video is slot k throughout).
   """
 
   split: str
+  extras: tuple[str, ...] = ()  # names from `pipeline.EXTRAS`
+  max_actors: int = 0  # actor slots of boxes, actor_labels and masks
+  sample_rate: int = 0  # of audio, in Hz
 
   @abc.abstractmethod
   def __len__(self) -> int: ...
@@ -116,6 +130,35 @@ class VideoSource(abc.ABC):
   def class_stats(self) -> ClassStats:
     """Label counts and co-occurrence of the split, from its annotations."""
     return ClassStats.from_labels(self.label_matrix())
+
+  def _not_provided(self, name: str):
+    raise NotImplementedError(f"{type(self).__name__} provides no {name} (extras: {self.extras})")
+
+  def boxes(self, record: Record, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each actor's box at frames `indices` ([F]), if "boxes" is in `extras`.
+
+    Returns:
+      boxes: float32 [F, max_actors, 4], [y1, x1, y2, x2] in [0, 1] of the
+        frame; zeros where not valid.
+      valid: bool [F, max_actors], the actor is in the frame.
+    """
+    self._not_provided("boxes")
+
+  def actor_labels(self, record: Record, indices: np.ndarray) -> np.ndarray:
+    """int32 [F, max_actors, C], each actor's labels at frames `indices`, if
+    "actor_labels" is in `extras`."""
+    self._not_provided("actor_labels")
+
+  def masks(self, record: Record, indices: np.ndarray) -> np.ndarray:
+    """int32 [F, H, W] at frames `indices`, if "masks" is in `extras`: k + 1
+    where actor slot k is seen, 0 elsewhere."""
+    self._not_provided("masks")
+
+  def audio(self, record: Record, start: int, stop: int) -> np.ndarray:
+    """float32 [stop - start], samples start..stop (0 <= start <= stop <= the
+    video's samples) of the sound track at `sample_rate`, if "audio" is in
+    `extras`; zeros when the record's `has_audio` is False."""
+    self._not_provided("audio")
 
 
 # The splits a dataset may have (`config.eval.split`); a procedural split's

@@ -11,11 +11,34 @@ sample is dropped before batching, the file is logged once, and counted in
 `DecodeErrors`; when more than `config.data.max_error_ratio` of the samples
 seen (after the first 50) failed, the pipeline raises, naming the last file.
 With `num_workers > 0` each worker process keeps its own count and log.
+
+Examples are {"video": uint8 [T, S, S, 3], "labels": int32 [A]} (plus the
+evaluation keys), and the per-frame ground truth named in
+`config.data.extras` (from `EXTRAS`), read from the source only when asked,
+for exactly the clip's frames and in its view (M = `config.data.max_actors`
+slots, N = `config.data.audio_samples`):
+  boxes: "boxes" float32 [T, M, 4], [y1, x1, y2, x2] in [0, 1] of the view
+    (scaled, cropped and flipped as the frames, clipped to the crop), and
+    "box_valid" bool [T, M] (the actor is in the view; its box is zeros
+    otherwise).
+  actor_labels: "actor_labels" int32 [T, M, A], each actor's labels, in or
+    out of the view (read them with "box_valid").
+  masks: "masks" int32 [T, S, S], k + 1 where actor slot k is seen, 0
+    elsewhere: the nearest-neighbour view of the source's masks.
+  audio: "audio" float32 [N] at the source's sample rate, the N samples
+    centred on the clip's time window [first, last + 1) / fps, zeros
+    outside the video; "has_audio" bool [], whether the video has sound.
+A source lists the extras it provides (`base.VideoSource.extras`); asking a
+dataset for others fails when its source is made (`make_source`), before
+anything is compiled. Models and steps read the keys they use and ignore
+the rest.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fractions
+import math
 import threading
 from typing import Any, Sequence
 
@@ -33,6 +56,9 @@ SOURCES: registry.Registry = registry.Registry("dataset")
 # Training labels: a video's (video) or those of the actions overlapping the
 # sampled clip (window; needs segment annotations, e.g. Charades).
 LABEL_MODES = ("video", "window")
+# Per-frame ground truth a pipeline may ask for (`config.data.extras`); the
+# keys each adds are in the module docstring and `batch_spec`.
+EXTRAS = ("boxes", "actor_labels", "masks", "audio")
 
 
 @SOURCES.register("synthetic")
@@ -158,8 +184,119 @@ def window_labels(record: base.Record, indices: np.ndarray, fps: float) -> np.nd
 
 
 def make_source(cfg: ml_collections.ConfigDict, split: str) -> base.VideoSource:
-  """The `split` of the dataset named by `cfg.name`."""
-  return SOURCES.get(cfg.name)(cfg, split)
+  """The `split` of the dataset named by `cfg.name`, checked to provide the
+  extras `cfg.extras` asks for (`check_extras`)."""
+  source = SOURCES.get(cfg.name)(cfg, split)
+  check_extras(source, cfg)
+  return source
+
+
+def check_extras(source: base.VideoSource, cfg: ml_collections.ConfigDict) -> None:
+  """Raises ValueError, naming the key, when `source` does not provide the
+  extras `cfg.extras` (`config.data`) asks for or has more actors per frame
+  than `cfg.max_actors` slots."""
+  missing = [name for name in cfg.extras if name not in source.extras]
+  if missing:
+    config_lib.fail(
+      "data.extras",
+      tuple(cfg.extras),
+      f"the {cfg.name!r} dataset ({type(source).__name__}) does not provide {missing}; "
+      f"it provides {list(source.extras)}",
+    )
+  per_actor = {"boxes", "actor_labels", "masks"}.intersection(cfg.extras)
+  if per_actor and source.max_actors > cfg.max_actors:
+    config_lib.fail(
+      "data.max_actors",
+      cfg.max_actors,
+      f"the {cfg.name!r} dataset has up to {source.max_actors} actors per frame",
+    )
+
+
+def clip_audio(
+  source: base.VideoSource,
+  record: base.Record,
+  indices: np.ndarray,
+  num_video_frames: int,
+  fps: float,
+  num_samples: int,
+) -> np.ndarray:
+  """The sound of a clip: float32 [num_samples] at `source.sample_rate`.
+
+  The samples k whose times k / rate lie in [c - d, c + d), c the centre of
+  the clip's window [first, last + 1) / fps and d = num_samples / 2 / rate:
+  when num_samples spans the window, exactly the window's samples. Samples
+  outside the video, [0, num_video_frames / fps), are zeros.
+  """
+  rate, fps = fractions.Fraction(source.sample_rate), fractions.Fraction(fps)
+  # In exact fractions: a rounding error would move a window by a sample.
+  centre = fractions.Fraction(int(indices.min()) + int(indices.max()) + 1, 2) / fps * rate
+  start = math.ceil(centre - fractions.Fraction(num_samples, 2))
+  end = math.ceil(num_video_frames / fps * rate)
+  lo, hi = max(start, 0), min(start + num_samples, end)
+  out = np.zeros(num_samples, np.float32)
+  if lo < hi:
+    out[lo - start : hi - start] = source.audio(record, lo, hi)
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Extras:
+  """The extras a pipeline asks for: read from a source for a clip's frames,
+  then put in the clip's view.
+
+  Attributes:
+    names: from EXTRAS (`config.data.extras`).
+    max_actors: M, actor slots per frame; a source's fewer slots are padded
+      with empty (not valid) ones.
+    audio_samples: N, samples of audio per clip.
+  """
+
+  names: tuple[str, ...] = ()
+  max_actors: int = 0
+  audio_samples: int = 0
+
+  @classmethod
+  def from_config(cls, cfg: ml_collections.ConfigDict) -> Extras:
+    """From `config.data`."""
+    return cls(tuple(cfg.extras), cfg.max_actors, cfg.audio_samples)
+
+  def _slots(self, x: np.ndarray, dtype) -> np.ndarray:
+    """[F, m, ...] -> [F, M, ...] of `dtype`, padded with zeros (False)."""
+    pad = [(0, 0), (0, self.max_actors - x.shape[1])] + [(0, 0)] * (x.ndim - 2)
+    return np.pad(np.asarray(x, dtype), pad)
+
+  def load(
+    self,
+    source: base.VideoSource,
+    record: base.Record,
+    indices: np.ndarray,
+    num_video_frames: int,
+    fps: float,
+  ) -> dict[str, np.ndarray]:
+    """The extras of frames `indices` ([T]) as the source gives them: boxes
+    of its frames, masks [T, H, W] at its resolution."""
+    out = {}
+    if "boxes" in self.names:
+      boxes, valid = source.boxes(record, indices)
+      out["boxes"], out["box_valid"] = self._slots(boxes, np.float32), self._slots(valid, bool)
+    if "actor_labels" in self.names:
+      out["actor_labels"] = self._slots(source.actor_labels(record, indices), np.int32)
+    if "masks" in self.names:
+      out["masks"] = np.asarray(source.masks(record, indices), np.int32)
+    if "audio" in self.names:
+      out["audio"] = clip_audio(source, record, indices, num_video_frames, fps, self.audio_samples)
+      out["has_audio"] = np.bool_(record["has_audio"])
+    return out
+
+  def view(self, extras: dict[str, np.ndarray], crop: transforms.Crop) -> dict[str, np.ndarray]:
+    """`load`'s extras in the view `crop` of the frames (boxes and masks
+    follow the frames; labels and audio are the clip's as they are)."""
+    out = dict(extras)
+    if "boxes" in out:
+      out["boxes"], out["box_valid"] = transforms.crop_boxes(out["boxes"], out["box_valid"], crop)
+    if "masks" in out:
+      out["masks"] = transforms.crop_masks(out["masks"], crop)
+    return out
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -174,6 +311,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     "data.min_short_side",
     "data.max_short_side",
     "data.eval_short_side",
+    "data.max_actors",
+    "data.audio_samples",
   )
   d = config.data
   if not d.rates or any(not isinstance(r, int) or r <= 0 for r in d.rates):
@@ -199,6 +338,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     config_lib.fail("data.std", d.std, "mean and std need 3 channels, std > 0")
   if d.num_workers < 0 or d.num_threads <= 0:
     config_lib.fail("data.num_workers", d.num_workers, "workers >= 0 and threads > 0")
+  if any(name not in EXTRAS for name in d.extras) or len(set(d.extras)) != len(d.extras):
+    config_lib.fail("data.extras", d.extras, f"must be distinct names from {list(EXTRAS)}")
 
 
 def batch_spec(
@@ -214,29 +355,42 @@ def batch_spec(
     evaluation: add the evaluation keys.
 
   Returns:
-    {"video": uint8 [B, T, S, S, 3], "labels": int32 [B, A]} and, for
-    evaluation, "index" (video position) and "view" (view id) int32 [B] and
-    "mask" bool [B] (False on padding rows).
+    {"video": uint8 [B, T, S, S, 3], "labels": int32 [B, A]}; the keys of
+    the extras `cfg.extras` asks for (M = `cfg.max_actors`, N =
+    `cfg.audio_samples`; semantics in the module docstring):
+      boxes: "boxes" float32 [B, T, M, 4], "box_valid" bool [B, T, M];
+      actor_labels: "actor_labels" int32 [B, T, M, A];
+      masks: "masks" int32 [B, T, S, S];
+      audio: "audio" float32 [B, N], "has_audio" bool [B];
+    and, for evaluation, "index" (video position) and "view" (view id)
+    int32 [B] and "mask" bool [B] (False on padding rows).
   """
-  s = cfg.crop_size
-  spec = {
-    "video": jax.ShapeDtypeStruct((batch_size, cfg.num_frames, s, s, 3), np.uint8),
-    "labels": jax.ShapeDtypeStruct((batch_size, num_classes), np.int32),
+  t, s, m = cfg.num_frames, cfg.crop_size, cfg.max_actors
+  per_clip = {
+    "video": ((t, s, s, 3), np.uint8),
+    "labels": ((num_classes,), np.int32),
   }
+  extras = {
+    "boxes": {"boxes": ((t, m, 4), np.float32), "box_valid": ((t, m), np.bool_)},
+    "actor_labels": {"actor_labels": ((t, m, num_classes), np.int32)},
+    "masks": {"masks": ((t, s, s), np.int32)},
+    "audio": {"audio": ((cfg.audio_samples,), np.float32), "has_audio": ((), np.bool_)},
+  }
+  for name in cfg.extras:
+    per_clip.update(extras[name])
   if evaluation:
-    spec.update(
-      index=jax.ShapeDtypeStruct((batch_size,), np.int32),
-      view=jax.ShapeDtypeStruct((batch_size,), np.int32),
-      mask=jax.ShapeDtypeStruct((batch_size,), np.bool_),
-    )
-  return spec
+    per_clip.update(index=((), np.int32), view=((), np.int32), mask=((), np.bool_))
+  return {
+    k: jax.ShapeDtypeStruct((batch_size, *shape), dtype) for k, (shape, dtype) in per_clip.items()
+  }
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainClip(grain.transforms.RandomMap):
   """Record -> training example: a random rate and window, then augmentation.
 
-  Output: {"video": uint8 [T, S, S, 3], "labels": int32 [C]}.
+  Output: {"video": uint8 [T, S, S, 3], "labels": int32 [C]} and the
+  `extras` of its frames, in its view (module docstring).
   """
 
   source: base.VideoSource
@@ -249,6 +403,7 @@ class TrainClip(grain.transforms.RandomMap):
   flip: bool
   label_mode: str
   errors: DecodeErrors
+  extras: Extras = Extras()
 
   def random_map(self, record: base.Record, rng: np.random.Generator) -> dict[str, Any] | None:
     rate = int(rng.choice(self.rates, p=self.rate_probs))
@@ -257,13 +412,14 @@ class TrainClip(grain.transforms.RandomMap):
       start = transforms.random_clip_start(rng, n, self.num_frames, rate)
       idx = transforms.clip_indices(n, self.num_frames, rate, start)
       frames = self.source.load_frames(record, idx)
+      extras = self.extras.load(self.source, record, idx, n, fps)
     except video.VideoDecodeError as e:
       self.errors.failed_on(e)
       return None
     self.errors.ok()
-    frames = transforms.train_augment(
+    crop = transforms.train_crop(
       rng,
-      frames,
+      *frames.shape[1:3],
       min_short_side=self.min_short_side,
       max_short_side=self.max_short_side,
       crop_size=self.crop_size,
@@ -274,7 +430,11 @@ class TrainClip(grain.transforms.RandomMap):
       if self.label_mode == "window"
       else record["labels"].astype(np.int32)
     )
-    return {"video": frames, "labels": labels}
+    return {
+      "video": transforms.crop_frames(frames, crop),
+      "labels": labels,
+      **self.extras.view(extras, crop),
+    }
 
 
 class VideoWindows:
@@ -304,7 +464,8 @@ class EvalWindow(grain.transforms.Map):
 
   Output: a list with, per view, {"video": uint8 [T, S, S, 3], "labels":
   int32 [C], "index": int32 video position in the split, "view": int32 view
-  id in the plan}; empty when the video cannot be decoded (each of its views
+  id in the plan} and the `extras` of its frames, in its view (module
+  docstring); empty when the video cannot be decoded (each of its views
   counts as a skipped clip).
   """
 
@@ -314,14 +475,15 @@ class EvalWindow(grain.transforms.Map):
   short_side: int
   crop_size: int
   errors: DecodeErrors
+  extras: Extras = Extras()
 
   def map(self, element: tuple[int, base.Record, tuple[int, ...]]) -> list[dict[str, Any]]:
     position, record, view_ids = element
     try:
-      n, _ = self.source.video_info(record)
-      frames = self.source.load_frames(
-        record, sampling.view_indices(n, self.num_frames, self.plan[view_ids[0]])
-      )
+      n, fps = self.source.video_info(record)
+      idx = sampling.view_indices(n, self.num_frames, self.plan[view_ids[0]])
+      frames = self.source.load_frames(record, idx)
+      extras = self.extras.load(self.source, record, idx, n, fps)
     except video.VideoDecodeError as e:
       for _ in view_ids:
         self.errors.failed_on(e)
@@ -330,18 +492,20 @@ class EvalWindow(grain.transforms.Map):
     for view_id in view_ids:
       self.errors.ok()
       view = self.plan[view_id]
+      crop = transforms.eval_crop(
+        *frames.shape[1:3],
+        short_side=self.short_side,
+        crop_size=self.crop_size,
+        crop_index=view.crop,
+        num_crops=view.num_crops,
+      )
       clips.append(
         {
-          "video": transforms.eval_view(
-            frames,
-            short_side=self.short_side,
-            crop_size=self.crop_size,
-            crop_index=view.crop,
-            num_crops=view.num_crops,
-          ),
+          "video": transforms.crop_frames(frames, crop),
           "labels": record["labels"].astype(np.int32),
           "index": np.int32(position),
           "view": np.int32(view_id),
+          **self.extras.view(extras, crop),
         }
       )
     return clips
@@ -437,10 +601,11 @@ def train_dataset(
     errors: where skipped samples are counted (a fresh one if None).
 
   Returns:
-    An IterDataset of {"video": uint8 [b, T, S, S, 3], "labels": int32 [b, C]},
-    b = global_batch_size / process_count. Its iterator's state goes into
-    checkpoints.
+    An IterDataset of {"video": uint8 [b, T, S, S, 3], "labels": int32 [b, C]}
+    and the extras (`batch_spec`), b = global_batch_size / process_count. Its
+    iterator's state goes into checkpoints.
   """
+  check_extras(source, cfg)
   errors = errors or DecodeErrors(cfg.max_error_ratio)
   ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
   rate_probs = None if not cfg.rate_probs else tuple(cfg.rate_probs)
@@ -456,6 +621,7 @@ def train_dataset(
       flip=cfg.flip,
       label_mode=cfg.label_mode,
       errors=errors,
+      extras=Extras.from_config(cfg),
     ),
     seed=seed,
   )
@@ -496,6 +662,7 @@ def eval_dataset(
   A video whose views all fail has no scores: it ranks last (-inf), as a
   video missing from a Charades submission.
   """
+  check_extras(source, cfg)
   errors = errors or DecodeErrors(cfg.max_error_ratio)
   windows = VideoWindows(source, plan)
   ds = grain.MapDataset.source(windows)[process_index::process_count]
@@ -507,6 +674,7 @@ def eval_dataset(
       short_side=cfg.eval_short_side,
       crop_size=cfg.crop_size,
       errors=errors,
+      extras=Extras.from_config(cfg),
     )
   )
   ds = grain.experimental.FlatMapIterDataset(

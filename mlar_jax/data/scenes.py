@@ -698,8 +698,8 @@ class SceneVideos(base.PlannedVideos):
   """One split of the scenes dataset as a grain random-access source.
 
   Records hold the `base.VideoSource` keys plus `instances` (int32 [S, 5]);
-  boxes, masks and per-actor labels are computed by the methods below only
-  when asked.
+  boxes, masks, per-actor labels and sound are computed by the methods below
+  only when asked: it provides every extra of `pipeline.EXTRAS`.
 
   Attributes:
     split: "train", "val" or "test".
@@ -708,6 +708,10 @@ class SceneVideos(base.PlannedVideos):
     resolution: frame height and width in pixels.
     min_frames, max_frames: the range of video lengths.
   """
+
+  extras = ("boxes", "actor_labels", "masks", "audio")
+  max_actors = MAX_ACTORS
+  sample_rate = SAMPLE_RATE
 
   def __init__(
     self,

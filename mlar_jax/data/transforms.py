@@ -1,10 +1,14 @@
 """Clip sampling and frame augmentation on host numpy arrays.
 
-Frames stay uint8 through the whole host pipeline (4x less to copy to the
-device); normalisation to float happens on the device in the model step.
+A view's geometry (`Crop`: scale, crop, flip) is drawn once per clip and
+applied alike to its frames, boxes and masks. Frames stay uint8 through the
+whole host pipeline (4x less to copy to the device); normalisation to float
+happens on the device in the model step.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax.numpy as jnp
 import numpy as np
@@ -97,47 +101,121 @@ def uniform_crop_origin(
   return (height - size) // 2, offset(width)
 
 
-def train_augment(
+@dataclasses.dataclass(frozen=True)
+class Crop:
+  """A view's geometry: the frame resized to (height, width), a square of
+  `size` at (top, left) of it, then a horizontal flip or not. Drawn once per
+  clip (`train_crop`, `eval_crop`) and applied alike to its frames
+  (`crop_frames`), boxes (`crop_boxes`) and masks (`crop_masks`)."""
+
+  height: int
+  width: int
+  top: int
+  left: int
+  size: int
+  flip: bool = False
+
+
+def train_crop(
   rng: np.random.Generator,
-  frames: np.ndarray,
+  height: int,
+  width: int,
   *,
   min_short_side: int,
   max_short_side: int,
   crop_size: int,
   flip: bool,
-) -> np.ndarray:
-  """Short-side scale jitter, random square crop and optional horizontal flip.
+) -> Crop:
+  """Short-side scale jitter, a random square crop and, with `flip`, a
+  horizontal flip with probability 1/2, for frames of `height` x `width`.
+
+  The draws (short side, top, left, then the flip only when `flip`) are in
+  the order the training clips, and so the demo's numbers, depend on.
 
   Args:
     rng: per-example generator (grain seeds it from the example index).
-    frames: uint8 [T, H, W, 3].
+    height, width: the frames' size.
     min_short_side, max_short_side: range of the jittered short side.
     crop_size: output height and width.
     flip: whether to flip horizontally with probability 1/2.
-
-  Returns:
-    uint8 [T, crop_size, crop_size, 3].
   """
   short = int(rng.integers(min_short_side, max_short_side + 1))
-  height, width = short_side_shape(*frames.shape[1:3], short)
-  # The crop is drawn first and only it is resized (the pixels of resizing
-  # the whole frame and cropping, to +-1).
-  top = int(rng.integers(0, height - crop_size + 1))
-  left = int(rng.integers(0, width - crop_size + 1))
-  frames = resize(frames, height, width, (top, left, crop_size, crop_size))
-  if flip and rng.random() < 0.5:
+  resized_height, resized_width = short_side_shape(height, width, short)
+  top = int(rng.integers(0, resized_height - crop_size + 1))
+  left = int(rng.integers(0, resized_width - crop_size + 1))
+  flipped = flip and rng.random() < 0.5
+  return Crop(resized_height, resized_width, top, left, crop_size, bool(flipped))
+
+
+def eval_crop(
+  height: int,
+  width: int,
+  *,
+  short_side: int,
+  crop_size: int,
+  crop_index: int = 0,
+  num_crops: int = 1,
+) -> Crop:
+  """An evaluation view of frames of `height` x `width`: the short side
+  resized to `short_side`, then crop `crop_index` of `num_crops`
+  (`uniform_crop_origin`)."""
+  resized_height, resized_width = short_side_shape(height, width, short_side)
+  top, left = uniform_crop_origin(resized_height, resized_width, crop_size, crop_index, num_crops)
+  return Crop(resized_height, resized_width, top, left, crop_size)
+
+
+def crop_frames(frames: np.ndarray, crop: Crop) -> np.ndarray:
+  """uint8 frames [T, H, W, 3] -> their view [T, S, S, 3], S = crop.size.
+
+  Only the crop is resized (the pixels of resizing the whole frame and
+  cropping, to +-1; see `resize`).
+  """
+  frames = resize(frames, crop.height, crop.width, (crop.top, crop.left, crop.size, crop.size))
+  if crop.flip:
     frames = frames[:, :, ::-1]
   return np.ascontiguousarray(frames)
 
 
-def eval_view(
-  frames: np.ndarray, *, short_side: int, crop_size: int, crop_index: int = 0, num_crops: int = 1
-) -> np.ndarray:
-  """An evaluation view: resize the short side to `short_side`, then take crop
-  `crop_index` of `num_crops` (`uniform_crop_origin`), resizing only the crop."""
-  height, width = short_side_shape(*frames.shape[1:3], short_side)
-  top, left = uniform_crop_origin(height, width, crop_size, crop_index, num_crops)
-  return resize(frames, height, width, (top, left, crop_size, crop_size))
+def crop_boxes(boxes: np.ndarray, valid: np.ndarray, crop: Crop) -> tuple[np.ndarray, np.ndarray]:
+  """Boxes of a frame -> the same boxes in its view.
+
+  A box's edges move with the frame's pixel edges: x' = (x * width - left) /
+  size (and y alike), then clipped to the crop; a flip mirrors x' -> 1 - x'.
+
+  Args:
+    boxes: float [..., 4], [y1, x1, y2, x2] in [0, 1] of the frame.
+    valid: bool [...], which boxes exist.
+    crop: the view.
+
+  Returns:
+    boxes: float32 [..., 4], [y1, x1, y2, x2] in [0, 1] of the view; zeros
+      where not valid.
+    valid: bool [...], `valid` and the box has area inside the crop.
+  """
+  scale = np.array([crop.height, crop.width] * 2, np.float64)
+  origin = np.array([crop.top, crop.left] * 2, np.float64)
+  out = np.clip((boxes * scale - origin) / crop.size, 0.0, 1.0)
+  if crop.flip:
+    out = out[..., [0, 3, 2, 1]] * [1, -1, 1, -1] + [0, 1, 0, 1]
+  valid = valid & (out[..., 2] > out[..., 0]) & (out[..., 3] > out[..., 1])
+  return np.where(valid[..., None], out, 0.0).astype(np.float32), valid
+
+
+def _nearest(start: int, size: int, length: int, resized: int) -> np.ndarray:
+  """int [size], the pixel of a `length`-pixel axis under the centres of
+  pixels start..start+size of its resize to `resized` pixels."""
+  centres_x2 = 2 * np.arange(start, start + size) + 1  # twice, to stay in integers
+  return np.minimum(centres_x2 * length // (2 * resized), length - 1)
+
+
+def crop_masks(masks: np.ndarray, crop: Crop) -> np.ndarray:
+  """Integer masks [T, H, W] (ids per pixel) -> their view [T, S, S]: the
+  nearest-neighbour resize (pixel centres, as jax.image.resize "nearest"),
+  of the crop only, so that ids are never blended."""
+  rows = _nearest(crop.top, crop.size, masks.shape[1], crop.height)
+  cols = _nearest(crop.left, crop.size, masks.shape[2], crop.width)
+  masks = masks[:, rows[:, None], cols[None, :]]
+  return np.ascontiguousarray(masks[:, :, ::-1] if crop.flip else masks)
 
 
 def normalize(video, mean, std, dtype=None):
