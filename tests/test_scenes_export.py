@@ -56,6 +56,7 @@ def test_the_charades_source_reads_the_splits_back(export):
 
 def test_decoded_frames_are_the_rendered_frames(export):
   ref, got = _scenes("test"), _charades(export, "test")
+  checked = 0
   for i in range(len(ref)):
     rendered = ref.video(i).astype(np.float32)
     decoded = got.load_frames(got[i], np.arange(ref[i]["num_frames"])).astype(np.float32)
@@ -67,7 +68,6 @@ def test_decoded_frames_are_the_rendered_frames(export):
     # Aligned: on the pixels that move between rendered frames k and k +- 3,
     # decoded frame k is far closer to rendered frame k (ratios measured at
     # 0.13 to 0.53).
-    checked = 0
     for d in (-3, 3):
       for k in range(3, len(rendered) - 3):
         moving = np.abs(rendered[k] - rendered[k + d]).max(-1) > 32
@@ -75,7 +75,7 @@ def test_decoded_frames_are_the_rendered_frames(export):
           same = np.abs(decoded[k] - rendered[k])[moving].mean()
           assert same < 0.75 * np.abs(decoded[k] - rendered[k + d])[moving].mean(), (i, k, d)
           checked += 1
-    assert checked > len(rendered) // 2
+  assert checked >= 40  # frame pairs compared, over the split's videos
 
 
 def _decoded_sound(path):
@@ -142,11 +142,12 @@ def test_the_sound_track_is_the_scenes_audio(export):
 
 
 def test_training_on_the_export_by_config_alone(export, tmp_path):
-  config = load_config("synthetic", "runlocal")
+  # The scenes config (window labels: the exported segments label each clip)
+  # with only the dataset switched.
+  config = load_config("scenes", "runlocal")
   d = config.data
   d.name = "charades"
   d.charades.update(root=str(export), fps=24.0)
-  d.label_mode = "window"  # the exported segments label each clip
   config.num_train_steps = 2
   train.train_and_evaluate(config, str(tmp_path / "run"))
   results = json.loads((tmp_path / "run" / "eval_results.json").read_text())

@@ -1,0 +1,68 @@
+"""The multi-actor scenes baseline: a small 3D ResNet on the embedded scenes
+dataset (`mlar_jax/data/scenes.py`), video-level multi-label classification.
+
+  python -m mlar_jax.main --config configs/scenes.py --workdir runs/scenes
+  python -m mlar_jax.main --config configs/scenes.py:runlocal --workdir /tmp/x
+
+Arguments (comma-separated):
+  runlocal      seconds on a laptop CPU: tiny data, few steps.
+  head=NAME     "linear" (default) or "mlar" (sized for the tiny backbone's
+                64 channels: K=16 observations, n=8 groups, C'=64).
+  backbone=NAME any registered backbone (default resnet3d_tiny).
+
+A training clip (8 frames at rate 4, 32 frames) sees a quarter to a third of
+a 96-160-frame video, so it is trained on the labels of the activities it
+overlaps (`label_mode="window"`); a test video is scored by the maximum over
+four such windows spread over it (a video has an activity if any part of it
+does).
+"""
+
+from mlar_jax import config_lib
+
+
+def get_config(arg=None):
+  args = config_lib.parse_arg(arg, runlocal=False, head="linear", backbone="resnet3d_tiny")
+  config = config_lib.base_config()
+
+  d = config.data
+  d.name = "scenes"
+  d.scenes.update(seed=0, num_train=4096, num_val=256, num_test=512, resolution=32)
+  d.num_frames, d.rates = 8, (4,)
+  d.label_mode = "window"
+  d.min_short_side, d.max_short_side, d.crop_size, d.eval_short_side = 32, 36, 32, 32
+  d.flip = False  # Flips would swap walk_left and walk_right.
+  # Four windows of 32 frames cover 128 of the 96-160 frames; the frames are
+  # square at the crop size, so one crop sees everything.
+  config.eval.views, config.eval.spatial_crops = ((4, 4),), 1
+  config.eval.aggregate = "max"
+
+  config.model.backbone = args.backbone
+  config.model.head = args.head
+  # Chosen on the val split (seed 0; README "Multi-actor scenes"): at 900
+  # steps the baseline reached 1.75x the constant predictor, at 1800 2.08x,
+  # and 2.27x without dropout at base_lr 0.2 (AdamW 2e-3: 1.87x).
+  config.model.dropout_rate = 0.0
+  config.model.mlar.update(num_observations=16, groups=8, features=64)
+  config.batch_size = 32
+  config.num_train_steps = 1800
+  config.schedule.update(base_lr=0.2, warmup_steps=50)
+  config.optimizer.weight_decay = 1e-4
+  config.checkpoint.every_steps = 200
+  config.log_every_steps = 100
+  config.eval.batch_size = 64
+
+  if args.runlocal:
+    d.scenes.update(
+      num_train=64, num_val=16, num_test=24, resolution=16, min_frames=64, max_frames=72
+    )
+    d.num_frames = 4
+    d.min_short_side, d.max_short_side, d.crop_size, d.eval_short_side = 16, 16, 16, 16
+    config.eval.views = ((8, 2),)
+    config.batch_size = 8
+    config.eval.batch_size = 8
+    config.num_train_steps = 6
+    config.schedule.warmup_steps = 2
+    config.log_every_steps = 2
+    config.checkpoint.every_steps = 3
+    config.model.mlar.update(num_observations=4, groups=4, features=16)
+  return config
