@@ -17,7 +17,7 @@ import csv
 import functools
 import io
 import os
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -58,9 +58,66 @@ def _probe(path: str, frames_fps: float) -> tuple[int, float]:
   return info.num_frames, info.fps
 
 
-def _read_lines(path: str) -> list[str]:
-  with _open(path) as f:
-    return f.read().splitlines()
+def _read_text(path: str) -> str:
+  """The UTF-8 text of an annotation file; undecodable bytes name their line."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path}: annotation file not found")
+  with open(path, "rb") as f:
+    data = f.read()
+  try:
+    return data.decode("utf-8")
+  except UnicodeDecodeError as e:
+    # Python's message gives a byte offset into the whole file; a user
+    # needs the line (and the column, to find the byte in an editor).
+    line = data.count(b"\n", 0, e.start) + 1
+    column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+    raise ValueError(
+      f"{path}:{line}: not UTF-8 (byte {data[e.start]:#04x} at column {column}: {e.reason})"
+    ) from None
+
+
+def _csv_rows(path: str) -> Iterator[tuple[int, list[str]]]:
+  """(line, fields) for every non-blank CSV row of `path`.
+
+  `line` is where the row starts. csv's strict mode rejects what its lenient
+  mode silently repairs: an unclosed quote otherwise swallows the next lines
+  into one field and the row reads as valid with the wrong fields. A quoted
+  field spanning lines is valid CSV and stays accepted; rows whose fields do
+  not match are reported by the callers with the line this gives.
+  """
+  reader = csv.reader(io.StringIO(_read_text(path), newline=""), strict=True)
+  end = 0
+  while True:
+    start = end + 1
+    try:
+      row = next(reader)
+    except StopIteration:
+      return
+    except csv.Error as e:
+      raise ValueError(
+        f"{path}:{start}: malformed CSV row ({e}; is a quote opened on this line unclosed?)"
+      ) from None
+    end = reader.line_num
+    if row and "".join(row).strip():
+      yield start, row
+
+
+def _check_fields(path: str, line: int, row: list[str], columns: list[str]) -> None:
+  """A row has exactly one field per header column (a missing or extra field
+  shifts every later column, e.g. `actions` into `length`)."""
+  if len(row) != len(columns):
+    raise ValueError(
+      f"{path}:{line}: {len(row)} fields, the header has {len(columns)} ({','.join(columns)})"
+    )
+
+
+def _check_unique_id(path: str, line: int, vid: str, seen: dict[str, int]) -> None:
+  """Video ids are unique: a duplicate would be trained and evaluated twice."""
+  if not vid:
+    raise ValueError(f"{path}:{line}: empty video id")
+  if vid in seen:
+    raise ValueError(f"{path}:{line}: duplicate video id {vid!r} (also on line {seen[vid]})")
+  seen[vid] = line
 
 
 def read_class_names(path: str) -> tuple[list[str], dict[str, int]]:
@@ -69,8 +126,8 @@ def read_class_names(path: str) -> tuple[list[str], dict[str, int]]:
   Accepted lines: "c008 Opening a door" (Charades: the code is the key),
   "name,index" or "index,name" (M-MiT), or one name per line.
   """
-  names, lookup = [], {}
-  for n, line in enumerate(_read_lines(path), 1):
+  names, lookup, first = [], {}, {}
+  for n, line in enumerate(_read_text(path).splitlines(), 1):
     line = line.strip()
     if not line:
       continue
@@ -83,6 +140,9 @@ def read_class_names(path: str) -> tuple[list[str], dict[str, int]]:
       name, idx = line, len(names)
     if idx != len(names):
       raise ValueError(f"{path}:{n}: class index {idx}, expected {len(names)} (in order)")
+    if name in first:
+      raise ValueError(f"{path}:{n}: duplicate class {name!r} (also on line {first[name]})")
+    first[name] = n
     code = name.split(" ", 1)[0]
     names.append(name)
     lookup[name] = idx
@@ -127,47 +187,60 @@ def charades(
   Actions "c092 11.90 21.20;c147 0.00 12.60" give the segments; a video's
   labels are all its actions. Videos without any action are kept (they count
   in evaluation as in the official script).
+
+  Raises:
+    ValueError naming the file and line: a row with missing or extra fields
+    (or an unclosed quote), an empty or duplicate id, an unknown class, a
+    segment with non-finite or negative times or start > end, bytes that
+    are not UTF-8.
   """
   j = lambda p: os.path.join(root, p)
   names, lookup = read_class_names(j(classes))
   path = j(train_csv if split == "train" else test_csv)
-  records = []
-  with _open(path) as f:
-    reader = csv.DictReader(f)
-    for col in ("id", "actions", "length"):
-      if col not in (reader.fieldnames or []):
-        raise ValueError(f"{path}: missing column {col!r}; columns: {reader.fieldnames}")
-    for line, row in enumerate(reader, 2):
-      segments = []
-      for action in filter(None, (row["actions"] or "").split(";")):
-        parts = action.split()
-        if len(parts) != 3 or parts[0] not in lookup:
-          raise ValueError(
-            f"{path}:{line}: bad action {action!r} (want 'c092 11.90 21.20' "
-            f"with a class of {classes})"
-          )
-        try:
-          segments.append((lookup[parts[0]], float(parts[1]), float(parts[2])))
-        except ValueError:
-          raise ValueError(f"{path}:{line}: bad times in action {action!r}") from None
-      vid = row["id"]
-      records.append(
-        {
-          "id": vid,
-          "path": j(os.path.join(videos, vid) if frames else os.path.join(videos, vid + video_ext)),
-          "labels": _multi_hot([s[0] for s in segments], len(names)),
-          "segments": np.array(segments, np.float32).reshape(-1, 3),
-          "num_frames": -1,
-          "fps": float(fps),
-        }
-      )
+  records, seen = [], {}
+  rows = _csv_rows(path)
+  header_line, columns = next(rows, (1, []))
+  columns = [c.strip() for c in columns]
+  for col in ("id", "actions", "length"):
+    if col not in columns:
+      raise ValueError(f"{path}:{header_line}: missing column {col!r}; columns: {columns}")
+  for line, row in rows:
+    _check_fields(path, line, row, columns)
+    row = dict(zip(columns, row))
+    vid = row["id"].strip()
+    _check_unique_id(path, line, vid, seen)
+    segments = []
+    for action in filter(None, row["actions"].split(";")):
+      parts = action.split()
+      if len(parts) != 3 or parts[0] not in lookup:
+        raise ValueError(
+          f"{path}:{line}: bad action {action!r} (want 'c092 11.90 21.20' "
+          f"with a class of {classes})"
+        )
+      try:
+        start, end = float(parts[1]), float(parts[2])
+      except ValueError:
+        raise ValueError(f"{path}:{line}: bad times in action {action!r}") from None
+      # Zero-length segments are allowed (they label no frame); negative,
+      # reversed or non-finite ones are typos that would label nothing or
+      # everything without a word.
+      if not (np.isfinite(start) and np.isfinite(end) and 0 <= start <= end):
+        raise ValueError(
+          f"{path}:{line}: impossible segment in action {action!r} "
+          "(want finite times with 0 <= start <= end)"
+        )
+      segments.append((lookup[parts[0]], start, end))
+    records.append(
+      {
+        "id": vid,
+        "path": j(os.path.join(videos, vid) if frames else os.path.join(videos, vid + video_ext)),
+        "labels": _multi_hot([s[0] for s in segments], len(names)),
+        "segments": np.array(segments, np.float32).reshape(-1, 3),
+        "num_frames": -1,
+        "fps": float(fps),
+      }
+    )
   return FileVideos(split, names, records)
-
-
-def _open(path: str):
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path}: annotation file not found")
-  return open(path, encoding="utf-8", newline="")
 
 
 def video_list(
@@ -175,45 +248,46 @@ def video_list(
 ) -> FileVideos:
   """M-MiT style lists: `path,label1,label2,...` lines (labels are class names,
   codes or indices of the class file); with `header`, the first line names the
-  columns and must have `path` and `labels` (labels separated by ';')."""
+  columns and must have `path` and `labels` (labels separated by ';').
+
+  Rows with the wrong number of fields (header mode), an empty path, a
+  duplicate id (or path), unknown labels or bytes that are not UTF-8 are
+  ValueErrors naming the file and line."""
   j = lambda p: os.path.join(root, p)
   names, lookup = read_class_names(j(classes))
   path = j(csv_file)
-  records = []
-  with _open(path) as f:
-    rows = csv.reader(f)
-    columns = None
-    for line, row in enumerate(rows, 1):
-      if not row or not "".join(row).strip():
-        continue
-      if header and columns is None:
-        columns = [c.strip() for c in row]
-        if "path" not in columns or "labels" not in columns:
-          raise ValueError(f"{path}:1: header needs 'path' and 'labels' columns, got {columns}")
-        continue
-      if header:
-        if len(row) != len(columns):
-          raise ValueError(f"{path}:{line}: {len(row)} fields, header has {len(columns)}")
-        fields = dict(zip(columns, row))
-        rel, label_names = fields["path"], fields["labels"].split(";")
-        vid = fields.get("id") or os.path.splitext(rel)[0]
-      else:
-        rel, label_names = row[0], row[1:]
-        vid = os.path.splitext(rel)[0]
-      label_names = [n.strip() for n in label_names if n.strip()]
-      unknown = [n for n in label_names if n not in lookup]
-      if unknown:
-        raise ValueError(f"{path}:{line}: unknown labels {unknown} (not in {classes})")
-      records.append(
-        {
-          "id": vid,
-          "path": j(os.path.join(videos, rel)),
-          "labels": _multi_hot([lookup[n] for n in label_names], len(names)),
-          "segments": np.zeros((0, 3), np.float32),
-          "num_frames": -1,
-          "fps": float(fps),
-        }
-      )
+  records, seen, columns = [], {}, None
+  for line, row in _csv_rows(path):
+    if header and columns is None:
+      columns = [c.strip() for c in row]
+      if "path" not in columns or "labels" not in columns:
+        raise ValueError(f"{path}:{line}: header needs 'path' and 'labels' columns, got {columns}")
+      continue
+    if header:
+      _check_fields(path, line, row, columns)
+      fields = dict(zip(columns, row))
+      rel, label_names = fields["path"].strip(), fields["labels"].split(";")
+      vid = fields.get("id", "").strip() or os.path.splitext(rel)[0]
+    else:
+      rel, label_names = row[0].strip(), row[1:]
+      vid = os.path.splitext(rel)[0]
+    if not rel:
+      raise ValueError(f"{path}:{line}: empty video path")
+    _check_unique_id(path, line, vid, seen)
+    label_names = [n.strip() for n in label_names if n.strip()]
+    unknown = [n for n in label_names if n not in lookup]
+    if unknown:
+      raise ValueError(f"{path}:{line}: unknown labels {unknown} (not in {classes})")
+    records.append(
+      {
+        "id": vid,
+        "path": j(os.path.join(videos, rel)),
+        "labels": _multi_hot([lookup[n] for n in label_names], len(names)),
+        "segments": np.zeros((0, 3), np.float32),
+        "num_frames": -1,
+        "fps": float(fps),
+      }
+    )
   return FileVideos(split, names, records)
 
 
