@@ -257,6 +257,15 @@ def check_regex(config: ml_collections.ConfigDict, *keys: str) -> None:
       fail(key, get(config, key), f"is not a valid regex: {e}")
 
 
+def check_seed(config: ml_collections.ConfigDict, *keys: str) -> None:
+  """Each dotted key holds a seed every consumer accepts: an integer in
+  [0, 2**32) (grain's limit; numpy rejects negative seeds too)."""
+  for key in keys:
+    value = get(config, key)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**32:
+      fail(key, value, "must be an integer in [0, 2**32)")
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """The training loop's own keys (steps, batch sizes, checkpoints, init_from);
   every other part is checked by its owner (`validation.validate`)."""
@@ -271,3 +280,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.eval_every_steps < 0:
     fail("eval_every_steps", config.eval_every_steps, "must be >= 0")
   check_regex(config, "init_from_skip")
+  # The seed reaches grain's shuffle only when the input pipeline starts,
+  # after the model is built: without this a bad one is a late traceback.
+  check_seed(config, "seed")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import jax
@@ -88,8 +89,19 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   """`config.optimizer` and `config.schedule`."""
   config_lib.check_choice(config, "optimizer.name", OPTIMIZERS)
   config_lib.check_regex(config, "optimizer.freeze")
+  o = config.optimizer
+  # Momentum >= 1 never forgets a gradient (the update grows without bound);
+  # negative values and negative decay or clipping norms are sign typos.
+  if not 0.0 <= o.momentum < 1.0:
+    config_lib.fail("optimizer.momentum", o.momentum, "must be in [0, 1)")
+  if not o.weight_decay >= 0:
+    config_lib.fail("optimizer.weight_decay", o.weight_decay, "must be >= 0")
+  if not o.grad_clip_norm >= 0:
+    config_lib.fail("optimizer.grad_clip_norm", o.grad_clip_norm, "must be >= 0 (0: no clipping)")
   s = config.schedule
-  if s.base_lr <= 0:
-    config_lib.fail("schedule.base_lr", s.base_lr, "must be > 0")
+  if not (s.base_lr > 0 and math.isfinite(s.base_lr)):
+    config_lib.fail("schedule.base_lr", s.base_lr, "must be finite and > 0")
   if not 0 <= s.warmup_steps <= config.num_train_steps:
     config_lib.fail("schedule.warmup_steps", s.warmup_steps, "must be in [0, num_train_steps]")
+  if not 0.0 <= s.end_lr_factor <= 1.0:
+    config_lib.fail("schedule.end_lr_factor", s.end_lr_factor, "must be in [0, 1]")

@@ -9,6 +9,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import importlib.util  # noqa: E402
 import pathlib  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 
 import jax  # noqa: E402  (must come after XLA_FLAGS)
 import pytest  # noqa: E402
@@ -34,3 +36,25 @@ def load_config(name: str, arg: str | None = None):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg)
+
+
+def run_main(workdir, *overrides: str, config: str = "synthetic.py:runlocal"):
+  """`python -m mlar_jax.main --config configs/CONFIG --workdir WORKDIR
+  OVERRIDES...` in a fresh CPU-only interpreter; the CompletedProcess."""
+  return subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "mlar_jax.main",
+      "--config",
+      str(ROOT / "configs" / config),
+      "--workdir",
+      str(workdir),
+      *overrides,
+    ],
+    capture_output=True,
+    text=True,
+    cwd=ROOT,
+    env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"),
+    timeout=300,
+  )

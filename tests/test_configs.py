@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import CONFIGS, ROOT, load_config
+from conftest import CONFIGS, ROOT, load_config, run_main
 
 from mlar_jax import config_lib, validation
 
@@ -103,24 +103,7 @@ def test_validate_names_the_bad_key(key, value, message):
 
 
 def _cli(tmp_path, *overrides):
-  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
-  return subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "mlar_jax.main",
-      "--config",
-      str(ROOT / "configs" / "synthetic.py") + ":runlocal",
-      "--workdir",
-      str(tmp_path / "w"),
-      *overrides,
-    ],
-    capture_output=True,
-    text=True,
-    cwd=ROOT,
-    env=env,
-    timeout=300,
-  )
+  return run_main(tmp_path / "w", *overrides)
 
 
 def test_cli_rejects_unknown_key_and_bad_value_before_training(tmp_path):

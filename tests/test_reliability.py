@@ -6,10 +6,15 @@ One section per part of the issue.
 
 import re
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import load_config, run_main
 
+from mlar_jax import validation
 from mlar_jax.data import sources
+from mlar_jax.models import registry as models
 
 # ----------------------------------------------------------------------------
 # Strict annotations (issue 18, item 5): malformed rows, duplicate ids,
@@ -184,3 +189,92 @@ def test_class_file_non_utf8_and_duplicates(tmp_path):
 def test_video_list_rejects(tmp_path, header, body, message):
   with pytest.raises(ValueError, match=message):
     _video_list(tmp_path, body, header)
+
+
+# ----------------------------------------------------------------------------
+# Early validation (issue 18, item 4): every value whose validity is known
+# before training fails before training, naming the key.
+# ----------------------------------------------------------------------------
+
+
+def _set(config, key, value):
+  node, path = config, key.split(".")
+  for part in path[:-1]:
+    node = node[part]
+  node[path[-1]] = value
+
+
+@pytest.mark.parametrize(
+  "arg,key,value,message",
+  [
+    (
+      "runlocal",
+      "eval.output",
+      "logitz",
+      "config.eval.output='logitz': model.head='linear' outputs only ['logits']",
+    ),
+    (
+      "runlocal,head=mlar",
+      "eval.output",
+      "logitz",
+      "model.head='mlar' outputs only ['logits', 'logits_activity']",
+    ),
+    ("runlocal", "optimizer.momentum", 5, "config.optimizer.momentum=5.0: must be in [0, 1)"),
+    ("runlocal", "optimizer.momentum", 1.0, "config.optimizer.momentum=1.0: must be in [0, 1)"),
+    ("runlocal", "optimizer.momentum", -0.1, "config.optimizer.momentum=-0.1"),
+    ("runlocal", "optimizer.weight_decay", -1e-4, "config.optimizer.weight_decay=-0.0001: must"),
+    ("runlocal", "optimizer.grad_clip_norm", -1.0, "config.optimizer.grad_clip_norm=-1.0: must"),
+    ("runlocal", "schedule.base_lr", 0.0, "config.schedule.base_lr=0.0: must be finite and > 0"),
+    ("runlocal", "schedule.base_lr", float("inf"), "config.schedule.base_lr=inf: must be"),
+    ("runlocal", "schedule.warmup_steps", -1, "config.schedule.warmup_steps=-1: must be in"),
+    ("runlocal", "schedule.warmup_steps", 7, "config.schedule.warmup_steps=7: must be in"),
+    ("runlocal", "schedule.end_lr_factor", 1.5, "config.schedule.end_lr_factor=1.5: must be"),
+    ("runlocal", "seed", -1, "config.seed=-1: must be an integer in [0, 2**32)"),
+    ("runlocal", "seed", 2**32, "config.seed=4294967296: must be an integer in [0, 2**32)"),
+    ("runlocal", "data.synthetic.seed", -1, "config.data.synthetic.seed=-1: must be"),
+  ],
+)
+def test_validate_rejects_before_training(arg, key, value, message):
+  config = load_config("synthetic", arg)
+  _set(config, key, value)
+  with pytest.raises(ValueError, match=re.escape(message)):
+    validation.validate(config)
+
+
+def test_eval_output_follows_the_head():
+  config = load_config("synthetic", "runlocal,head=mlar")
+  config.eval.output = "logits_activity"
+  validation.validate(config)
+  config.model.mlar.use_correlation = False
+  with pytest.raises(
+    ValueError,
+    match=re.escape(
+      "config.eval.output='logits_activity': model.head='mlar' with "
+      "model.mlar.use_correlation=False outputs only ['logits']"
+    ),
+  ):
+    validation.validate(config)
+
+
+@pytest.mark.parametrize("head,correlation", [("linear", True), ("mlar", True), ("mlar", False)])
+def test_head_outputs_match_the_built_model(head, correlation):
+  # The static description validation uses is what the model returns.
+  cfg = load_config("synthetic", f"runlocal,head={head}").model
+  cfg.mlar.use_correlation = correlation
+  model = models.build_model(cfg, num_classes=3)
+  video = jax.ShapeDtypeStruct((1, 4, 16, 16, 3), jnp.float32)
+  outputs, _ = jax.eval_shape(
+    lambda v: model.init_with_output(jax.random.key(0), v, train=False), video
+  )
+  assert sorted(outputs) == sorted(models.head_outputs(cfg))
+
+
+def test_cli_bad_eval_output_fails_before_training_in_one_line(tmp_path):
+  proc = run_main(tmp_path / "w", "--config.eval.output=logitz")
+  assert proc.returncode != 0
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last == (
+    "Invalid config: config.eval.output='logitz': model.head='linear' outputs only ['logits']"
+  )
+  assert "Traceback" not in proc.stderr
+  assert not (tmp_path / "w" / "checkpoints").exists()

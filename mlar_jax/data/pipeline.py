@@ -314,6 +314,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     "data.max_actors",
     "data.audio_samples",
   )
+  config_lib.check_seed(config, "data.synthetic.seed", "data.scenes.seed")
   d = config.data
   if not d.rates or any(not isinstance(r, int) or r <= 0 for r in d.rates):
     config_lib.fail("data.rates", d.rates, "must be a non-empty tuple of positive integers")

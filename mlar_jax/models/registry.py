@@ -175,6 +175,24 @@ def _mlar(cfg, num_classes, class_stats):
   )
 
 
+# head name -> fn(model_config) -> the keys of the head's output dict. Known
+# without building the model, so `config.eval.output` fails before training
+# rather than after it; tests check each against the built model's outputs.
+HEAD_OUTPUTS = {
+  "linear": lambda cfg: ("logits",),
+  # Without the correlation map the head has one output (heads.MLARHead).
+  "mlar": lambda cfg: ("logits", "logits_activity") if cfg.mlar.use_correlation else ("logits",),
+}
+
+
+def head_outputs(cfg: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The output names of the model `cfg` (`config.model`) builds, e.g.
+  ("logits", "logits_activity") for the MLAR head with correlations."""
+  if cfg.head not in HEAD_OUTPUTS:
+    raise KeyError(f"head {cfg.head!r} is registered without an entry in HEAD_OUTPUTS")
+  return HEAD_OUTPUTS[cfg.head](cfg)
+
+
 class VideoClassifier(nn.Module):
   """Backbone then head: [B, T, H, W, 3] -> dict of [B, A] logits."""
 
@@ -203,7 +221,8 @@ def build_model(
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-  """`config.model`: registered backbone and head, dtype, conv path, head sizes."""
+  """`config.model`: registered backbone and head, dtype, conv path, head
+  sizes; and `config.eval.output`, one of the head's outputs."""
   config_lib.check_choice(config, "model.backbone", BACKBONES.names())
   config_lib.check_choice(config, "model.head", HEADS.names())
   config_lib.check_choice(config, "model.dtype", DTYPES)
@@ -218,3 +237,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     )
   if not 0.0 <= config.model.dropout_rate < 1.0:
     config_lib.fail("model.dropout_rate", config.model.dropout_rate, "must be in [0, 1)")
+  outputs = head_outputs(config.model)
+  if config.eval.output not in outputs:
+    head = f"model.head={config.model.head!r}"
+    if config.model.head == "mlar" and not config.model.mlar.use_correlation:
+      head += " with model.mlar.use_correlation=False"
+    config_lib.fail("eval.output", config.eval.output, f"{head} outputs only {list(outputs)}")
