@@ -103,9 +103,9 @@ def finite_flags(state: TrainState, loss: jax.Array | None = None) -> dict[str, 
 
 
 def nonfinite_names(flags: dict[str, Any]) -> list[str]:
-  """The collections whose `finite_flags` entry is False, in the order params,
-  model state collections, opt_state, loss (jit returns dicts in key order;
-  this is the order in which a divergence spreads through a step's outputs)."""
+  """The collections whose `finite_flags` entry is False: the state's first
+  (params, model state collections, opt_state), then loss, a fixed order
+  restored here because jit returns dicts sorted by key."""
   rank = {"params": 0, "opt_state": 2, "loss": 3}
   names = sorted(flags, key=lambda name: (rank.get(name, 1), name))
   return [name for name in names if not bool(flags[name])]
@@ -355,7 +355,11 @@ def train_and_evaluate(
   # Checkpoint: restore the latest, or initialise.
   # --------------------------------------------------------------------------
   manager = checkpointing.make_manager(workdir, config.checkpoint)
-  resumed = _resume(manager, training, train_iterator, workdir)
+  try:
+    resumed = _resume(manager, training, train_iterator, workdir)
+  except BaseException:
+    manager.close()  # its threads would otherwise die at exit, with tracebacks
+    raise
   if resumed is not None:
     state, train_iter = resumed
   else:

@@ -86,16 +86,17 @@ def test_divergence_stops_at_its_step_and_keeps_the_good_checkpoints(
     return step
 
   monkeypatch.setattr(train.Training, "jit_step", recording_jit_step)
-  # keep=2: before the check, checkpoints 9 and 12 (non-finite) rotated out
-  # 3 and 6. Checks only at save steps here (log every 100), so a
-  # divergence between them is still named at its own step.
+  # keep=2: before the check, non-finite checkpoints 10 and 12 rotated out 3
+  # and 6. The flags are read at save steps only here (log every 100), and
+  # the state turns non-finite at step 9 (params, batch_stats, opt_state;
+  # the loss still finite): named at its own step, not at 10.
   config = _config(num_train_steps=12, log_every_steps=100)
   config.schedule.base_lr = 1e6
-  config.checkpoint.keep = 2
+  config.checkpoint.update(keep=2, every_steps=5)
   with pytest.raises(train.NonFiniteError) as error:
     train.train_and_evaluate(config, str(workdir), final_eval=False)
   (step, bad), message = first_bad[0], str(error.value)
-  assert 6 < step <= 12, message
+  assert 6 < step < 10, message
   assert message.startswith(f"Non-finite {bad[0]} at step {step} "), (message, bad)
   assert "The last checkpoint is step 6" in message and "\n" not in message
   assert _steps(workdir) == [3, 6]
