@@ -14,15 +14,98 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any
+import time
+from typing import Any, Callable, TypeVar
 
 import grain
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
 from flax import traverse_util
+from jax.experimental import multihost_utils
+
+T = TypeVar("T")
+
+
+class CheckpointError(RuntimeError):
+  """No checkpoint could be restored; the message is one line for the user."""
+
+
+def error_line(e: BaseException) -> str:
+  """`e` as one short line: the type and first message line of its root
+  cause (orbax wraps TensorStore's "OUT_OF_RANGE: Error reading ... at local
+  file ..." in errors whose own message is dozens of lines of specs)."""
+  while e.__cause__ is not None:
+    e = e.__cause__
+  lines = str(e).strip().splitlines()
+  return f"{type(e).__name__}: {lines[0][:300] if lines else ''}".rstrip(": ")
+
+
+def restore_newest(
+  steps: list[int], restore_fn: Callable[[int], T], directory: Any
+) -> tuple[int, T, list[int]]:
+  """Restores the newest of `steps` that restores, newest first.
+
+  A checkpoint that fails (a truncated or missing file, a half-written
+  step) is reported in one warning line and the previous one is tried;
+  nothing is moved or deleted here.
+
+  Args:
+    steps: the checkpoint steps to try.
+    restore_fn: step -> restored value; any exception counts as failure.
+    directory: the checkpoints folder, for the messages.
+
+  Returns:
+    (step, restore_fn(step), the newer steps that failed).
+
+  Raises:
+    CheckpointError if none restores (naming the latest's error).
+  """
+  failed: list[int] = []
+  first_error = None
+  for step in sorted(steps, reverse=True):
+    try:
+      return step, restore_fn(step), failed
+    # orbax and TensorStore raise ValueError, OSError, plain Exception... for
+    # a damaged file: whatever it is, an older checkpoint may still be good.
+    except Exception as e:  # noqa: BLE001
+      logging.warning(
+        "Checkpoint %d in %s cannot be restored (%s); trying the previous one",
+        step,
+        directory,
+        error_line(e),
+      )
+      failed.append(step)
+      first_error = first_error or e
+  raise CheckpointError(
+    f"No checkpoint in {directory} can be restored (steps {sorted(steps)}); the latest fails "
+    f"with {error_line(first_error)}"
+  ) from first_error
+
+
+def move_aside(manager: ocp.CheckpointManager, step: int) -> epath.Path:
+  """Renames checkpoint `step` to `STEP.corrupt-TIME` (kept for inspection,
+  invisible to orbax) and makes `manager` forget it.
+
+  Needed before training past `step` again: orbax skips saving a step at or
+  below its latest one, and would count the damaged folder as one of the
+  `keep` checkpoints. Process 0 renames; the caller's processes then reload.
+
+  Returns:
+    The new path.
+  """
+  directory = epath.Path(manager.directory)
+  # No "_" in the suffix: orbax reads "NAME_123" as step 123.
+  target = directory / f"{step}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}"
+  if jax.process_index() == 0:
+    (directory / str(step)).rename(target)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f"move_aside_{step}")
+  manager.reload()
+  return target
 
 
 def make_manager(workdir: str, cfg: ml_collections.ConfigDict) -> ocp.CheckpointManager:

@@ -362,7 +362,19 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   train_source = pipeline.make_source(config.data, "train")
   stats = train_source.class_stats()
   model = models.build_model(config.model, stats.num_classes, stats)
-  loaded = checkpointing.load_variables(os.fspath(directory / str(step)))
+  if config.eval.step < 0:
+    # The latest, as training resumes: a damaged one is reported in one line
+    # and the newest that loads is evaluated (results name its step).
+    step, loaded, _ = checkpointing.restore_newest(
+      steps, lambda s: checkpointing.load_variables(os.fspath(directory / str(s))), directory
+    )
+  else:
+    try:
+      loaded = checkpointing.load_variables(os.fspath(directory / str(step)))
+    except Exception as e:  # noqa: BLE001  (orbax and TensorStore raise many kinds)
+      raise checkpointing.CheckpointError(
+        f"Checkpoint {step} in {directory} cannot be restored ({checkpointing.error_line(e)})"
+      ) from e
   shardings = sharding.state_shardings(loaded, mesh, config.sharding)
   variables = jax.device_put(loaded, shardings)
   evaluator = Evaluator(

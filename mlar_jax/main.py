@@ -14,7 +14,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mlar_jax import cli, evaluate, train
+from mlar_jax import checkpointing, cli, evaluate, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
@@ -33,12 +33,18 @@ def main(argv):
   if FLAGS.mode == "eval":
     try:
       results = evaluate.evaluate(FLAGS.config, FLAGS.workdir)
-    except FileNotFoundError as e:  # no such checkpoint: one line, not a traceback
+    # No such checkpoint, or none restores: one line, not a traceback.
+    except (FileNotFoundError, checkpointing.CheckpointError) as e:
       sys.exit(f"--mode eval: {e}")
   else:
-    results = train.train_and_evaluate(
-      FLAGS.config, FLAGS.workdir, final_eval=FLAGS.mode == "train_and_eval"
-    )
+    try:
+      results = train.train_and_evaluate(
+        FLAGS.config, FLAGS.workdir, final_eval=FLAGS.mode == "train_and_eval"
+      )
+    # Their messages say what happened and how to continue; the traceback
+    # would only bury them.
+    except (train.NonFiniteError, checkpointing.CheckpointError) as e:
+      sys.exit(str(e))
   if results is not None and jax.process_index() == 0:
     print(
       f"{results['split']} macro mAP {results['macro_map']:.4f} | constant predictor "

@@ -62,6 +62,55 @@ def init_state(
   )
 
 
+# The train step's metrics entry {collection: [] bool}, popped by the loop.
+FINITE = "finite"
+
+
+class NonFiniteError(FloatingPointError):
+  """Training produced a non-finite value, or a checkpoint holds one.
+
+  Its message is one line meant for the user (naming the step, the
+  collection and how to continue); `main` prints it without a traceback.
+  """
+
+
+def finite_flags(state: TrainState, loss: jax.Array | None = None) -> dict[str, jax.Array]:
+  """Whether each collection of `state` (and `loss`) is all finite.
+
+  One reduction per collection, cheap beside a step; traceable, so the train
+  step returns it with its metrics and nothing large leaves the device.
+
+  Args:
+    state: a train state.
+    loss: the step's loss, if any.
+
+  Returns:
+    {"params", one entry per model state collection ("batch_stats",
+    "constants"), "opt_state"[, "loss"]: [] bool}.
+  """
+
+  def all_finite(tree) -> jax.Array:
+    # Integer leaves (step counts) are finite by construction.
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return (
+      jnp.all(jnp.stack([jnp.isfinite(x).all() for x in leaves])) if leaves else jnp.array(True)
+    )
+
+  tree = {"params": state.params, **dict(state.model_state), "opt_state": state.opt_state}
+  if loss is not None:
+    tree["loss"] = loss
+  return {name: all_finite(value) for name, value in tree.items()}
+
+
+def nonfinite_names(flags: dict[str, Any]) -> list[str]:
+  """The collections whose `finite_flags` entry is False: the state's first
+  (params, model state collections, opt_state), then loss, a fixed order
+  restored here because jit returns dicts sorted by key."""
+  rank = {"params": 0, "opt_state": 2, "loss": 3}
+  names = sorted(flags, key=lambda name: (rank.get(name, 1), name))
+  return [name for name in names if not bool(flags[name])]
+
+
 def make_train_step(
   model: nn.Module,
   tx: optax.GradientTransformation,
@@ -113,6 +162,7 @@ def make_train_step(
       "learning_rate": schedule(state.step),
       "grad_norm": optax.global_norm(grads),
       **{f"loss_{k}": v for k, v in per_output.items()},
+      FINITE: finite_flags(new_state, loss),
     }
     return new_state, metrics
 
@@ -305,27 +355,13 @@ def train_and_evaluate(
   # Checkpoint: restore the latest, or initialise.
   # --------------------------------------------------------------------------
   manager = checkpointing.make_manager(workdir, config.checkpoint)
-  latest = manager.latest_step()
-  if latest is not None:
-    restore_target = checkpointing.abstract_with_shardings(
-      training.abstract_state, training.state_shardings
-    )
-    written_by = checkpointing.saved_process_count(manager, latest)
-    if written_by in (None, jax.process_count()):
-      train_iter = train_iterator()
-      state = checkpointing.restore(manager, latest, restore_target, train_iter)
-    else:
-      # Another process count: the per-process iterator files do not apply;
-      # the data order is global, so it resumes at global batch `latest`.
-      state = checkpointing.restore(manager, latest, restore_target)
-      train_iter = train_iterator(start_batch=latest)
-      logging.info(
-        "Checkpoint written by %d processes, resuming on %d: data restarts at global batch %d",
-        written_by,
-        jax.process_count(),
-        latest,
-      )
-    logging.info("Resumed from checkpoint at step %d", latest)
+  try:
+    resumed = _resume(manager, training, train_iterator, workdir)
+  except BaseException:
+    manager.close()  # its threads would otherwise die at exit, with tracebacks
+    raise
+  if resumed is not None:
+    state, train_iter = resumed
   else:
     train_iter = train_iterator()
     state = training.jit_init()(jax.random.key(config.seed))
@@ -341,6 +377,10 @@ def train_and_evaluate(
     num_train_steps=total, writer=writer, every_steps=config.log_every_steps
   )
   pending: list[dict[str, jax.Array]] = []
+  # (step, finite_flags) of the steps not yet checked: device scalars, read
+  # together at the next log, save or eval step, which still names the exact
+  # step a non-finite value appeared at without a host sync every step.
+  unchecked: list[tuple[int, dict[str, jax.Array]]] = []
   last_time, last_step = time.time(), start_step
   # Host time blocked on the input pipeline: steps are dispatched
   # asynchronously, so while the accelerator is the limit this stays near 0;
@@ -348,40 +388,144 @@ def train_and_evaluate(
   input_wait = 0.0
   if start_step < total:
     logging.info("Training from step %d to %d", start_step, total)
-  for step in range(start_step + 1, total + 1):
-    with jax.profiler.StepTraceAnnotation("train", step_num=step):
-      wait_start = time.perf_counter()
-      host_batch = next(train_iter)
-      input_wait += time.perf_counter() - wait_start
-      batch = sharding.to_global(host_batch, batch_sharding)
-      state, step_metrics = train_step(state, batch)
-    pending.append(step_metrics)
-    report_progress(step)
-    if step % config.log_every_steps == 0 or step == total:
-      means = {
-        k: float(np.mean(v))
-        for k, v in jax.tree.map(lambda *xs: np.stack(xs), *jax.device_get(pending)).items()
-      }
-      pending = []
-      if not np.isfinite(means["loss"]):
-        raise FloatingPointError(f"Loss is {means['loss']} at step {step}.")
-      now = time.time()
-      steps_per_sec = (step - last_step) / max(now - last_time, 1e-9)
-      means["input_wait_fraction"] = min(input_wait / max(now - last_time, 1e-9), 1.0)
-      last_time, last_step, input_wait = now, step, 0.0
-      means["skipped_samples"] = train_errors.failed
-      writer.write_scalars(step, {f"train/{k}": v for k, v in means.items()})
-      logging.info(_log_line(step, total, means, steps_per_sec, config.batch_size))
-    if step % config.checkpoint.every_steps == 0 or step == total:
-      checkpointing.save(manager, step, state, train_iter)
-    if config.eval_every_steps and step % config.eval_every_steps == 0 and step < total:
-      evaluator.run(state, "val")
-  manager.wait_until_finished()
-  manager.close()
+  try:
+    for step in range(start_step + 1, total + 1):
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        wait_start = time.perf_counter()
+        host_batch = next(train_iter)
+        input_wait += time.perf_counter() - wait_start
+        batch = sharding.to_global(host_batch, batch_sharding)
+        state, step_metrics = train_step(state, batch)
+      unchecked.append((step, step_metrics.pop(FINITE)))
+      pending.append(step_metrics)
+      report_progress(step)
+      log_now = step % config.log_every_steps == 0 or step == total
+      save_now = step % config.checkpoint.every_steps == 0 or step == total
+      eval_now = bool(config.eval_every_steps) and step % config.eval_every_steps == 0
+      # Before anything reads the state (a save above all): a non-finite
+      # state is never written, so no good checkpoint is ever rotated out
+      # in favour of a diverged one.
+      if log_now or save_now or eval_now:
+        _check_finite(unchecked, manager)
+        unchecked = []
+      if log_now:
+        means = {
+          k: float(np.mean(v))
+          for k, v in jax.tree.map(lambda *xs: np.stack(xs), *jax.device_get(pending)).items()
+        }
+        pending = []
+        now = time.time()
+        steps_per_sec = (step - last_step) / max(now - last_time, 1e-9)
+        means["input_wait_fraction"] = min(input_wait / max(now - last_time, 1e-9), 1.0)
+        last_time, last_step, input_wait = now, step, 0.0
+        means["skipped_samples"] = train_errors.failed
+        writer.write_scalars(step, {f"train/{k}": v for k, v in means.items()})
+        logging.info(_log_line(step, total, means, steps_per_sec, config.batch_size))
+      if save_now:
+        checkpointing.save(manager, step, state, train_iter)
+      if eval_now and step < total:
+        evaluator.run(state, "val")
+  finally:
+    # Also on an error: the good checkpoints already started finish writing,
+    # and orbax's threads stop before the interpreter does (otherwise they
+    # die at exit with pages of asyncio tracebacks).
+    manager.wait_until_finished()
+    manager.close()
   if not final_eval:
     writer.flush()
     return None
   return evaluator.run(state, config.eval.split)
+
+
+def _check_finite(unchecked: list[tuple[int, dict[str, jax.Array]]], manager) -> None:
+  """Raises NonFiniteError naming the first of `unchecked`'s steps (and its
+  first collection) that is not all finite."""
+  for step, flags in jax.device_get(unchecked):
+    bad = nonfinite_names(flags)
+    if bad:
+      last = manager.latest_step()
+      raise NonFiniteError(
+        f"Non-finite {bad[0]} at step {step} (non-finite: {', '.join(bad)}); nothing from "
+        f"step {step} on was saved. "
+        + (
+          f"The last checkpoint is step {last}: rerun with a lower learning rate "
+          "(config.schedule.base_lr) to resume from it."
+          if last is not None
+          else "There is no checkpoint: rerun with a lower learning rate (config.schedule.base_lr)."
+        )
+      )
+
+
+def _resume(
+  manager, training: Training, train_iterator: Callable[..., Any], workdir: str
+) -> tuple[TrainState, Any] | None:
+  """The newest checkpoint that restores, as (state, positioned iterator);
+  None when there is no checkpoint.
+
+  A checkpoint that fails to restore is reported in one line and the
+  previous one is used; the failed ones are then moved aside
+  (`checkpointing.move_aside`), never deleted, so that training can save
+  those steps again.
+
+  Raises:
+    checkpointing.CheckpointError: none restores.
+    NonFiniteError: the newest one that restores is not all finite (written
+      before this check existed); the message names the newest finite step
+      and the command that continues from it.
+  """
+  steps = list(manager.all_steps())
+  if not steps:
+    return None
+  target = checkpointing.abstract_with_shardings(training.abstract_state, training.state_shardings)
+
+  def restore(step: int) -> tuple[TrainState, Any]:
+    # A fresh iterator every try: a failed restore may have moved it.
+    written_by = checkpointing.saved_process_count(manager, step)
+    if written_by in (None, jax.process_count()):
+      train_iter = train_iterator()
+      return checkpointing.restore(manager, step, target, train_iter), train_iter
+    # Another process count: the per-process iterator files do not apply;
+    # the data order is global, so it resumes at global batch `step`.
+    logging.info(
+      "Checkpoint written by %d processes, resuming on %d: data restarts at global batch %d",
+      written_by,
+      jax.process_count(),
+      step,
+    )
+    return checkpointing.restore(manager, step, target), train_iterator(start_batch=step)
+
+  directory = manager.directory
+  step, (state, train_iter), failed = checkpointing.restore_newest(steps, restore, directory)
+  finite = jax.jit(finite_flags, out_shardings=sharding.replicated(training.mesh))
+  bad = nonfinite_names(jax.device_get(finite(state)))
+  if bad:
+    good = None
+    for older in sorted((s for s in steps if s < step), reverse=True):
+      try:
+        candidate = checkpointing.restore(manager, older, target)
+      except Exception:  # noqa: BLE001  (damaged too: look further back)
+        continue
+      if not nonfinite_names(jax.device_get(finite(candidate))):
+        good = older
+        break
+    later = " ".join(f"{directory}/{s}" for s in sorted(steps) if good is None or s > good)
+    aside = f"mkdir -p {workdir}/nonfinite && mv {later} {workdir}/nonfinite/"
+    raise NonFiniteError(
+      f"Checkpoint {step} holds non-finite {bad[0]} (non-finite: {', '.join(bad)}; written by a "
+      "run that diverged). "
+      + (
+        f"The newest finite checkpoint is step {good}; to continue from it, move the later ones "
+        f"aside (`{aside}`) and rerun with a lower learning rate."
+        if good is not None
+        else f"No checkpoint is finite; to start over, move them aside (`{aside}`)."
+      )
+    )
+  for s in failed:
+    logging.warning(
+      "Moved unrestorable checkpoint %d to %s", s, checkpointing.move_aside(manager, s)
+    )
+  logging.info("Resumed from checkpoint at step %d", step)
+  return state, train_iter
 
 
 def _init_from(
