@@ -173,7 +173,8 @@ class PlannedVideos(VideoSource):
   and ground truth are computed from the plan alone.
 
   Subclasses implement `_draw(index)` (a plan with an int32 [C] `labels`
-  attribute), `class_names`, `__getitem__` and `load_frames`.
+  attribute), `class_names`, `__getitem__` (records carry their plan under
+  "plan") and `load_frames` (reading it with `plan_of`).
 
   Attributes:
     split: "train", "val" or "test".
@@ -200,6 +201,13 @@ class PlannedVideos(VideoSource):
     if not 0 <= index < self.num_videos:
       raise IndexError(f"index {index} out of range for {self!r}")
     return self._draw(int(index))
+
+  def plan_of(self, record: Record) -> Any:
+    """The plan of a record of this source: the one `__getitem__` put in it
+    (so a clip draws its video's plan once, not once per frame or ground
+    truth request), else drawn from its index."""
+    plan = record.get("plan")
+    return plan if plan is not None else self.plan(record["index"])
 
   def _video_id(self, index: int) -> str:
     return f"{self.split}{int(index):06d}"

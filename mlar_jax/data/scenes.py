@@ -697,7 +697,7 @@ def _render(plan: Plan, t: np.ndarray, res: int) -> np.ndarray:
 class SceneVideos(base.PlannedVideos):
   """One split of the scenes dataset as a grain random-access source.
 
-  Records hold the `base.VideoSource` keys plus `instances` (int32 [S, 5]);
+  Records hold the `base.VideoSource` keys plus `instances` (int32 [S, 5]) and `plan`;
   boxes, masks, per-actor labels and sound are computed by the methods below
   only when asked: it provides every extra of `pipeline.EXTRAS`.
 
@@ -751,6 +751,7 @@ class SceneVideos(base.PlannedVideos):
     return {
       "id": self._video_id(index),
       "index": int(index),
+      "plan": plan,
       "labels": plan.labels,
       "segments": segments.astype(np.float32),
       "instances": inst,
@@ -760,7 +761,7 @@ class SceneVideos(base.PlannedVideos):
     }
 
   def load_frames(self, record: base.Record, indices: np.ndarray) -> np.ndarray:
-    return _render(self.plan(record["index"]), np.asarray(indices), self.resolution)
+    return _render(self.plan_of(record), np.asarray(indices), self.resolution)
 
   def boxes(self, record: base.Record, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each actor's box at frames `indices` ([F]).
@@ -771,7 +772,7 @@ class SceneVideos(base.PlannedVideos):
         included, the frame's border cutting it); zeros where not valid.
       valid: bool [F, MAX_ACTORS], the actor exists and has pixels in frame.
     """
-    plan = self.plan(record["index"])
+    plan = self.plan_of(record)
     body, _ = _actors(plan, _state(plan, np.asarray(indices)), self.resolution)
     rows, cols = body.any(-1), body.any(-2)  # [N, F, H], [N, F, W]
     h, w = rows.shape[-1], cols.shape[-1]
@@ -794,7 +795,7 @@ class SceneVideos(base.PlannedVideos):
   def masks(self, record: base.Record, indices: np.ndarray) -> np.ndarray:
     """Instance ids per pixel at frames `indices`, int32 [F, H, W]: 0 for the
     background, distractors and items, k + 1 where actor k is visible."""
-    plan = self.plan(record["index"])
+    plan = self.plan_of(record)
     st = _state(plan, np.asarray(indices))
     body, _ = _actors(plan, st, self.resolution)
     ids = np.zeros(body.shape[1:], np.int32)
@@ -818,7 +819,7 @@ class SceneVideos(base.PlannedVideos):
   def audio(self, record: base.Record, start: int, stop: int) -> np.ndarray:
     """Samples [start, stop) of the video's sound track at SAMPLE_RATE,
     float32 [stop - start] in [-1, 1]; zeros when it has none."""
-    return _audio(self.plan(record["index"]), start, stop)
+    return _audio(self.plan_of(record), start, stop)
 
   def concepts(self, record: base.Record, indices: np.ndarray) -> dict[str, np.ndarray]:
     """Concept masks at frames `indices` (see the module docstring).
@@ -826,7 +827,7 @@ class SceneVideos(base.PlannedVideos):
     Returns:
       {"shape", "color", "texture", "action"}: int32 [F, H, W] each.
     """
-    plan = self.plan(record["index"])
+    plan = self.plan_of(record)
     t = np.asarray(indices)
     st = _state(plan, t)
     body, head = _actors(plan, st, self.resolution)
@@ -835,8 +836,8 @@ class SceneVideos(base.PlannedVideos):
     for s, c, inside in _distractors(plan, t, st, self.resolution):
       shape = np.where(inside, s + 1, shape)
       color = np.where(inside, c + 1, color)
-    doing = self.actor_labels(record, t).argmax(-1) + 1  # [F, MAX_ACTORS]
-    doing *= self.actor_labels(record, t).any(-1)
+    active = self.actor_labels(record, t)
+    doing = (active.argmax(-1) + 1) * active.any(-1)  # [F, MAX_ACTORS]
     action = np.zeros_like(shape)
     for k in range(plan.num_actors):
       shape = np.where(body[k], plan.shape[k] + 1, shape)

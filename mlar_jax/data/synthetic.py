@@ -331,6 +331,7 @@ class SyntheticVideos(base.PlannedVideos):
     return {
       "id": self._video_id(index),
       "index": int(index),
+      "plan": plan,
       "labels": plan.labels,
       "segments": segments.astype(np.float32),
       "num_frames": self.video_frames,
@@ -338,6 +339,4 @@ class SyntheticVideos(base.PlannedVideos):
     }
 
   def load_frames(self, record: base.Record, indices: np.ndarray) -> np.ndarray:
-    return _render(
-      self.plan(record["index"]), np.asarray(indices), self.video_frames, self.resolution
-    )
+    return _render(self.plan_of(record), np.asarray(indices), self.video_frames, self.resolution)
