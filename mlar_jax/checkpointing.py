@@ -12,10 +12,14 @@ global, `pipeline.HostRows`), and the sharded state restores onto any mesh.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import os
 import re
+import socket
 import time
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import grain
 import jax
@@ -32,6 +36,70 @@ T = TypeVar("T")
 
 class CheckpointError(RuntimeError):
   """No checkpoint could be restored; the message is one line for the user."""
+
+
+class StateMismatchError(CheckpointError):
+  """A checkpoint is intact but holds another model's state (the message
+  names the paths and both shapes); older checkpoints of the workdir would
+  not fit either, so nothing falls back past it."""
+
+
+class WorkdirLockedError(RuntimeError):
+  """Another live run holds the workdir."""
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str) -> Iterator[None]:
+  """Holds `WORKDIR/run.lock` while a run writes the workdir.
+
+  The lock is an advisory `flock` (released by the kernel when its process
+  dies, however it dies) on a file that names its owner (host, PID, start
+  time). A file naming an owner whose lock is gone is a stale lock: taken
+  over with a warning. Only process 0 locks (the others write only their
+  shards of the checkpoint, in step with it); a workdir on an object store
+  (gs://) has no flock and is not locked.
+
+  Raises:
+    WorkdirLockedError naming the owner when it is held.
+  """
+  path = epath.Path(workdir) / "run.lock"
+  if jax.process_index() != 0 or "://" in os.fspath(workdir):
+    yield
+    return
+  with open(os.fspath(path), "a+") as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      f.seek(0)
+      owner = f.read().strip() or "another process"
+      raise WorkdirLockedError(
+        f"{workdir} is in use by {owner}: wait for that run to finish (or stop it), "
+        "or choose another --workdir"
+      ) from None
+    f.seek(0)
+    previous = f.read().strip()
+    if previous:
+      logging.warning("Taking over the stale lock of %s (no longer running) on %s", previous, path)
+    f.seek(0)
+    f.truncate()
+    f.write(
+      json.dumps(
+        {
+          "host": socket.gethostname(),
+          "pid": os.getpid(),
+          "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+      )
+    )
+    f.flush()
+    try:
+      yield
+    finally:
+      # Empty again: the next run finds no stale owner to report.
+      f.seek(0)
+      f.truncate()
+      f.flush()
+      fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def error_line(e: BaseException) -> str:
@@ -69,6 +137,8 @@ def restore_newest(
   for step in sorted(steps, reverse=True):
     try:
       return step, restore_fn(step), failed
+    except StateMismatchError:
+      raise
     # orbax and TensorStore raise ValueError, OSError, plain Exception... for
     # a damaged file: whatever it is, an older checkpoint may still be good.
     except Exception as e:  # noqa: BLE001
@@ -168,13 +238,36 @@ def load_variables(path: str) -> dict[str, Any]:
     root = directory / str(step)
   # As host numpy arrays: the checkpoint may come from another topology (a
   # pod run, 2 processes) than this one.
+  tree = _state_metadata(root)
   with ocp.PyTreeCheckpointer() as checkpointer:
-    meta = checkpointer.metadata(root / "state")
-    tree = getattr(meta, "item_metadata", meta)
-    tree = getattr(tree, "tree", tree)
     args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
     restored = checkpointer.restore(root / "state", args=ocp.args.PyTreeRestore(restore_args=args))
   return {"params": restored["params"], "model_state": restored.get("model_state", {})}
+
+
+def _state_metadata(root: epath.Path) -> Any:
+  """The tree of array metadata (shape, dtype) of `root/state`."""
+  # The handler, not a Checkpointer: that one also looks for a step-level
+  # metadata file inside `state/` and warns that it is missing.
+  meta = ocp.PyTreeCheckpointHandler().metadata(root / "state")
+  return getattr(meta, "tree", meta)
+
+
+def state_mismatches(root: epath.Path, abstract_state: Any) -> list[str]:
+  """Where checkpoint folder `root` and `abstract_state` disagree in the
+  params and model state: "PATH: checkpoint SHAPE, model SHAPE" per leaf
+  (missing on either side included), sorted."""
+  saved = _state_metadata(root)
+  problems = []
+  for part in ("params", "model_state"):
+    old = traverse_util.flatten_dict(dict(saved.get(part) or {}), sep="/")
+    new = traverse_util.flatten_dict(dict(getattr(abstract_state, part) or {}), sep="/")
+    for key in sorted(old.keys() | new.keys()):
+      a = tuple(old[key].shape) if key in old else "absent"
+      b = tuple(new[key].shape) if key in new else "absent"
+      if a != b:
+        problems.append(f"{part}/{key}: checkpoint {a}, model {b}")
+  return problems
 
 
 def merge_variables(fresh: Any, loaded: Any, skip: str = "") -> tuple[Any, list[str]]:
@@ -234,7 +327,21 @@ def restore(
 
   Returns:
     The restored state.
+
+  Raises:
+    StateMismatchError: the checkpoint holds other shapes or parameters than
+      `abstract_state` (checked before orbax reads an array).
   """
+  root = epath.Path(manager.directory) / str(step)
+  problems = state_mismatches(root, abstract_state)
+  if problems:
+    shown = "; ".join(problems[:4]) + (
+      f"; and {len(problems) - 4} more" if len(problems) > 4 else ""
+    )
+    raise StateMismatchError(
+      f"Checkpoint {step} in {manager.directory} holds another model's state ({len(problems)} "
+      f"differences: {shown})"
+    )
   items = {"state": ocp.args.StandardRestore(abstract_state)}
   if data_iter is not None:
     items["data"] = grain.checkpoint.CheckpointRestore(data_iter)

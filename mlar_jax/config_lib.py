@@ -220,6 +220,50 @@ def base_config() -> ml_collections.ConfigDict:
   )
 
 
+# Settings that a checkpoint's shapes or its place in the data stream depend
+# on: resuming a workdir with another value is refused (config_changes). The
+# model's numerics settings (dtype, convolution implementation, dropout) may
+# change; its architecture may not.
+RESUME_FIXED = (
+  r"^(model\.(?!(dtype|conv_impl|dropout_rate)$)|batch_size$|data\.(name|num_frames|crop_size)$)"
+)
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+  """{"a": {"b": 1}} -> {"a.b": 1}; sequences become lists (as in JSON)."""
+  out: dict[str, Any] = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(flatten(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = _as_json(value)
+  return out
+
+
+def _as_json(value: Any) -> Any:
+  return [_as_json(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> tuple[list[str], list[str]]:
+  """What differs between a workdir's saved config and the current one.
+
+  Args:
+    saved: the workdir's `config.json` contents.
+    current: `config.to_dict()` of the run about to resume.
+
+  Returns:
+    (refused, allowed): "KEY: OLD -> NEW" for every differing key, split by
+    whether it matches RESUME_FIXED.
+  """
+  old, new = flatten(saved), flatten(current)
+  refused, allowed = [], []
+  for key in sorted(old.keys() | new.keys()):
+    if old.get(key, "(unset)") != new.get(key, "(unset)"):
+      line = f"{key}: {old.get(key, '(unset)')} -> {new.get(key, '(unset)')}"
+      (refused if re.search(RESUME_FIXED, key) else allowed).append(line)
+  return refused, allowed
+
+
 def fail(key: str, value: Any, why: str):
   """Raises the ValueError of a bad config value: `config.KEY=VALUE: why`."""
   raise ValueError(f"config.{key}={value!r}: {why}")

@@ -59,6 +59,17 @@ class EvalState:
   model_state: Any
 
 
+def eval_name(config: ml_collections.ConfigDict, split: str, step: int) -> str:
+  """The name of an evaluation-only run's files and scalar tags, from what
+  sets its numbers: "eval_test_step800_r4x4_r8x3_r2x3_c3_sum" (split, step,
+  (rate x temporal positions) per rate, spatial crops, aggregation, and the
+  output when it is not the first)."""
+  e = config.eval
+  views = "_".join(f"r{rate}x{n}" for rate, n in e.views)
+  output = "" if e.output == "logits" else f"_{e.output}"
+  return f"eval_{split}_step{step}_{views}_c{e.spatial_crops}_{e.aggregate}{output}"
+
+
 def variable_shardings(state_shardings: Any) -> Variables:
   """The params and model-state shardings of a train state's shardings."""
   return {"params": state_shardings.params, "model_state": state_shardings.model_state}
@@ -81,6 +92,10 @@ class Evaluator:
     writer: the metric writer (None: no scalars).
     train_errors: the training pipeline's skip count, reported beside the
       results.
+    eval_only: an evaluation of a saved checkpoint (`--mode eval`): its files
+      and scalar tags are named by the step and view plan
+      (`eval_name`), leaving the training run's `eval_results.json`,
+      `predictions.txt` and tags as they are.
   """
 
   def __init__(
@@ -96,8 +111,10 @@ class Evaluator:
     workdir: str,
     writer: metric_writers.MetricWriter | None = None,
     train_errors: pipeline.DecodeErrors | None = None,
+    eval_only: bool = False,
   ):
     self.config, self.mesh, self.model = config, mesh, model
+    self.eval_only = eval_only
     self.class_names, self.train_stats = list(class_names), train_stats
     self.workdir, self.writer, self.train_errors = workdir, writer, train_errors
     self.plan = sampling.view_plan(config.eval.views, config.eval.spatial_crops)
@@ -193,11 +210,12 @@ class Evaluator:
     results["skipped_clips"] = errors.failed
     results["skipped_files"] = sorted(errors.files)
     results["train_skipped_samples"] = self.train_errors.failed if self.train_errors else 0
+    name = eval_name(self.config, split, results["step"]) if self.eval_only else None
     if self.writer is not None:
       self.writer.write_scalars(
         results["step"],
         {
-          f"{split}/{k}": results[k]
+          f"{name or split}/{k}": results[k]
           for k in ("macro_map", "micro_map", "top1", "top5", "chance_macro_map")
         },
       )
@@ -211,8 +229,11 @@ class Evaluator:
         f"{vid} " + " ".join(f"{x:.6g}" for x in row)
         for vid, row in zip(source.video_ids(), scores)
       )
-      (epath.Path(self.workdir) / "predictions.txt").write_text("\n".join(lines) + "\n")
-      path = epath.Path(self.workdir) / "eval_results.json"
+      workdir = epath.Path(self.workdir)
+      predictions = workdir / (f"predictions_{name}.txt" if name else "predictions.txt")
+      predictions.write_text("\n".join(lines) + "\n")
+      path = workdir / (f"{name}.json" if name else "eval_results.json")
+      results["results_file"] = os.fspath(path)
       path.write_text(json.dumps(results, indent=2) + "\n")
       logging.info("Wrote %s", path)
     return results
@@ -377,6 +398,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       ) from e
   shardings = sharding.state_shardings(loaded, mesh, config.sharding)
   variables = jax.device_put(loaded, shardings)
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   evaluator = Evaluator(
     config,
     mesh,
@@ -386,7 +408,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     class_names=train_source.class_names,
     train_stats=stats,
     workdir=workdir,
-    writer=metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0),
+    writer=writer,
+    eval_only=True,
   )
   state = EvalState(step=jnp.asarray(step, jnp.int32), **variables)
-  return evaluator.run(state, config.eval.split)
+  try:
+    return evaluator.run(state, config.eval.split)
+  finally:
+    writer.close()

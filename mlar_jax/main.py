@@ -11,10 +11,10 @@ reads its rows of every global batch, and process 0 writes logs and results.
 import sys
 
 import jax
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from mlar_jax import checkpointing, cli, evaluate, train
+from mlar_jax import cli, evaluate, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
@@ -27,30 +27,28 @@ cli.define_distributed_flags()
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  cli.initialize_distributed()
   cli.setup(FLAGS.config)
-  logging.info("Config:\n%s", FLAGS.config)
-  if FLAGS.mode == "eval":
-    try:
+  # Every error from here on is one line on stderr (the traceback goes to
+  # WORKDIR/error.log; --verbose prints it).
+  with cli.fatal_errors(FLAGS.workdir):
+    cli.initialize_distributed()
+    if FLAGS.mode == "eval":
       results = evaluate.evaluate(FLAGS.config, FLAGS.workdir)
-    # No such checkpoint, or none restores: one line, not a traceback.
-    except (FileNotFoundError, checkpointing.CheckpointError) as e:
-      sys.exit(f"--mode eval: {e}")
-  else:
-    try:
+    else:
       results = train.train_and_evaluate(
         FLAGS.config, FLAGS.workdir, final_eval=FLAGS.mode == "train_and_eval"
       )
-    # Their messages say what happened and how to continue; the traceback
-    # would only bury them.
-    except (train.NonFiniteError, checkpointing.CheckpointError) as e:
-      sys.exit(str(e))
+  if isinstance(results, train.Stopped):
+    # Preempted (SIGTERM) or interrupted (SIGINT) after saving: the shell's
+    # code for death by that signal, so a job scheduler sees the run did not
+    # finish; the same command resumes it.
+    print(results.message, file=sys.stderr)
+    sys.exit(128 + results.signum)
   if results is not None and jax.process_index() == 0:
     print(
       f"{results['split']} macro mAP {results['macro_map']:.4f} | constant predictor "
       f"{results['chance_macro_map']:.4f} | ratio {results['map_over_chance']:.2f} | "
-      f"step {results['step']} | {results['num_videos']} videos | "
-      f"{FLAGS.workdir}/eval_results.json"
+      f"step {results['step']} | {results['num_videos']} videos | {results.get('results_file', '')}"
     )
 
 

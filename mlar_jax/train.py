@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+import os
+import signal
+import threading
 import time
 from typing import Any, Callable
 
@@ -17,9 +21,18 @@ import optax
 from absl import logging
 from clu import metric_writers, periodic_actions
 from etils import epath
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from mlar_jax import checkpointing, evaluate, losses, optimizers, sharding, validation
+from mlar_jax import (
+  checkpointing,
+  config_lib,
+  evaluate,
+  losses,
+  optimizers,
+  sharding,
+  validation,
+)
 from mlar_jax.data import base, pipeline, transforms
 from mlar_jax.models import registry as models
 
@@ -109,6 +122,69 @@ def nonfinite_names(flags: dict[str, Any]) -> list[str]:
   rank = {"params": 0, "opt_state": 2, "loss": 3}
   names = sorted(flags, key=lambda name: (rank.get(name, 1), name))
   return [name for name in names if not bool(flags[name])]
+
+
+@dataclasses.dataclass(frozen=True)
+class Stopped:
+  """What `train_and_evaluate` returns when a signal stopped it after saving."""
+
+  signum: int  # the signal (SIGTERM, SIGINT)
+  step: int  # the checkpoint it saved
+  message: str  # one line for the user
+
+
+class StopRequest:
+  """SIGTERM (preemption, a job's time limit) and SIGINT (Ctrl-C) ask the loop
+  to save at the next step boundary and stop.
+
+  One process: a Python handler sets a flag that the loop reads after each
+  step. Several processes: all must save the same step, so the decision is
+  JAX's preemption sync point (`multihost_utils.reached_preemption_sync_point`):
+  its runtime catches SIGTERM in C++ on whichever process gets it (even one
+  blocked in a collective), tells the others, and every process reaches the
+  same step; SIGINT is forwarded to it as SIGTERM. A second SIGINT on one
+  process interrupts at once.
+  """
+
+  def __init__(self):
+    self.signum: int | None = None
+    self._previous: dict[int, Any] = {}
+    self._multi = jax.process_count() > 1
+
+  def __enter__(self) -> StopRequest:
+    # Signal handlers can only be set from the main thread (a test or a
+    # notebook calling train_and_evaluate elsewhere gets no handling).
+    if threading.current_thread() is threading.main_thread():
+      signums = [signal.SIGINT] if self._multi else [signal.SIGINT, signal.SIGTERM]
+      for signum in signums:
+        self._previous[signum] = signal.signal(signum, self._handle)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+
+  def _handle(self, signum: int, frame) -> None:
+    del frame
+    if self.signum is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.signum = signum
+    logging.warning(
+      "Received %s: saving a checkpoint at the next step, then stopping (Ctrl-C again: "
+      "stop at once)",
+      signal.Signals(signum).name,
+    )
+    if self._multi:
+      os.kill(os.getpid(), signal.SIGTERM)  # to JAX's preemption notifier
+
+  def reached(self, step: int) -> bool:
+    """Whether to save and stop after `step` (every process: the same step)."""
+    if self._multi:
+      if multihost_utils.reached_preemption_sync_point(step):
+        self.signum = self.signum or signal.SIGTERM
+        return True
+      return False
+    return self.signum is not None
 
 
 def make_train_step(
@@ -274,8 +350,12 @@ def build_training(
 
 def train_and_evaluate(
   config: ml_collections.ConfigDict, workdir: str, *, final_eval: bool = True
-) -> dict[str, Any] | None:
+) -> dict[str, Any] | Stopped | None:
   """Trains (resuming from the latest checkpoint in `workdir`) and evaluates.
+
+  The workdir is locked for the run (`checkpointing.workdir_lock`); its
+  `config.json` is the config of the last run that started in it, and a
+  resume whose architecture or data shapes differ from it is refused.
 
   Args:
     config: a validated experiment config.
@@ -284,12 +364,51 @@ def train_and_evaluate(
       in `workdir/eval_results.json`, `predictions.txt`).
 
   Returns:
-    The final evaluation results, or None without `final_eval`.
+    The final evaluation results; None without `final_eval`; `Stopped` when
+    SIGTERM or SIGINT stopped the run (after saving its step).
   """
   validation.validate(config)
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  with checkpointing.workdir_lock(workdir):
+    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    try:
+      return _train_and_evaluate(config, workdir, writer, final_eval)
+    finally:
+      writer.close()
 
+
+def _check_config(config: ml_collections.ConfigDict, workdir: str, resuming: bool) -> None:
+  """Compares `config` with the workdir's `config.json` when resuming, then
+  writes it there (process 0).
+
+  Raises:
+    ValueError naming every refused difference (`config_lib.RESUME_FIXED`);
+    other differences are logged in one line.
+  """
+  path = epath.Path(workdir) / "config.json"
+  current = json.loads(config.to_json_best_effort())
+  if resuming and path.exists():
+    refused, allowed = config_lib.config_changes(json.loads(path.read_text()), current)
+    if refused:
+      raise ValueError(
+        f"{workdir} holds a run of another model or data shape ({'; '.join(refused)}; saved "
+        f"config: {path}): use another --workdir, starting from this run's weights with "
+        f"--config.init_from={workdir} if you want them"
+      )
+    if allowed:
+      logging.warning("Resuming with changed settings: %s", "; ".join(allowed))
+  if jax.process_index() == 0:
+    path.write_text(json.dumps(current, indent=2) + "\n")
+    logging.info("Config written to %s", path)
+
+
+def _train_and_evaluate(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  writer: metric_writers.MetricWriter,
+  final_eval: bool,
+) -> dict[str, Any] | Stopped | None:
+  """`train_and_evaluate` inside the workdir lock, with its writer."""
   # --------------------------------------------------------------------------
   # Mesh.
   # --------------------------------------------------------------------------
@@ -356,6 +475,7 @@ def train_and_evaluate(
   # --------------------------------------------------------------------------
   manager = checkpointing.make_manager(workdir, config.checkpoint)
   try:
+    _check_config(config, workdir, resuming=bool(manager.all_steps()))
     resumed = _resume(manager, training, train_iterator, workdir)
   except BaseException:
     manager.close()  # its threads would otherwise die at exit, with tracebacks
@@ -388,51 +508,63 @@ def train_and_evaluate(
   input_wait = 0.0
   if start_step < total:
     logging.info("Training from step %d to %d", start_step, total)
-  try:
-    for step in range(start_step + 1, total + 1):
-      with jax.profiler.StepTraceAnnotation("train", step_num=step):
-        wait_start = time.perf_counter()
-        host_batch = next(train_iter)
-        input_wait += time.perf_counter() - wait_start
-        batch = sharding.to_global(host_batch, batch_sharding)
-        state, step_metrics = train_step(state, batch)
-      unchecked.append((step, step_metrics.pop(FINITE)))
-      pending.append(step_metrics)
-      report_progress(step)
-      log_now = step % config.log_every_steps == 0 or step == total
-      save_now = step % config.checkpoint.every_steps == 0 or step == total
-      eval_now = bool(config.eval_every_steps) and step % config.eval_every_steps == 0
-      # Before anything reads the state (a save above all): a non-finite
-      # state is never written, so no good checkpoint is ever rotated out
-      # in favour of a diverged one.
-      if log_now or save_now or eval_now:
-        _check_finite(unchecked, manager)
-        unchecked = []
-      if log_now:
-        means = {
-          k: float(np.mean(v))
-          for k, v in jax.tree.map(lambda *xs: np.stack(xs), *jax.device_get(pending)).items()
-        }
-        pending = []
-        now = time.time()
-        steps_per_sec = (step - last_step) / max(now - last_time, 1e-9)
-        means["input_wait_fraction"] = min(input_wait / max(now - last_time, 1e-9), 1.0)
-        last_time, last_step, input_wait = now, step, 0.0
-        means["skipped_samples"] = train_errors.failed
-        writer.write_scalars(step, {f"train/{k}": v for k, v in means.items()})
-        logging.info(_log_line(step, total, means, steps_per_sec, config.batch_size))
-      if save_now:
-        checkpointing.save(manager, step, state, train_iter)
-      if eval_now and step < total:
-        evaluator.run(state, "val")
-  finally:
-    # Also on an error: the good checkpoints already started finish writing,
-    # and orbax's threads stop before the interpreter does (otherwise they
-    # die at exit with pages of asyncio tracebacks).
-    manager.wait_until_finished()
-    manager.close()
+  stopping = False
+  with StopRequest() as stop:
+    try:
+      for step in range(start_step + 1, total + 1):
+        with jax.profiler.StepTraceAnnotation("train", step_num=step):
+          wait_start = time.perf_counter()
+          host_batch = next(train_iter)
+          input_wait += time.perf_counter() - wait_start
+          batch = sharding.to_global(host_batch, batch_sharding)
+          state, step_metrics = train_step(state, batch)
+        unchecked.append((step, step_metrics.pop(FINITE)))
+        pending.append(step_metrics)
+        report_progress(step)
+        stopping = stop.reached(step)
+        log_now = step % config.log_every_steps == 0 or step == total or stopping
+        save_now = step % config.checkpoint.every_steps == 0 or step == total or stopping
+        eval_now = bool(config.eval_every_steps) and step % config.eval_every_steps == 0
+        # Before anything reads the state (a save above all): a non-finite
+        # state is never written, so no good checkpoint is ever rotated out
+        # in favour of a diverged one.
+        if log_now or save_now or eval_now:
+          _check_finite(unchecked, manager)
+          unchecked = []
+        if log_now:
+          means = {
+            k: float(np.mean(v))
+            for k, v in jax.tree.map(lambda *xs: np.stack(xs), *jax.device_get(pending)).items()
+          }
+          pending = []
+          now = time.time()
+          steps_per_sec = (step - last_step) / max(now - last_time, 1e-9)
+          means["input_wait_fraction"] = min(input_wait / max(now - last_time, 1e-9), 1.0)
+          last_time, last_step, input_wait = now, step, 0.0
+          means["skipped_samples"] = train_errors.failed
+          writer.write_scalars(step, {f"train/{k}": v for k, v in means.items()})
+          logging.info(_log_line(step, total, means, steps_per_sec, config.batch_size))
+        if save_now:
+          checkpointing.save(manager, step, state, train_iter)
+        if stopping:
+          break
+        if eval_now and step < total:
+          evaluator.run(state, "val")
+    finally:
+      # Also on an error: the good checkpoints already started finish writing,
+      # and orbax's threads stop before the interpreter does (otherwise they
+      # die at exit with pages of asyncio tracebacks).
+      manager.wait_until_finished()
+      manager.close()
+  if stopping:
+    name = signal.Signals(stop.signum).name
+    return Stopped(
+      stop.signum,
+      step,
+      f"Stopped by {name} at step {step} of {total}; checkpoint {step} saved in "
+      f"{workdir}/checkpoints. Run the same command to resume.",
+    )
   if not final_eval:
-    writer.flush()
     return None
   return evaluator.run(state, config.eval.split)
 

@@ -119,6 +119,6 @@ def test_cli_rejects_unknown_key_and_bad_value_before_training(tmp_path):
 def test_cli_eval_without_a_checkpoint_is_one_line_and_creates_nothing(tmp_path):
   proc = _cli(tmp_path, "--mode=eval")
   assert proc.returncode != 0
-  assert proc.stderr.strip().splitlines()[-1].startswith("--mode eval: No checkpoint (latest) in ")
+  assert proc.stderr.strip().splitlines()[-1].startswith("Error: No checkpoint (latest) in ")
   assert "Traceback" not in proc.stderr
   assert not (tmp_path / "w" / "checkpoints").exists()

@@ -8,10 +8,13 @@ processes restores in 1 process and continues to the same parameters.
 
 import json
 import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -37,8 +40,11 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _run(workdir, steps: int, mode: str, processes: int, devices_per_process: int):
-  """Runs `python -m mlar_jax.main` as `processes` processes; waits for all."""
+def _start(
+  workdir, steps: int, mode: str, processes: int, devices_per_process: int, *extra, logs=None
+) -> list[subprocess.Popen]:
+  """Starts `python -m mlar_jax.main` as `processes` processes (output to
+  pipes, or to the files `logs`)."""
   env = {
     **os.environ,
     "JAX_PLATFORMS": "cpu",
@@ -52,28 +58,30 @@ def _run(workdir, steps: int, mode: str, processes: int, devices_per_process: in
     f"--workdir={workdir}",
     f"--mode={mode}",
     f"--config.num_train_steps={steps}",
+    *extra,
   ]
-  if processes > 1:
-    port = _free_port()
-    procs = [
-      subprocess.Popen(
-        args
-        + [
-          f"--coordinator_address=localhost:{port}",
-          f"--num_processes={processes}",
-          f"--process_id={i}",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-      )
-      for i in range(processes)
-    ]
-  else:
-    procs = [
-      subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    ]
+  port = _free_port()
+  procs = []
+  for i in range(processes):
+    flags = (
+      [
+        f"--coordinator_address=localhost:{port}",
+        f"--num_processes={processes}",
+        f"--process_id={i}",
+      ]
+      if processes > 1
+      else []
+    )
+    out = open(logs[i], "w") if logs else subprocess.PIPE  # noqa: SIM115  (the child owns it)
+    procs.append(
+      subprocess.Popen(args + flags, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
+    )
+  return procs
+
+
+def _run(workdir, steps: int, mode: str, processes: int, devices_per_process: int):
+  """Runs `python -m mlar_jax.main` as `processes` processes; waits for all."""
+  procs = _start(workdir, steps, mode, processes, devices_per_process)
   outputs = []
   for p in procs:
     try:
@@ -141,9 +149,9 @@ def test_two_processes_equal_one_and_resume_after_a_restart(reference, tmp_path)
   # variables restore onto the other topology and score the same.
   eval_dir = tmp_path / "evaluated_on_two"
   shutil.copytree(ref_dir, eval_dir)
-  os.remove(eval_dir / "eval_results.json")
   _run(str(eval_dir), 6, "eval", processes=2, devices_per_process=2)
-  results = json.loads((eval_dir / "eval_results.json").read_text())
+  (written,) = eval_dir.glob("eval_test_step6_*.json")  # beside the run's eval_results.json
+  results = json.loads(written.read_text())
   assert results["step"] == 6
   np.testing.assert_allclose(results["macro_map"], ref_results["macro_map"], atol=1e-4)
 
@@ -155,3 +163,29 @@ def test_checkpoint_written_by_two_processes_continues_in_one(reference, tmp_pat
   outputs = _run(workdir, 6, "train", processes=1, devices_per_process=4)
   assert "written by 2 processes, resuming on 1" in outputs[0]
   _assert_trees_close(_params(workdir, 6), _params(ref_dir, 6))
+
+
+def test_sigterm_to_one_process_saves_the_same_step_on_both_and_stops(tmp_path):
+  """A preemption notice reaches one host: JAX's preemption sync point makes
+  every process save the same step and exit (143, as killed by SIGTERM)."""
+  workdir = tmp_path / "preempted"
+  logs = [tmp_path / "p0.log", tmp_path / "p1.log"]
+  procs = _start(workdir, 100000, "train", 2, 2, "--config.log_every_steps=1", logs=logs)
+  deadline = time.monotonic() + TIMEOUT
+  while "step 2/100000" not in logs[0].read_text():
+    assert all(p.poll() is None for p in procs), logs[0].read_text()[-4000:]
+    assert time.monotonic() < deadline
+    time.sleep(0.2)
+  procs[1].send_signal(signal.SIGTERM)
+  try:
+    codes = [p.wait(timeout=TIMEOUT) for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  texts = [log.read_text() for log in logs]
+  assert codes == [128 + signal.SIGTERM] * 2, texts[0][-4000:] + texts[1][-4000:]
+  stopped = [re.findall(r"Stopped by SIGTERM at step (\d+) of 100000", t) for t in texts]
+  assert stopped[0] == stopped[1] and len(stopped[0]) == 1
+  step = int(stopped[0][0])
+  assert (workdir / "checkpoints" / str(step) / "state").is_dir()
+  _params(str(workdir), step)  # restores

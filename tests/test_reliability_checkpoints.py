@@ -117,7 +117,9 @@ def test_divergence_ends_the_command_with_one_line(healthy, tmp_path):
   )
   assert result.returncode != 0
   last = result.stderr.strip().splitlines()[-1]
-  assert re.fullmatch(r"Non-finite \w+ at step \d+ .*resume from it\.", last), result.stderr[-3000:]
+  assert re.fullmatch(r"Error: Non-finite \w+ at step \d+ .*resume from it\.", last), result.stderr[
+    -3000:
+  ]
   assert "Traceback" not in result.stderr
   assert _steps(workdir) == [3, 6]
 

@@ -108,7 +108,10 @@ def test_eval_mode_reads_a_checkpoint_and_writes_results(tmp_path, monkeypatch):
   train.train_and_evaluate(config, "run", final_eval=False)
   config.eval.step = 2
   results = evaluate.evaluate(config, "run")
-  on_disk = json.loads((tmp_path / "run" / "eval_results.json").read_text())
+  # Named by its step and view plan; the training run wrote no eval_results.json.
+  assert results["results_file"] == "run/eval_test_step2_r8x1_c1_sum.json"
+  assert not (tmp_path / "run" / "eval_results.json").exists()
+  on_disk = json.loads((tmp_path / results["results_file"]).read_text())
   assert on_disk == json.loads(json.dumps(results))
   assert on_disk["step"] == 2 and on_disk["num_videos"] == config.data.synthetic.num_test
   assert set(on_disk["per_class_ap"]) == set(pipeline.make_source(config.data, "test").class_names)

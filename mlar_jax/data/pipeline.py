@@ -132,6 +132,10 @@ def _prepared(cfg: ml_collections.ConfigDict, split: str) -> base.VideoSource:
   return sources.PreparedVideos(split, data_dir=cfg.prepared.data_dir, dataset=cfg.prepared.dataset)
 
 
+class DecodeLimitError(RuntimeError):
+  """More samples failed to decode than `config.data.max_error_ratio` allows."""
+
+
 class DecodeErrors:
   """Thread-safe count of skipped samples, shared by a pipeline's transforms."""
 
@@ -162,7 +166,7 @@ class DecodeErrors:
     if first:
       logging.warning("Skipping undecodable video (%d so far): %s", self.failed, error)
     if self.seen >= self.min_samples and ratio > self.max_ratio:
-      raise RuntimeError(
+      raise DecodeLimitError(
         f"{self.failed} of {self.seen} samples failed to decode ({ratio:.1%} > "
         f"config.data.max_error_ratio={self.max_ratio:.1%}); last: {error}"
       )

@@ -30,7 +30,7 @@ from absl import app, flags, logging
 from array_record.python.array_record_module import ArrayRecordWriter
 from etils import epath
 
-from mlar_jax import config_lib
+from mlar_jax import cli, config_lib
 from mlar_jax.data import base, builders
 
 
@@ -223,16 +223,18 @@ def main(argv):
         )
       kind = type(data_cfg[f.dataset][key])
       data_cfg[f.dataset][key] = value.lower() in ("1", "true") if kind is bool else kind(value)
-  for s in prepare(
-    data_cfg,
-    f.dataset,
-    f.splits,
-    f.data_dir,
-    short_side=f.short_side,
-    fps=f.fps,
-    shard_size=f.shard_size,
-  ):
-    print(json.dumps(s))
+  cli.quiet_library_logs()
+  with cli.fatal_errors():
+    for s in prepare(
+      data_cfg,
+      f.dataset,
+      f.splits,
+      f.data_dir,
+      short_side=f.short_side,
+      fps=f.fps,
+      shard_size=f.shard_size,
+    ):
+      print(json.dumps(s))
 
 
 def define_flags() -> None:

@@ -164,7 +164,8 @@ def main(argv):
   del argv
   cli.setup(FLAGS.config)
   seeds = [int(s) for s in FLAGS.seeds]
-  rows = run_study(FLAGS.config, FLAGS.study, seeds, FLAGS.workdir)
+  with cli.fatal_errors(FLAGS.workdir):
+    rows = run_study(FLAGS.config, FLAGS.study, seeds, FLAGS.workdir)
   table = format_table(rows)
   print(table)
   with open(os.path.join(FLAGS.workdir, "summary.md"), "w") as f:

@@ -164,10 +164,15 @@ def main(argv):
   del argv
   config = FLAGS.config
   cli.setup(config)
-  num_classes = FLAGS.num_classes or pipeline.make_source(config.data, "train").num_classes
-  result = compile_for(
-    config, topology_devices(FLAGS.topology), num_classes, FLAGS.step_time, int(FLAGS.hbm_gib * GiB)
-  )
+  with cli.fatal_errors():
+    num_classes = FLAGS.num_classes or pipeline.make_source(config.data, "train").num_classes
+    result = compile_for(
+      config,
+      topology_devices(FLAGS.topology),
+      num_classes,
+      FLAGS.step_time,
+      int(FLAGS.hbm_gib * GiB),
+    )
   result["topology"] = FLAGS.topology
   if FLAGS.json:
     print(json.dumps(result))

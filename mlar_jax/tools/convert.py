@@ -55,6 +55,8 @@ import numpy as np
 from absl import app, flags, logging
 from flax import traverse_util
 
+from mlar_jax import cli
+
 FLAGS = flags.FLAGS
 
 # ----------------------------------------------------------------------------
@@ -140,7 +142,13 @@ def read_torch_file(path: str) -> Any:
         f"{path}: not a torch.save zip archive (the pre-1.6 legacy format "
         "needs PyTorch installed to read)"
       ) from None
-    obj = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+      obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001  (pickle raises anything on a foreign file)
+      raise ValueError(
+        f"{path}: not a PyTorch checkpoint (neither a torch.save zip archive nor a legacy "
+        f"pickle: {type(e).__name__}: {e})"
+      ) from e
     return jax.tree.map(lambda t: t.numpy() if hasattr(t, "numpy") else t, obj)
   with zipfile.ZipFile(path) as archive:
     pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
@@ -518,9 +526,14 @@ def define_flags() -> None:
 
 def main(argv):
   del argv
-  state = state_dict_of(read_torch_file(FLAGS.checkpoint), FLAGS.checkpoint)
-  variables = convert_state_dict(state, FLAGS.arch, FLAGS.source, FLAGS.keep_head)
-  path = save_variables(variables, FLAGS.out)
+  with cli.fatal_errors():
+    # Before reading a file of gigabytes.
+    known = sorted({arch for archs in SUPPORTED.values() for arch in archs})
+    if FLAGS.arch not in known:
+      raise ValueError(f"--arch={FLAGS.arch!r}: PyTorch checkpoints convert to {known}")
+    state = state_dict_of(read_torch_file(FLAGS.checkpoint), FLAGS.checkpoint)
+    variables = convert_state_dict(state, FLAGS.arch, FLAGS.source, FLAGS.keep_head)
+    path = save_variables(variables, FLAGS.out)
   n = sum(np.size(x) for x in jax.tree.leaves(variables["params"]))
   print(f"Wrote {path}: {FLAGS.arch}, {n:,} parameters from {FLAGS.checkpoint}")
 

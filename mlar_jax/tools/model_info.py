@@ -86,7 +86,8 @@ def model_info(config: ml_collections.ConfigDict) -> dict:
 def main(argv):
   del argv
   cli.setup(FLAGS.config)
-  info = model_info(FLAGS.config)
+  with cli.fatal_errors():
+    info = model_info(FLAGS.config)
   if FLAGS.json:
     print(json.dumps(info))
     return

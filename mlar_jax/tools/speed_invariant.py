@@ -74,7 +74,8 @@ def define_flags() -> None:
 def main(argv):
   del argv
   cli.setup(FLAGS.config)
-  results = run_two_stage(FLAGS.config, FLAGS.workdir)
+  with cli.fatal_errors(FLAGS.workdir):
+    results = run_two_stage(FLAGS.config, FLAGS.workdir)
   print(
     f"stage 2 {results['split']} macro mAP {results['macro_map']:.4f} "
     f"({results['views']} views); by rates: "
