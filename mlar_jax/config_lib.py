@@ -157,6 +157,10 @@ def base_config() -> ml_collections.ConfigDict:
         "dtype": "float32",
         "frozen_bn": False,
         "conv_impl": "auto",
+        # The backbone's last-stage spatial stride: 2 as published; 1 doubles
+        # the map's height and width with the same parameters (detection:
+        # the MLAR paper's AVA setting, 14 x 14 at 224).
+        "res5_spatial_stride": 2,
         # MLAR head (model.head = "mlar"); paper defaults K=64, n=32, C'=128.
         "mlar": {
           "num_observations": 64,

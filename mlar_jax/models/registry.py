@@ -20,6 +20,8 @@ BACKBONES: registry.Registry = registry.Registry("backbone")
 HEADS: registry.Registry = registry.Registry("head")
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# The last stage's spatial stride: 2 as published, 1 for detection (AVA).
+RES5_SPATIAL_STRIDES = (2, 1)
 
 R50, R101, R152 = (3, 4, 6, 3), (3, 4, 23, 3), (3, 8, 36, 3)
 TINY = (1, 1, 1, 1)
@@ -142,11 +144,14 @@ for _name, _arch in ARCHS.items():
 
 
 def build_backbone(cfg: ml_collections.ConfigDict) -> nn.Module:
-  """The backbone named by `cfg.backbone` with the compute settings of `cfg`
-  (`config.model`): dtype, frozen_bn, conv_impl. Maps [B, T, H, W, 3] to
-  {"map": [B, T', H', W', C], "pooled": [B, D]}."""
+  """The backbone named by `cfg.backbone` with the settings of `cfg`
+  (`config.model`): dtype, frozen_bn, conv_impl, res5_spatial_stride. Maps
+  [B, T, H, W, 3] to {"map": [B, T', H', W', C], "pooled": [B, D]}."""
   return BACKBONES.get(cfg.backbone)(
-    dtype=DTYPES[cfg.dtype], frozen_bn=cfg.frozen_bn, conv_impl=cfg.conv_impl
+    dtype=DTYPES[cfg.dtype],
+    frozen_bn=cfg.frozen_bn,
+    conv_impl=cfg.conv_impl,
+    res5_spatial_stride=cfg.res5_spatial_stride,
   )
 
 
@@ -227,6 +232,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   config_lib.check_choice(config, "model.head", HEADS.names())
   config_lib.check_choice(config, "model.dtype", DTYPES)
   config_lib.check_choice(config, "model.conv_impl", layers.CONV_IMPLS)
+  if config.model.res5_spatial_stride not in RES5_SPATIAL_STRIDES:
+    config_lib.fail(
+      "model.res5_spatial_stride",
+      config.model.res5_spatial_stride,
+      f"the last stage's spatial stride must be one of {list(RES5_SPATIAL_STRIDES)}",
+    )
   config_lib.check_positive(
     config, "model.mlar.num_observations", "model.mlar.groups", "model.mlar.features"
   )
