@@ -161,6 +161,9 @@ def base_config() -> ml_collections.ConfigDict:
         # the map's height and width with the same parameters (detection:
         # the MLAR paper's AVA setting, 14 x 14 at 224).
         "res5_spatial_stride": 2,
+        # Detection (models.registry.build_detector): ROI-Align of each
+        # person box before the head, PySlowFast's AVA settings.
+        "roi": {"output_size": 7, "sampling_ratio": 0, "aligned": True},
         # MLAR head (model.head = "mlar"); paper defaults K=64, n=32, C'=128.
         "mlar": {
           "num_observations": 64,
