@@ -116,6 +116,26 @@ def data_config() -> ml_collections.ConfigDict:
         "videos": "",
         "fps": 30.0,
       },
+      # AVA keyframes (mlar_jax/data/ava.py): PySlowFast's frame layout
+      # `frames/VIDEO/VIDEO_000001.jpg` at 30 fps, the official v2.2 files.
+      # "val" and "test" both read the val files (test labels are withheld).
+      # Person boxes (detector CSVs, "" for none) scoring >= box_threshold
+      # are added to the ground-truth boxes in training (train_boxes) and
+      # replace them in evaluation (val_boxes). One rate (data.rates) and
+      # one view per keyframe (eval.views = ((rate, 1),)).
+      "ava": {
+        "root": "",
+        "frames": "frames",
+        "train_csv": "ava_train_v2.2.csv",
+        "val_csv": "ava_val_v2.2.csv",
+        "labelmap": "ava_action_list_v2.2_for_activitynet_2019.pbtxt",
+        "train_exclusions": "ava_train_excluded_timestamps_v2.2.csv",
+        "val_exclusions": "ava_val_excluded_timestamps_v2.2.csv",
+        "train_boxes": "",
+        "val_boxes": "",
+        "box_threshold": 0.8,
+        "fps": 30.0,
+      },
       # Written by `python -m mlar_jax.data.prepare --dataset D --data_dir DIR`.
       "prepared": {"data_dir": "", "dataset": "charades"},
       "synthetic": {

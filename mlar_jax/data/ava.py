@@ -17,16 +17,27 @@
 
 Every reader is strict: a malformed row raises ValueError naming the file
 and line, never a silently skipped row.
+
+`AvaKeyframes` is the dataset (`config.data.name = "ava"`): one record per
+keyframe, its clip PySlowFast's (T frames every `rate`, centred on the
+keyframe, from `VIDEO/VIDEO_000001.jpg` frame folders at 30 fps), with the
+keyframe's person boxes and per-box labels as the pipeline's "boxes" and
+"actor_labels" extras (so crops and flips move the boxes with the pixels).
+`detection_rows` turns per-box scores back into the official CSV rows.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import os
 import re
 from typing import Iterable
 
 import numpy as np
+
+from mlar_jax.data import base, transforms, video
 
 # Reused so AVA files get the same checks (UTF-8 errors by line, strict CSV
 # quoting) as every other annotation file.
@@ -246,3 +257,177 @@ def write_detections(
       f.write(
         f"{frame_key(vid, ts)},{x1:.3f},{y1:.3f},{x2:.3f},{y2:.3f},{int(action)},{score:.4f}\n"
       )
+
+
+# Keyframes are whole seconds from 902 to 1798 of each video's 15-minute
+# segment (900-1800 s), whose frames PySlowFast extracts at 30 fps from 900 s
+# on: frame file k (1-based, `VIDEO/VIDEO_{k:06d}.jpg`) is at 900 + (k - 1) / 30 s.
+SEGMENT_START = 900
+FPS = 30
+
+
+def keyframe_index(timestamp: int, fps: float = FPS) -> int:
+  """The 0-based frame of keyframe `timestamp` (PySlowFast's `sec_to_frame`)."""
+  return int(round((int(timestamp) - SEGMENT_START) * fps))
+
+
+def clip_start(center: int, num_frames: int, rate: int) -> int:
+  """The first frame of PySlowFast's keyframe clip (`get_sequence`): T frames
+  every `rate`, from `center - T * rate // 2` (the keyframe is the clip's
+  (T / 2)-th frame)."""
+  return center - num_frames * rate // 2
+
+
+class AvaKeyframes(base.AnnotatedVideos):
+  """AVA keyframes as clips: each record is the T x rate window of frames
+  centred on one keyframe, with its person boxes and their labels.
+
+  The record's "video" is the clip's window (`num_frames` = its span), so the
+  pipeline's clip sampling at `rate` (one position, start 0) takes exactly
+  PySlowFast's keyframe clip; frames before the first or past the last of
+  the video repeat it (PySlowFast clamps the same way).
+
+  Records: id (`frame_key`), index, path (the video's frame folder),
+  labels [A] (the union of its boxes' labels), segments (empty), num_frames
+  (the window span), fps, and the keyframe's "boxes" [P, 4] (y1, x1, y2, x2)
+  with "box_labels" [P, A] int32 and "start" (the window's first frame).
+
+  Boxes: the ground truth's, one per distinct box of a keyframe (rows of the
+  same coordinates are one person, as PySlowFast groups them), plus or
+  instead the detector's person boxes: `person_boxes` rows scoring at least
+  `box_threshold`, added to the ground truth (training) or replacing it
+  (`detections_only`, evaluation as the papers do it); a detection row's
+  action, if any, labels its box. Actions outside the label map are dropped;
+  keyframes left without a box, or excluded, are skipped.
+  """
+
+  extras = ("boxes", "actor_labels")
+
+  def __init__(
+    self,
+    split: str,
+    *,
+    frames: str,
+    annotations: str,
+    labelmap: str,
+    num_frames: int,
+    rate: int,
+    exclusions: str = "",
+    person_boxes: str = "",
+    box_threshold: float = 0.8,
+    detections_only: bool = False,
+    fps: float = FPS,
+  ):
+    """Args: split; frames: the folder of `VIDEO/VIDEO_000001.jpg` folders;
+    annotations, labelmap, exclusions, person_boxes: the official files
+    ("" for none); num_frames, rate: T and the clip's downsampling rate;
+    box_threshold, detections_only: as above; fps: of the frame folders."""
+    labels = read_labelmap(labelmap)
+    column = {action: i for i, action in enumerate(labels)}
+    excluded = read_exclusions(exclusions) if exclusions else set()
+    sources = [] if detections_only else [read_boxes(annotations)]
+    if person_boxes:
+      sources.append(read_person_boxes(person_boxes, box_threshold))
+    if detections_only and not person_boxes:
+      raise ValueError("AvaKeyframes: detections_only needs a person_boxes file")
+    frames_boxes: dict[str, dict[tuple, set]] = {}
+    where: dict[str, tuple[str, int]] = {}
+    for rows in sources:
+      for vid, ts, box, action, key in zip(
+        rows.video_ids, rows.timestamps, rows.boxes, rows.actions, rows.frames
+      ):
+        if key in excluded or (action >= 0 and action not in column):
+          continue
+        people = frames_boxes.setdefault(key, {})
+        where[key] = (vid, int(ts))
+        acts = people.setdefault(tuple(np.round(box, 6)), set())
+        if action >= 0:
+          acts.add(column[int(action)])
+    span = transforms.clip_span(num_frames, rate)
+    records = []
+    for key, people in frames_boxes.items():
+      vid, ts = where[key]
+      box_labels = np.zeros((len(people), len(labels)), np.int32)
+      for p, acts in enumerate(people.values()):
+        box_labels[p, sorted(acts)] = 1
+      xyxy = np.array(list(people), np.float32)
+      records.append(
+        {
+          "id": key,
+          "path": os.path.join(frames, vid),
+          "labels": box_labels.max(axis=0),
+          "segments": np.zeros((0, 3), np.float32),
+          "num_frames": span,
+          "fps": fps,
+          "start": clip_start(keyframe_index(ts, fps), num_frames, rate),
+          "boxes": xyxy[:, [1, 0, 3, 2]],
+          "box_labels": box_labels,
+        }
+      )
+    for i, r in enumerate(records):
+      r["index"] = i
+    label_matrix = (
+      np.stack([r["labels"] for r in records]) if records else np.zeros((0, len(labels)), np.int32)
+    )
+    super().__init__(split, list(labels.values()), label_matrix, [r["id"] for r in records])
+    self.action_ids = tuple(labels)  # class column -> official action id
+    self._records = records
+    self.max_actors = max((len(r["boxes"]) for r in records), default=0)
+
+  def __getitem__(self, index: int) -> base.Record:
+    return self._records[index]
+
+  def load_frames(self, record: base.Record, indices: np.ndarray) -> np.ndarray:
+    """Window frames `indices` -> the video's frames from `start`, clamped."""
+    n = _frame_count(record["path"])
+    absolute = np.clip(record["start"] + np.asarray(indices), 0, n - 1)
+    return video.decode_frames(record["path"], absolute)
+
+  def boxes(self, record: base.Record, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The keyframe's boxes at every frame of the clip (AVA annotates the
+    keyframe only): [F, P, 4] (y1, x1, y2, x2) and valid [F, P]."""
+    f, p = len(indices), len(record["boxes"])
+    return np.broadcast_to(record["boxes"], (f, p, 4)), np.ones((f, p), bool)
+
+  def actor_labels(self, record: base.Record, indices: np.ndarray) -> np.ndarray:
+    """[F, P, A] each box's labels, the same at every frame."""
+    return np.broadcast_to(record["box_labels"], (len(indices), *record["box_labels"].shape))
+
+
+@functools.lru_cache(maxsize=1024)
+def _frame_count(path: str) -> int:
+  return video.video_info(path, frames_fps=FPS).num_frames
+
+
+def detection_rows(
+  frame_ids: Iterable[str],
+  boxes: np.ndarray,
+  valid: np.ndarray,
+  scores: np.ndarray,
+  action_ids: Iterable[int],
+) -> list[tuple[str, int, tuple[float, ...], int, float]]:
+  """Per-box scores -> official detection rows for `write_detections`.
+
+  Args:
+    frame_ids: [K] keyframe ids (`frame_key`: "video,0902").
+    boxes: [K, N, 4] (y1, x1, y2, x2) in [0, 1] of the keyframe (the source's
+      convention; a centre crop's boxes must be mapped back first).
+    valid: [K, N] bool; padding boxes give no row.
+    scores: [K, N, A] per-class scores (probabilities: sigmoid of logits).
+    action_ids: [A] the official action id of each class column.
+
+  Returns:
+    (video_id, timestamp, (x1, y1, x2, y2), action_id, score) per valid box
+    and class, in frame, box and class order.
+  """
+  action_ids = list(action_ids)
+  rows = []
+  for key, b, v, s in zip(frame_ids, np.asarray(boxes), np.asarray(valid), np.asarray(scores)):
+    vid, ts = key.rsplit(",", 1)
+    for box, ok, box_scores in zip(b, v, s):
+      if not ok:
+        continue
+      y1, x1, y2, x2 = (float(c) for c in box)
+      for action, score in zip(action_ids, box_scores):
+        rows.append((vid, int(ts), (x1, y1, x2, y2), int(action), float(score)))
+  return rows
