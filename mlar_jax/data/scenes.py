@@ -882,6 +882,24 @@ def _write_text(path: str, text: str) -> None:
   os.replace(tmp, path)
 
 
+def _export_splits(
+  fmt: str,
+  seed: int,
+  num_train: int,
+  num_test: int,
+  resolution: int,
+  min_frames: int,
+  max_frames: int,
+) -> tuple[dict[str, SceneVideos], dict]:
+  """An export's "train" and "test" splits and its manifest settings."""
+  shape = {"resolution": resolution, "min_frames": min_frames, "max_frames": max_frames}
+  splits = {
+    split: SceneVideos(split, seed=seed, num_videos=n, **shape)
+    for split, n in (("train", num_train), ("test", num_test))
+  }
+  return splits, {"format": fmt, "seed": seed, **shape}
+
+
 def _open_export(out_dir: str, settings: dict, overwrite: bool, media_dir: str) -> dict | None:
   """Checks `out_dir` may take an export of `settings`, creates it and
   `media_dir`, writes the manifest; returns the previous export's settings
@@ -957,24 +975,9 @@ def export_charades(
   """
   if resolution % 2:
     raise ValueError(f"resolution must be even for H.264 (yuv420p), got {resolution}")
-  splits = {
-    split: SceneVideos(
-      split,
-      seed=seed,
-      num_videos=n,
-      resolution=resolution,
-      min_frames=min_frames,
-      max_frames=max_frames,
-    )
-    for split, n in (("train", num_train), ("test", num_test))
-  }
-  settings = {
-    "format": "charades",
-    "seed": seed,
-    "resolution": resolution,
-    "min_frames": min_frames,
-    "max_frames": max_frames,
-  }
+  splits, settings = _export_splits(
+    "charades", seed, num_train, num_test, resolution, min_frames, max_frames
+  )
   names = config_lib.data_config().charades
   videos_dir = os.path.join(out_dir, names.videos)
   previous = _open_export(out_dir, settings, overwrite, videos_dir)
@@ -1088,28 +1091,17 @@ def export_ava(
   Returns:
     {"videos", "written", "kept"}.
   """
-  settings = {
-    "format": "ava",
-    "seed": seed,
-    "resolution": resolution,
-    "min_frames": min_frames,
-    "max_frames": max_frames,
-  }
+  splits, settings = _export_splits(
+    "ava", seed, num_train, num_test, resolution, min_frames, max_frames
+  )
   names = config_lib.data_config().ava
   frames_dir = os.path.join(out_dir, names.frames)
   previous = _open_export(out_dir, settings, overwrite, frames_dir)
   written = total = 0
-  for split, part, n in (("train", "train", num_train), ("test", "val", num_test)):
-    videos = SceneVideos(
-      split,
-      seed=seed,
-      num_videos=n,
-      resolution=resolution,
-      min_frames=min_frames,
-      max_frames=max_frames,
-    )
+  for split, part in (("train", "train"), ("test", "val")):
+    videos = splits[split]
     gt, boxes, excluded, done = _ava_split(videos, frames_dir, keep=previous == settings)
-    written, total = written + done, total + n
+    written, total = written + done, total + len(videos)
     _write_text(os.path.join(out_dir, names[f"{part}_csv"]), "".join(r + "\n" for r in gt))
     _write_text(
       os.path.join(out_dir, names[f"{part}_exclusions"]), "".join(r + "\n" for r in excluded)
