@@ -104,3 +104,22 @@ def test_roi_config_is_validated():
   config.model.roi.output_size = 0
   with pytest.raises(ValueError, match="config.model.roi.output_size=0: must be a positive"):
     validation.validate(config)
+
+
+@pytest.mark.parametrize("name", ["bce", "wlsep"])
+def test_box_losses_are_the_loss_of_the_valid_boxes(name):
+  from mlar_jax import losses
+
+  fn = losses.LOSSES.get(name)
+  logits = jax.random.normal(jax.random.key(0), (2, 3, 5)) * 3
+  labels = (jax.random.uniform(jax.random.key(1), (2, 3, 5)) < 0.4).astype(jnp.int32)
+  sums, counts = losses.box_losses(fn, logits, labels, VALID)
+  np.testing.assert_array_equal(np.asarray(counts), [3, 2])
+  for i in range(2):
+    keep = np.asarray(VALID[i])
+    want = float(jnp.sum(fn(logits[i][keep], labels[i][keep], None)))
+    assert float(sums[i]) == pytest.approx(want, rel=1e-6)
+  # A padding box's logits get no gradient, even when they are not finite.
+  bad = logits.at[1, 2].set(jnp.inf)
+  grad = jax.grad(lambda x: jnp.sum(losses.box_losses(fn, x, labels, VALID)[0]))(bad)
+  assert not np.asarray(grad)[1, 2].any() and np.isfinite(np.asarray(grad)).all()
