@@ -116,6 +116,26 @@ def data_config() -> ml_collections.ConfigDict:
         "videos": "",
         "fps": 30.0,
       },
+      # AVA keyframes (mlar_jax/data/ava.py): PySlowFast's frame layout
+      # `frames/VIDEO/VIDEO_000001.jpg` at 30 fps, the official v2.2 files.
+      # "val" and "test" both read the val files (test labels are withheld).
+      # Person boxes (detector CSVs, "" for none) scoring >= box_threshold
+      # are added to the ground-truth boxes in training (train_boxes) and
+      # replace them in evaluation (val_boxes). One rate (data.rates) and
+      # one view per keyframe (eval.views = ((rate, 1),)).
+      "ava": {
+        "root": "",
+        "frames": "frames",
+        "train_csv": "ava_train_v2.2.csv",
+        "val_csv": "ava_val_v2.2.csv",
+        "labelmap": "ava_action_list_v2.2_for_activitynet_2019.pbtxt",
+        "train_exclusions": "ava_train_excluded_timestamps_v2.2.csv",
+        "val_exclusions": "ava_val_excluded_timestamps_v2.2.csv",
+        "train_boxes": "",
+        "val_boxes": "",
+        "box_threshold": 0.8,
+        "fps": 30.0,
+      },
       # Written by `python -m mlar_jax.data.prepare --dataset D --data_dir DIR`.
       "prepared": {"data_dir": "", "dataset": "charades"},
       "synthetic": {
@@ -157,6 +177,13 @@ def base_config() -> ml_collections.ConfigDict:
         "dtype": "float32",
         "frozen_bn": False,
         "conv_impl": "auto",
+        # The backbone's last-stage spatial stride: 2 as published; 1 doubles
+        # the map's height and width with the same parameters (detection:
+        # the MLAR paper's AVA setting, 14 x 14 at 224).
+        "res5_spatial_stride": 2,
+        # Detection (models.registry.build_detector): ROI-Align of each
+        # person box before the head, PySlowFast's AVA settings.
+        "roi": {"output_size": 7, "sampling_ratio": 0, "aligned": True},
         # MLAR head (model.head = "mlar"); paper defaults K=64, n=32, C'=128.
         "mlar": {
           "num_observations": 64,

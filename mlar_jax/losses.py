@@ -92,6 +92,40 @@ def bce(logits: Array, labels: Array, class_weights: Array | None = None) -> Arr
   return jnp.sum(w * per_label, axis=-1) / jnp.maximum(num_pos, 1.0)
 
 
+def box_losses(
+  loss_fn: LossFn,
+  logits: Array,
+  labels: Array,
+  valid: Array,
+  class_weights: Array | None = None,
+) -> tuple[Array, Array]:
+  """A per-example loss applied to every person box (detection, AVA).
+
+  Args:
+    loss_fn: a loss of `LOSSES` ([B', A] -> [B']).
+    logits: [B, N, A] per-box logits (`heads.ROIHead`).
+    labels: [B, N, A] per-box multi-hot labels.
+    valid: [B, N] bool; padding boxes contribute nothing, value or gradient.
+    class_weights: [A] or None.
+
+  Returns:
+    ([B] the sum of the loss over each example's valid boxes, [B] float32
+    their number). The batch loss is sum(sums) / max(sum(counts), 1), the
+    mean over the batch's boxes as PySlowFast's AVA training takes it (a clip
+    with many people weighs more than one with few); summed before dividing,
+    it is the same on any number of devices.
+  """
+  b, n, a = logits.shape
+  keep = jnp.asarray(valid, bool)
+  # Padding boxes' logits are replaced before the loss, not only masked
+  # after it: whatever they hold (inf, NaN), their loss and its gradient are
+  # then finite, and the mask gives them exactly zero.
+  x = jnp.where(keep[..., None], logits, 0.0).reshape(b * n, a)
+  per_box = loss_fn(x, labels.reshape(b * n, a), class_weights).reshape(b, n)
+  sums = jnp.sum(jnp.where(keep, per_box, 0.0), axis=-1)
+  return sums, jnp.sum(keep.astype(jnp.float32), axis=-1)
+
+
 def harmonic(r: Array) -> Array:
   """W(r) = sum_{k=1}^{r} 1/k for integer-valued r >= 0 (W(0) = 0)."""
   r = jnp.asarray(r, jnp.float32)

@@ -164,3 +164,193 @@ class MultiLabelCollector(
   def compute(self) -> dict[str, Any]:
     v = self.arrays()
     return all_metrics(v["scores"], v["labels"])
+
+
+# ---------------------------------------------------------------------------
+# AVA frame-level detection mAP
+# ---------------------------------------------------------------------------
+#
+# The official ActivityNet evaluator (`Evaluation/get_ava_performance.py` with
+# the TF object-detection `PascalDetectionEvaluator`), on arrays:
+#   * A frame is a (video, keyframe second); rows are (frame, box, action).
+#     Rows of an action outside the label map are dropped, ground truth and
+#     detections alike; then each frame keeps its `max_detections` highest
+#     scoring detection rows (50; ties at the cut keep the earlier rows).
+#     Excluded frames are dropped from both sides.
+#   * Detections with a degenerate box (x2 <= x1 or y2 <= y1) are dropped.
+#   * Per frame and class, detections in descending score each go to the
+#     ground-truth box of that class they overlap most (IoU, no +1 pixel; the
+#     first such box on ties). At IoU >= 0.5 the detection is a true positive
+#     if that box is not yet taken, a false positive if it is (a duplicate),
+#     and ignored if that box is difficult; below 0.5 a false positive. A
+#     detection never falls back to its second-best box.
+#   * Per class, all frames' detections are ranked by score and the Pascal
+#     VOC AP is the area under the precision envelope (precision made
+#     non-increasing from the right) at the recall steps, recall counted over
+#     the non-difficult ground-truth boxes. A class with ground truth and no
+#     detection has AP 0; a class without ground truth has no AP (NaN) and is
+#     left out of the mean, as in the official `np.nanmean`.
+#   * The protocol is that of the AVA v2.1 / v2.2 releases: an excluded-
+#     timestamps file, and detections in frames without ground truth count
+#     as false positives. The ActivityNet script had it until April 2020
+#     (commit 3fee089; PySlowFast's `ava_eval_helper` is a copy); since then
+#     it lists empty keyframes as `video_id,timestamp` ground-truth rows in
+#     place of the exclusions and ignores detections in unlisted frames.
+#     On random files the numbers equal that script's to 1e-12
+#     (tests/test_ava_metrics.py, run with MLAR_AVA_OFFICIAL set).
+#   * Ties in score rank stably: the frame whose detections came first, then
+#     the earlier row. (The official script's order for tied scores is an
+#     artefact of heapq and numpy's unstable argsort, reversed; tie-free
+#     inputs give the same numbers.)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  """IoU of boxes a [N, 4] with boxes b [M, 4], (x1, y1, x2, y2): [N, M].
+
+  Areas are (x2 - x1) * (y2 - y1) with no +1 pixel (the TF object-detection
+  `np_box_ops.iou` the AVA evaluator uses); two empty boxes have IoU 0.
+  """
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])
+  iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
+  ih = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
+  inter = np.maximum(iw, 0.0) * np.maximum(ih, 0.0)
+  union = area(a)[:, None] + area(b)[None, :] - inter
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def voc_average_precision(scores: np.ndarray, true_positive: np.ndarray, num_gt: int) -> float:
+  """Pascal VOC AP of ranked detections (the TF object-detection
+  `compute_precision_recall` + `compute_average_precision`).
+
+  Args:
+    scores: [D] detection scores of one class over all frames.
+    true_positive: [D] bool, whether each detection matched a ground truth.
+    num_gt: the class's non-difficult ground-truth boxes.
+
+  Returns:
+    The area under the precision envelope; NaN when num_gt is 0, 0.0 when
+    there is no detection. Tied scores keep their input order.
+  """
+  if num_gt == 0:
+    return float("nan")
+  tp = np.asarray(true_positive, bool)[np.argsort(-np.asarray(scores, np.float64), kind="stable")]
+  if not tp.size:
+    return 0.0
+  if tp.sum() > num_gt:
+    raise ValueError(f"{int(tp.sum())} true positives for {num_gt} ground-truth boxes")
+  cum_tp = np.cumsum(tp)
+  precision = cum_tp / np.arange(1, tp.size + 1)
+  envelope = np.maximum.accumulate(precision[::-1])[::-1]
+  # Recall rises by 1 / num_gt exactly at the true positives.
+  return float(envelope[tp].sum() / num_gt)
+
+
+def _group(keys: np.ndarray) -> dict:
+  """key -> row indices in input order, keys in order of first appearance."""
+  groups: dict = {}
+  for i, k in enumerate(keys):
+    groups.setdefault(k, []).append(i)
+  return groups
+
+
+def ava_frame_map(
+  gt_frames: Sequence[str],
+  gt_boxes: np.ndarray,
+  gt_actions: np.ndarray,
+  det_frames: Sequence[str],
+  det_boxes: np.ndarray,
+  det_actions: np.ndarray,
+  det_scores: np.ndarray,
+  class_ids: Sequence[int],
+  *,
+  gt_difficult: np.ndarray | None = None,
+  excluded: Sequence[str] = (),
+  iou_threshold: float = 0.5,
+  max_detections: int = 50,
+) -> tuple[float, dict[int, float]]:
+  """AVA frame-level mAP at IoU `iou_threshold`, the official evaluator's
+  semantics (written out above this function).
+
+  Args:
+    gt_frames: [M] frame keys of the ground-truth rows (`data.ava.frame_key`:
+      "video,0902").
+    gt_boxes: [M, 4] (x1, y1, x2, y2), normalised like the detections.
+    gt_actions: [M] action ids.
+    det_frames: [D] frame keys of the detection rows.
+    det_boxes: [D, 4] (x1, y1, x2, y2).
+    det_actions: [D] action ids.
+    det_scores: [D] scores.
+    class_ids: the label map's action ids, the classes evaluated (the 60 of
+      the official AVA v2.x list).
+    gt_difficult: [M] bool; difficult boxes are neither counted nor penalised
+      (AVA marks none: default all False).
+    excluded: frame keys skipped on both sides (the excluded timestamps).
+    iou_threshold: the matching IoU.
+    max_detections: detection rows kept per frame, by score (0: all).
+
+  Returns:
+    (mAP over the classes with a ground-truth box, {class id: AP}) with NaN
+    for the label map's classes without one.
+  """
+  classes = set(int(c) for c in class_ids)
+  excluded = set(excluded)
+  gt_boxes = np.asarray(gt_boxes, np.float64).reshape(-1, 4)
+  gt_actions = np.asarray(gt_actions, np.int64).reshape(-1)
+  difficult = (
+    np.zeros(len(gt_actions), bool) if gt_difficult is None else np.asarray(gt_difficult, bool)
+  )
+  det_boxes = np.asarray(det_boxes, np.float64).reshape(-1, 4)
+  det_actions = np.asarray(det_actions, np.int64).reshape(-1)
+  det_scores = np.asarray(det_scores, np.float64).reshape(-1)
+  if not (len(gt_frames) == len(gt_boxes) == len(gt_actions) == len(difficult)):
+    raise ValueError("ground-truth frames, boxes, actions and difficult flags differ in length")
+  if not (len(det_frames) == len(det_boxes) == len(det_actions) == len(det_scores)):
+    raise ValueError("detection frames, boxes, actions and scores differ in length")
+
+  gt_keep = [
+    i for i, f in enumerate(gt_frames) if int(gt_actions[i]) in classes and f not in excluded
+  ]
+  gt_by_frame = _group([gt_frames[i] for i in gt_keep])
+  gt_by_frame = {f: np.asarray(gt_keep)[rows] for f, rows in gt_by_frame.items()}
+  num_gt = {c: 0 for c in classes}
+  for i in gt_keep:
+    num_gt[int(gt_actions[i])] += int(not difficult[i])
+
+  det_keep = [i for i, a in enumerate(det_actions) if int(a) in classes]
+  scored: dict[int, list[tuple[float, bool]]] = {c: [] for c in classes}
+  for frame, rows in _group([det_frames[i] for i in det_keep]).items():
+    rows = np.asarray(det_keep)[rows]
+    rows = rows[np.argsort(-det_scores[rows], kind="stable")]
+    if max_detections > 0:
+      rows = rows[:max_detections]
+    if frame in excluded:
+      continue
+    b = det_boxes[rows]
+    rows = rows[(b[:, 0] < b[:, 2]) & (b[:, 1] < b[:, 3])]
+    gt_rows = gt_by_frame.get(frame, np.zeros(0, np.int64))
+    for c in dict.fromkeys(int(a) for a in det_actions[rows]):
+      dets = rows[det_actions[rows] == c]
+      gts = gt_rows[gt_actions[gt_rows] == c]
+      tp = np.zeros(len(dets), bool)
+      ignored = np.zeros(len(dets), bool)
+      if len(gts):
+        iou = box_iou(det_boxes[dets], gt_boxes[gts])
+        best = np.argmax(iou, axis=1)
+        taken = np.zeros(len(gts), bool)
+        for k, g in enumerate(best):
+          if iou[k, g] < iou_threshold:
+            continue
+          if difficult[gts[g]]:
+            ignored[k] = True
+          elif not taken[g]:
+            tp[k] = taken[g] = True
+      scored[c].extend(zip(det_scores[dets][~ignored], tp[~ignored]))
+
+  ap = {}
+  for c in sorted(classes):
+    s = np.array([x for x, _ in scored[c]], np.float64)
+    t = np.array([y for _, y in scored[c]], bool)
+    ap[c] = voc_average_precision(s, t, num_gt[c])
+  return _nanmean(np.array(list(ap.values()), np.float64)), ap

@@ -85,6 +85,11 @@ def test_parse_arg():
     ("loss.class_weights", "log", "config.loss.class_weights='log': unknown"),
     ("model.mlar.features", 30, "config.model.mlar.features=30: must be divisible"),
     (
+      "model.res5_spatial_stride",
+      4,
+      "config.model.res5_spatial_stride=4: the last stage's spatial stride must be one of [2, 1]",
+    ),
+    (
       "sharding.rules",
       (("head/x", ("tensor",)),),
       "config.sharding.rules=('head/x', ('tensor',)): must be (regex, (axis or None, ...))",

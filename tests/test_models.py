@@ -1,5 +1,7 @@
 """Layers and models: the CPU conv path equals XLA's 3D convolution."""
 
+from functools import partial
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -54,6 +56,23 @@ def test_every_backbone_builds_and_maps_video_to_logits(backbone):
   )
   out = jax.eval_shape(lambda v: model.apply(v, jnp.zeros(x.shape), train=False), variables)
   assert out["logits"].shape == (2, 5) and out["logits"].dtype == jnp.float32
+
+
+@pytest.mark.parametrize("backbone", registry.BACKBONES.names())
+def test_res5_spatial_stride_1_doubles_the_map_with_the_same_parameters(backbone):
+  x = jnp.zeros((1, 8, 64, 64, 3))
+  maps, counts = {}, {}
+  for stride in (2, 1):
+    cfg = config_lib.base_config().model
+    cfg.backbone, cfg.res5_spatial_stride = backbone, stride
+    net = registry.build_backbone(cfg)
+    variables = jax.eval_shape(partial(net.init, jax.random.key(0), x, train=False))
+    out = jax.eval_shape(partial(net.apply, x=x, train=False), variables)
+    maps[stride] = out["map"].shape
+    counts[stride] = jax.tree.map(lambda p: p.shape, variables)
+  (b, t, h, w, c), (b1, t1, h1, w1, c1) = maps[2], maps[1]
+  assert (b1, t1, c1) == (b, t, c) and (h1, w1) == (2 * h, 2 * w)
+  assert counts[1] == counts[2]  # the same parameter and statistics tree, leaf by leaf
 
 
 def test_bfloat16_compute_keeps_float32_params_and_logits():

@@ -39,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import fractions
 import math
+import os
 import threading
 from typing import Any, Sequence
 
@@ -49,7 +50,7 @@ import numpy as np
 from absl import logging
 
 from mlar_jax import config_lib, registry
-from mlar_jax.data import base, sampling, scenes, sources, synthetic, transforms, video
+from mlar_jax.data import ava, base, sampling, scenes, sources, synthetic, transforms, video
 
 # name -> fn(data_config, split) -> VideoSource
 SOURCES: registry.Registry = registry.Registry("dataset")
@@ -125,6 +126,26 @@ def _mmit(cfg: ml_collections.ConfigDict, split: str) -> base.VideoSource:
 @SOURCES.register("csv")
 def _csv(cfg: ml_collections.ConfigDict, split: str) -> base.VideoSource:
   return _list_source(cfg.csv, split, header=True)
+
+
+@SOURCES.register("ava")
+def _ava(cfg: ml_collections.ConfigDict, split: str) -> base.VideoSource:
+  a = cfg.ava
+  j = lambda name: os.path.join(a.root, name) if name else ""
+  part = "train" if split == "train" else "val"
+  return ava.AvaKeyframes(
+    split,
+    frames=j(a.frames),
+    annotations=j(a[f"{part}_csv"]),
+    labelmap=j(a.labelmap),
+    num_frames=cfg.num_frames,
+    rate=cfg.rates[0],
+    exclusions=j(a[f"{part}_exclusions"]),
+    person_boxes=j(a[f"{part}_boxes"]),
+    box_threshold=a.box_threshold,
+    detections_only=part == "val" and bool(a.val_boxes),
+    fps=a.fps,
+  )
 
 
 @SOURCES.register("prepared")
@@ -345,6 +366,18 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     config_lib.fail("data.num_workers", d.num_workers, "workers >= 0 and threads > 0")
   if any(name not in EXTRAS for name in d.extras) or len(set(d.extras)) != len(d.extras):
     config_lib.fail("data.extras", d.extras, f"must be distinct names from {list(EXTRAS)}")
+  if d.name == "ava":
+    # A record is the window of one clip at one rate around its keyframe.
+    if len(d.rates) != 1:
+      config_lib.fail("data.rates", d.rates, "AVA clips are taken at one rate")
+    if tuple(map(tuple, config.eval.views)) != ((d.rates[0], 1),):
+      config_lib.fail(
+        "eval.views",
+        config.eval.views,
+        f"AVA evaluates one clip per keyframe: (({d.rates[0]}, 1),)",
+      )
+    if not 0.0 <= d.ava.box_threshold <= 1.0:
+      config_lib.fail("data.ava.box_threshold", d.ava.box_threshold, "must be in [0, 1]")
 
 
 def batch_spec(

@@ -120,7 +120,9 @@ Export: `python -m mlar_jax.data.scenes export --format charades --out DIR`
 writes the train and test splits as a Charades folder (class file, CSVs, one
 H.264 mp4 per video with its AAC sound track; `export_charades`), which
 `config.data.name=charades` with `config.data.charades.root=DIR` reads like
-the real dataset.
+the real dataset. `--format ava` writes them as an AVA folder (frame
+folders, keyframe box annotations, label map, exclusions, person boxes;
+`export_ava`) for `config.data.name=ava`.
 """
 
 from __future__ import annotations
@@ -137,9 +139,10 @@ from typing import Sequence
 
 import numpy as np
 import tqdm
+from PIL import Image
 
 from mlar_jax import config_lib
-from mlar_jax.data import base, video
+from mlar_jax.data import ava, base, video
 from mlar_jax.data.synthetic import FPS
 
 PERSON = (
@@ -879,6 +882,41 @@ def _write_text(path: str, text: str) -> None:
   os.replace(tmp, path)
 
 
+def _export_splits(
+  fmt: str,
+  seed: int,
+  num_train: int,
+  num_test: int,
+  resolution: int,
+  min_frames: int,
+  max_frames: int,
+) -> tuple[dict[str, SceneVideos], dict]:
+  """An export's "train" and "test" splits and its manifest settings."""
+  shape = {"resolution": resolution, "min_frames": min_frames, "max_frames": max_frames}
+  splits = {
+    split: SceneVideos(split, seed=seed, num_videos=n, **shape)
+    for split, n in (("train", num_train), ("test", num_test))
+  }
+  return splits, {"format": fmt, "seed": seed, **shape}
+
+
+def _open_export(out_dir: str, settings: dict, overwrite: bool, media_dir: str) -> dict | None:
+  """Checks `out_dir` may take an export of `settings`, creates it and
+  `media_dir`, writes the manifest; returns the previous export's settings
+  (None if none), whose files a rerun with the same settings keeps."""
+  manifest = os.path.join(out_dir, EXPORT_MANIFEST)
+  previous = None
+  if os.path.exists(manifest):
+    with open(manifest, encoding="utf-8") as f:
+      previous = json.load(f)
+  if os.path.isdir(out_dir) and os.listdir(out_dir) and previous != settings and not overwrite:
+    what = "files that are not a scenes export" if previous is None else f"an export of {previous}"
+    raise FileExistsError(f"{out_dir} holds {what}; pass --overwrite to write over it")
+  os.makedirs(media_dir, exist_ok=True)
+  _write_text(manifest, json.dumps(settings, indent=2) + "\n")
+  return previous
+
+
 def _charades_row(record: base.Record) -> dict[str, str]:
   """A record as a row of CHARADES_COLUMNS. The columns the scenes have no
   counterpart for (subject, scene, ratings, script, objects, descriptions)
@@ -937,36 +975,12 @@ def export_charades(
   """
   if resolution % 2:
     raise ValueError(f"resolution must be even for H.264 (yuv420p), got {resolution}")
-  splits = {
-    split: SceneVideos(
-      split,
-      seed=seed,
-      num_videos=n,
-      resolution=resolution,
-      min_frames=min_frames,
-      max_frames=max_frames,
-    )
-    for split, n in (("train", num_train), ("test", num_test))
-  }
-  settings = {
-    "format": "charades",
-    "seed": seed,
-    "resolution": resolution,
-    "min_frames": min_frames,
-    "max_frames": max_frames,
-  }
-  manifest = os.path.join(out_dir, EXPORT_MANIFEST)
-  previous = None
-  if os.path.exists(manifest):
-    with open(manifest, encoding="utf-8") as f:
-      previous = json.load(f)
-  if os.path.isdir(out_dir) and os.listdir(out_dir) and previous != settings and not overwrite:
-    what = "files that are not a scenes export" if previous is None else f"an export of {previous}"
-    raise FileExistsError(f"{out_dir} holds {what}; pass --overwrite to write over it")
+  splits, settings = _export_splits(
+    "charades", seed, num_train, num_test, resolution, min_frames, max_frames
+  )
   names = config_lib.data_config().charades
   videos_dir = os.path.join(out_dir, names.videos)
-  os.makedirs(videos_dir, exist_ok=True)
-  _write_text(manifest, json.dumps(settings, indent=2) + "\n")
+  previous = _open_export(out_dir, settings, overwrite, videos_dir)
   written = kept = 0
   tables = {}
   for split, videos in splits.items():
@@ -995,15 +1009,122 @@ def export_charades(
   return {"videos": written + kept, "written": written, "kept": kept}
 
 
+# AVA's label map of an export: the actor-level classes (person-level and
+# interactions), official ids 1.. in CLASS_NAMES order.
+AVA_CLASSES = PERSON + INTERACTIONS
+
+
+def _ava_split(videos: SceneVideos, frames_dir: str, keep: bool) -> tuple[list, list, list, int]:
+  """One split's AVA rows, writing its frame folders (unless `keep` and
+  the folder is complete): (ground-truth rows, person-box rows, excluded
+  keyframes, videos written)."""
+  gt, boxes, excluded, written = [], [], [], 0
+  classes = [CLASS_NAMES.index(name) for name in AVA_CLASSES]
+  for i in tqdm.tqdm(range(len(videos)), desc=f"scenes {videos.split}", unit="video"):
+    record = videos[i]
+    vid, n = record["id"], record["num_frames"]
+    folder = os.path.join(frames_dir, vid)
+    files = [os.path.join(folder, f"{vid}_{k + 1:06d}.jpg") for k in range(n)]
+    if not (keep and all(os.path.exists(f) for f in files)):
+      os.makedirs(folder, exist_ok=True)
+      for f, frame in zip(files, videos.video(i)):
+        tmp = f + ".tmp"
+        Image.fromarray(frame).save(tmp, format="JPEG", quality=95)
+        os.replace(tmp, f)
+      written += 1
+    # Keyframes: whole seconds of the video, frame 0 at SEGMENT_START.
+    seconds = np.arange(1, (n - 1) // FPS + 1)
+    idx = (seconds * FPS).astype(np.int64)
+    box, valid = videos.boxes(record, idx)
+    labels = videos.actor_labels(record, idx)[..., classes]
+    for s, b, v, lab in zip(seconds, box, valid, labels):
+      ts = ava.SEGMENT_START + int(s)
+      annotated = False
+      for actor in np.flatnonzero(v):
+        y1, x1, y2, x2 = (float(c) for c in b[actor])
+        xyxy = f"{x1:.3f},{y1:.3f},{x2:.3f},{y2:.3f}"
+        # Every person seen is a detection (an oracle person detector); the
+        # labelled ones are the ground truth, as AVA annotates them.
+        boxes.append(f"{vid},{ts:04d},{xyxy},,1.0")
+        for c in np.flatnonzero(lab[actor]):
+          gt.append(f"{vid},{ts:04d},{xyxy},{int(c) + 1},{int(actor)}")
+          annotated = True
+      if not annotated:
+        excluded.append(f"{vid},{ts:04d}")
+  return gt, boxes, excluded, written
+
+
+def export_ava(
+  out_dir: str,
+  *,
+  seed: int,
+  num_train: int,
+  num_test: int,
+  resolution: int,
+  min_frames: int,
+  max_frames: int,
+  overwrite: bool = False,
+) -> dict[str, int]:
+  """Writes the "train" and "test" splits as an AVA folder (train and val).
+
+  The names are `config.data.ava`'s defaults, so the `ava` source reads the
+  folder with `root`, `fps` = FPS and the person-box files set:
+    frames/ID/ID_000001.jpg: every frame (JPEG, quality 95), PySlowFast's
+      layout; frame 0 is at 900 s (`ava.SEGMENT_START`), so keyframe second
+      s of a video (1 <= s, s * FPS < frames) is timestamp 900 + s.
+    ava_action_list_v2.2_for_activitynet_2019.pbtxt: AVA_CLASSES, ids 1..
+    ava_{train,val}_v2.2.csv: per keyframe, every actor drawn with labels,
+      one row per label: `video,timestamp,x1,y1,x2,y2,action_id,actor`
+      (boxes to 3 decimals, as AVA's).
+    ava_{train,val}_excluded_timestamps_v2.2.csv: keyframes without a
+      labelled actor.
+    ava_{train,val}_predicted_boxes.csv: every actor drawn at a keyframe,
+      labelled or not, with score 1.0: the person boxes of a perfect
+      detector (AVA's come from a Faster R-CNN).
+    EXPORT_MANIFEST: the settings that fix the content.
+
+  Frame folders are written first (a rerun with the same settings keeps
+  complete ones) and the annotations last.
+
+  Args: as `export_charades`; the "test" split becomes AVA's "val".
+
+  Returns:
+    {"videos", "written", "kept"}.
+  """
+  splits, settings = _export_splits(
+    "ava", seed, num_train, num_test, resolution, min_frames, max_frames
+  )
+  names = config_lib.data_config().ava
+  frames_dir = os.path.join(out_dir, names.frames)
+  previous = _open_export(out_dir, settings, overwrite, frames_dir)
+  written = total = 0
+  for split, part in (("train", "train"), ("test", "val")):
+    videos = splits[split]
+    gt, boxes, excluded, done = _ava_split(videos, frames_dir, keep=previous == settings)
+    written, total = written + done, total + len(videos)
+    _write_text(os.path.join(out_dir, names[f"{part}_csv"]), "".join(r + "\n" for r in gt))
+    _write_text(
+      os.path.join(out_dir, names[f"{part}_exclusions"]), "".join(r + "\n" for r in excluded)
+    )
+    _write_text(
+      os.path.join(out_dir, f"ava_{part}_predicted_boxes.csv"), "".join(r + "\n" for r in boxes)
+    )
+  labelmap = "".join(
+    f'item {{\n  name: "{name}"\n  id: {i}\n}}\n' for i, name in enumerate(AVA_CLASSES, 1)
+  )
+  _write_text(os.path.join(out_dir, names.labelmap), labelmap)
+  return {"videos": total, "written": written, "kept": total - written}
+
+
 # Formats of `export --format`, each a function of (out_dir, **EXPORT_SETTINGS,
 # overwrite).
-EXPORTERS = {"charades": export_charades}
+EXPORTERS = {"charades": export_charades, "ava": export_ava}
 # The export's settings, whose defaults are `config.data.scenes`'s.
 EXPORT_SETTINGS = ("seed", "num_train", "num_test", "resolution", "min_frames", "max_frames")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  """`python -m mlar_jax.data.scenes export --format charades --out DIR`."""
+  """`python -m mlar_jax.data.scenes export --format charades|ava --out DIR`."""
   defaults = config_lib.data_config().scenes
   parser = argparse.ArgumentParser(
     prog="python -m mlar_jax.data.scenes", description="The scenes dataset as files."

@@ -5,6 +5,9 @@ A head reads the backbone's `{"map": [B, T, H, W, C], "pooled": [B, D]}`
 the feature map. A head returns a dict of named logits, each [B, num_classes] float32. Every
 entry is trained; `config.eval.output` picks the one evaluation ranks by.
 Outputs are logits: the multi-label path applies sigmoid, never softmax.
+
+`ROIHead` makes either head a per-person detection head (AVA): it reads the
+same map with person boxes and returns logits [B, N, num_classes] per box.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from mlar_jax.models import layers, roi
 
 
 class LinearHead(nn.Module):
@@ -214,3 +219,68 @@ class MLARHead(nn.Module):
       wt = self.param(f"{name}_kernel", nn.initializers.normal(0.01), (a, d))
       logits = jnp.einsum("bad,ad->ba", x, wt)
     return logits + self.param(f"{name}_bias", nn.initializers.zeros, (a,))
+
+
+class ROIHead(nn.Module):
+  """A clip head run on every person box's ROI-Aligned features (AVA).
+
+  The map is averaged over time, each box's [out, out] ROI-Align taken
+  (`roi.roi_align`: bilinear, `sampling_ratio`, `aligned`), and the inner
+  head run on every box as its own example: the linear head on the box's
+  feature max-pooled over its bins (PySlowFast's ResNetRoIHead: temporal
+  average, ROIAlign, spatial max pool, dropout, linear), the MLAR head over
+  the box's ROI feature map [1, out, out, C] (its P = out^2 positions).
+
+  Attributes:
+    inner: the clip head applied per box (`LinearHead`, `MLARHead`).
+    output_size: ROI-Align bins per side (7 in PySlowFast's AVA configs).
+    sampling_ratio: samples per bin and axis; <= 0 adapts to each box.
+    aligned: ROI-Align's half-pixel convention.
+  """
+
+  inner: nn.Module
+  output_size: int = 7
+  sampling_ratio: int = 0
+  aligned: bool = True
+
+  def __call__(
+    self,
+    features: dict[str, jnp.ndarray],
+    boxes: jnp.ndarray,
+    valid: jnp.ndarray,
+    *,
+    train: bool,
+  ) -> dict[str, jnp.ndarray]:
+    """Per-box logits.
+
+    Args:
+      features: {"map": [B, T, H, W, C], ...}, the backbone's output.
+      boxes: [B, N, 4] person boxes, [y1, x1, y2, x2] in [0, 1] of the clip's
+        frames (the pipeline's box convention).
+      valid: [B, N] bool; False marks padding boxes.
+
+    Returns:
+      The inner head's outputs, each [B, N, A] float32; zeros at padding boxes
+      (whose loss and metrics must be masked with `valid` all the same).
+    """
+    fmap = features["map"]
+    b, _, h, w, c = fmap.shape
+    n, s = boxes.shape[1], self.output_size
+    # Normalised [y1, x1, y2, x2] -> (x1, y1, x2, y2) in feature cells.
+    cells = boxes[..., jnp.array([1, 0, 3, 2])].astype(jnp.float32) * jnp.array(
+      [w, h, w, h], jnp.float32
+    )
+    rois = roi.roi_align(
+      fmap,
+      cells,
+      valid,
+      s,
+      sampling_ratio=self.sampling_ratio,
+      aligned=self.aligned,
+    )  # [B, N, s, s, C]
+    per_box = rois.reshape(b * n, 1, s, s, c)
+    pooled = jnp.max(per_box.astype(jnp.float32), axis=(1, 2, 3))
+    outputs = self.inner(layers.features(per_box, pooled), train=train)
+    return {
+      name: jnp.where(valid[..., None], x.reshape(b, n, -1), 0.0) for name, x in outputs.items()
+    }

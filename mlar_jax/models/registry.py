@@ -20,6 +20,8 @@ BACKBONES: registry.Registry = registry.Registry("backbone")
 HEADS: registry.Registry = registry.Registry("head")
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# The last stage's spatial stride: 2 as published, 1 for detection (AVA).
+RES5_SPATIAL_STRIDES = (2, 1)
 
 R50, R101, R152 = (3, 4, 6, 3), (3, 4, 23, 3), (3, 8, 36, 3)
 TINY = (1, 1, 1, 1)
@@ -142,11 +144,14 @@ for _name, _arch in ARCHS.items():
 
 
 def build_backbone(cfg: ml_collections.ConfigDict) -> nn.Module:
-  """The backbone named by `cfg.backbone` with the compute settings of `cfg`
-  (`config.model`): dtype, frozen_bn, conv_impl. Maps [B, T, H, W, 3] to
-  {"map": [B, T', H', W', C], "pooled": [B, D]}."""
+  """The backbone named by `cfg.backbone` with the settings of `cfg`
+  (`config.model`): dtype, frozen_bn, conv_impl, res5_spatial_stride. Maps
+  [B, T, H, W, 3] to {"map": [B, T', H', W', C], "pooled": [B, D]}."""
   return BACKBONES.get(cfg.backbone)(
-    dtype=DTYPES[cfg.dtype], frozen_bn=cfg.frozen_bn, conv_impl=cfg.conv_impl
+    dtype=DTYPES[cfg.dtype],
+    frozen_bn=cfg.frozen_bn,
+    conv_impl=cfg.conv_impl,
+    res5_spatial_stride=cfg.res5_spatial_stride,
   )
 
 
@@ -203,6 +208,36 @@ class VideoClassifier(nn.Module):
     return self.head(self.backbone(video, train=train), train=train)
 
 
+class VideoDetector(nn.Module):
+  """Backbone then a per-box head: [B, T, H, W, 3] and person boxes [B, N, 4]
+  (with valid [B, N]) -> dict of [B, N, A] logits."""
+
+  backbone: nn.Module
+  head: heads.ROIHead
+
+  def __call__(
+    self, video: jnp.ndarray, boxes: jnp.ndarray, valid: jnp.ndarray, *, train: bool
+  ) -> dict[str, jnp.ndarray]:
+    return self.head(self.backbone(video, train=train), boxes, valid, train=train)
+
+
+def build_detector(
+  cfg: ml_collections.ConfigDict, num_classes: int, class_stats: Any = None
+) -> VideoDetector:
+  """The detection model of `cfg` (`config.model`): its backbone, and its
+  head (`cfg.head`, linear or MLAR) run per person box over ROI-Aligned
+  features (`cfg.roi`). Arguments as `build_model`; the MLAR head's
+  correlation mask then comes from per-box label statistics."""
+  r = cfg.roi
+  head = heads.ROIHead(
+    inner=HEADS.get(cfg.head)(cfg, num_classes, class_stats),
+    output_size=r.output_size,
+    sampling_ratio=r.sampling_ratio,
+    aligned=r.aligned,
+  )
+  return VideoDetector(backbone=build_backbone(cfg), head=head)
+
+
 def build_model(
   cfg: ml_collections.ConfigDict, num_classes: int, class_stats: Any = None
 ) -> VideoClassifier:
@@ -227,9 +262,25 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   config_lib.check_choice(config, "model.head", HEADS.names())
   config_lib.check_choice(config, "model.dtype", DTYPES)
   config_lib.check_choice(config, "model.conv_impl", layers.CONV_IMPLS)
+  if config.model.res5_spatial_stride not in RES5_SPATIAL_STRIDES:
+    config_lib.fail(
+      "model.res5_spatial_stride",
+      config.model.res5_spatial_stride,
+      f"the last stage's spatial stride must be one of {list(RES5_SPATIAL_STRIDES)}",
+    )
   config_lib.check_positive(
-    config, "model.mlar.num_observations", "model.mlar.groups", "model.mlar.features"
+    config,
+    "model.mlar.num_observations",
+    "model.mlar.groups",
+    "model.mlar.features",
+    "model.roi.output_size",
   )
+  if not isinstance(config.model.roi.sampling_ratio, int):
+    config_lib.fail(
+      "model.roi.sampling_ratio",
+      config.model.roi.sampling_ratio,
+      "must be an integer (<= 0: adaptive, as torchvision)",
+    )
   m = config.model.mlar
   if m.features % m.groups:
     config_lib.fail(

@@ -17,6 +17,13 @@ classifier reads (the global mean of the map; X3D adds its projection
 "lin5"; SlowFast's map is both pathways fused, the Fast one averaged over
 time to the Slow one's length, as its head does).
 
+Every backbone takes `res5_spatial_stride`, the spatial stride of its last
+stage (called res5 whatever the number of stages): 2 as published, or 1 for
+detection, which doubles the map's height and width (14 x 14 at 224, the
+MLAR paper's AVA setting and PySlowFast's AVA configs) with the same
+parameters: the stage's first block changes its width anyway, so it has its
+projection shortcut at either stride.
+
 The layer arithmetic is PyTorchVideo's: PyTorch padding (`k // 2` on both
 sides), batch-norm epsilon 1e-5 and momentum 0.1 (flax's 0.9), so imported
 weights (`mlar_jax.tools.convert`) give PyTorch's outputs. Batch statistics in
@@ -220,6 +227,15 @@ class NonLocal(_Common):
     return x + self.norm(train, name="bn", scale_init=nn.initializers.zeros)(y)
 
 
+def stage_stride(stage: int, num_stages: int, res5_spatial_stride: int, first: int = 1) -> int:
+  """The spatial stride of a stage's first block: `first` for stage 0 (1
+  after a strided stem), 2 for the middle stages, `res5_spatial_stride` for
+  the last one."""
+  if stage == num_stages - 1:
+    return res5_spatial_stride
+  return first if stage == 0 else 2
+
+
 def _cycle(kernels: Sequence[int], depth: int) -> list[int]:
   """PyTorchVideo's per-block temporal kernels: the list repeated to `depth`."""
   return (list(kernels) * depth)[:depth]
@@ -246,6 +262,7 @@ class ResNet(_Common):
       R3D: (1, 2, 2, 2)); empty for none.
     nonlocal_blocks: per stage, the block indices after which a non-local
       block is inserted; empty for none.
+    res5_spatial_stride: the last stage's spatial stride, 2 or 1.
   """
 
   block: Any = Bottleneck
@@ -257,11 +274,13 @@ class ResNet(_Common):
   pool1: bool = False
   temporal_strides: Sequence[int] = ()
   nonlocal_blocks: Sequence[Sequence[int]] = ()
+  res5_spatial_stride: int = 2
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, *, train: bool) -> layers.Features:
     """Args: x: [B, T, H, W, 3]. Returns {"map": [B, T', H', W', C], "pooled": [B, C]}:
-    H' = H / 2^(stages + 1) with the stem pool, H / 2^stages without."""
+    H' = H / 2^(stages + 1) with the stem pool, H / 2^stages without (twice
+    that with res5_spatial_stride=1)."""
     common = self.shared()
     x = Stem(
       features=self.stem_width, kernel=self.stem_kernel, pool=self.stem_pool, name="stem", **common
@@ -274,7 +293,9 @@ class ResNet(_Common):
         x = self.block(
           width=width,
           conv_a_t=kt,
-          spatial_stride=2 if first and i > 0 else 1,
+          spatial_stride=(
+            stage_stride(i, len(self.depths), self.res5_spatial_stride) if first else 1
+          ),
           temporal_stride=self.temporal_strides[i] if first and self.temporal_strides else 1,
           name=f"res{i + 2}_block{j}",
           **common,
@@ -300,7 +321,8 @@ class SlowFast(_Common):
   whose output (2x the Fast channels) is concatenated to Slow.
 
   Input: the Fast clip [B, T, H, W, 3]; the Slow clip is taken from it
-  (`slow_indices`). T must be a multiple of alpha.
+  (`slow_indices`). T must be a multiple of alpha. `res5_spatial_stride`
+  applies to both pathways' last stage.
   """
 
   depths: Sequence[int] = (3, 4, 6, 3)
@@ -311,10 +333,12 @@ class SlowFast(_Common):
   stem_width: int = 64
   slow_conv_a_t: Sequence[int] = (1, 1, 3, 3)
   fast_conv_a_t: Sequence[int] = (3, 3, 3, 3)
+  res5_spatial_stride: int = 2
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, *, train: bool) -> layers.Features:
-    """Args: x: [B, T, H, W, 3]. Returns {"map": [B, T/alpha, H/32, W/32, C], "pooled"}."""
+    """Args: x: [B, T, H, W, 3]. Returns {"map": [B, T/alpha, H/32, W/32, C], "pooled"}
+    (H/16, W/16 with res5_spatial_stride=1)."""
     t = x.shape[1]
     if t % self.alpha:
       raise ValueError(f"SlowFast: clip length {t} is not a multiple of alpha={self.alpha}")
@@ -337,7 +361,9 @@ class SlowFast(_Common):
           y = Bottleneck(
             width=width // 4,
             conv_a_t=kt,
-            spatial_stride=2 if j == 0 and i > 0 else 1,
+            spatial_stride=(
+              stage_stride(i, len(self.depths), self.res5_spatial_stride) if j == 0 else 1
+            ),
             name=f"{path}_res{i + 2}_block{j}",
             **common,
           )(y, train=train)
@@ -407,6 +433,7 @@ class X3D(_Common):
     stem_width: channels before width expansion (12 -> 24).
     se_ratio: squeeze-excitation reduction on every other block.
     head_width: lin5 features (2048).
+    res5_spatial_stride: the last stage's spatial stride, 2 or 1.
   """
 
   width_factor: float = 2.0
@@ -416,10 +443,12 @@ class X3D(_Common):
   se_ratio: float = 0.0625
   head_width: int = 2048
   base_depths: Sequence[int] = (1, 2, 5, 3)
+  res5_spatial_stride: int = 2
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, *, train: bool) -> layers.Features:
-    """Args: x: [B, T, H, W, 3]. Returns {"map": [B, T, H/32, W/32, C5], "pooled": [B, 2048]}."""
+    """Args: x: [B, T, H, W, 3]. Returns {"map": [B, T, H/32, W/32, C5], "pooled": [B, 2048]}
+    (H/16, W/16 with res5_spatial_stride=1)."""
     common = self.shared()
     width = round_width(self.stem_width, self.width_factor)
     x = self.conv(width, (1, 3, 3), (1, 2, 2), name="stem_conv_xy")(x.astype(self.dtype))
@@ -435,7 +464,11 @@ class X3D(_Common):
         x = X3DBlock(
           inner=inner,
           out=out,
-          stride=2 if j == 0 else 1,
+          stride=(
+            stage_stride(i, len(self.base_depths), self.res5_spatial_stride, first=2)
+            if j == 0
+            else 1
+          ),
           se_ratio=self.se_ratio if j % 2 == 0 else 0.0,
           name=f"res{i + 2}_block{j}",
           **common,
