@@ -212,15 +212,17 @@ def base_config() -> ml_collections.ConfigDict:
       # Speed-invariant tuning (MLAR section 3.5), run by
       # `python -m mlar_jax.tools.speed_invariant`: stage 1 is this config;
       # stage 2 starts from it, freezes the parameters matching `freeze` (the
-      # backbone's 3D convolution kernels) and the batch-norm statistics, and
-      # fine-tunes the rest on clips of rates drawn from `rates`.
+      # whole backbone: its 3D convolutions with their batch norms' scales
+      # and biases, "the weights for all the 3D convolution layers") and the
+      # batch-norm statistics, and fine-tunes the module after the backbone
+      # (the head) on clips of rates drawn from `rates`.
       "stage2": {
         "num_train_steps": 300,
         "rates": (2, 4, 8),
         "rate_probs": (),
         "base_lr": 0.01,
         "warmup_steps": 0,
-        "freeze": "^backbone/.*kernel$",
+        "freeze": "^backbone/",
         "frozen_bn": True,
       },
       "schedule": {"base_lr": 0.1, "warmup_steps": 50, "end_lr_factor": 0.0},

@@ -12,11 +12,18 @@ Semantics, written down once:
     to the positive rate.
   * A ranking with no positive has no AP: NaN, excluded from every mean, and
     the number of classes (or videos) that entered a mean is reported.
-  * Charades mAP (`charades_map`): per-class AP over the ground-truth videos,
-    a video missing from the predictions scoring -inf for every class (it
-    ranks last, tied with the other missing videos); predictions for unknown
-    videos are ignored. Mean over the classes with a positive.
-  * Macro mAP: the mean per-class AP (the Charades mAP on aligned arrays).
+  * Charades mAP (`charades_map`), as `Charades_v1_classify.m` computes it:
+    per-class AP over the ground-truth videos, a video missing from the
+    predictions scoring -inf for every class (it ranks last, tied with the
+    other missing videos); predictions for unknown videos are ignored. A
+    video without any action also scores -inf whatever was predicted: the
+    script's `load_charades` gives it no id (`continue` before `gtids{i} =
+    id`), so its prediction is never looked up. Ranked last and negative in
+    every class, it changes no AP: such videos are in effect left out. Mean
+    over the classes with a positive.
+  * Macro mAP: the mean per-class AP over every video, including those with
+    no label as negatives with their real scores (what every other dataset
+    wants); it is the Charades mAP when every video has a label.
   * Micro mAP (M-MiT, section 6.2): the AP of each video's ranking of the
     classes, averaged over the videos with at least one positive label.
   * Top-k accuracy: the fraction of videos with at least one positive whose k
@@ -114,7 +121,8 @@ def charades_map(
 
   Returns:
     (mAP over classes with a positive, per-class AP [C] with NaN for classes
-    without one). Videos without a prediction score -inf for every class.
+    without one). Videos without a prediction, and videos without any
+    action, score -inf for every class (module docstring).
   """
   gt_labels = np.asarray(gt_labels)
   pred_scores = np.asarray(pred_scores, np.float64)
@@ -123,7 +131,7 @@ def charades_map(
   row = {vid: i for i, vid in enumerate(pred_ids)}
   aligned = np.full(gt_labels.shape, -np.inf)
   for i, vid in enumerate(gt_ids):
-    if vid in row:
+    if vid in row and gt_labels[i].any():
       aligned[i] = pred_scores[row[vid]]
   ap = per_class_ap(aligned, gt_labels)
   return _nanmean(ap), ap

@@ -119,9 +119,46 @@ def test_charades_map_missing_videos_score_minus_inf():
   )
   filled = np.full_like(scores, -np.inf)
   filled[keep] = scores[keep]
+  filled[~labels.any(axis=1)] = -np.inf  # no action: ranked last (next test)
   for c in range(4):
     np.testing.assert_allclose(ap[c], threshold_ap_loop(filled[:, c], labels[:, c]), atol=1e-6)
   np.testing.assert_allclose(m, np.nanmean(ap))
+
+
+def charades_classify_loop(gt_rows, submission):
+  """Port of Charades_v1_classify.m's reading and comparison: `load_charades`
+  sets `gtids{i}` only for a row with actions (`continue` before it), and a
+  score row is filled only for an id found in the submission.
+
+  Args:
+    gt_rows: [(id, [class indices])] in the CSV's order.
+    submission: {id: [C] scores}.
+  """
+  num_classes = len(next(iter(submission.values())))
+  gtids = [vid if classes else None for vid, classes in gt_rows]
+  gtlabel = np.zeros((len(gt_rows), num_classes))
+  test = np.full((len(gt_rows), num_classes), -np.inf)
+  for i, (_, classes) in enumerate(gt_rows):
+    gtlabel[i, classes] = 1
+    if gtids[i] is not None and gtids[i] in submission:
+      test[i] = submission[gtids[i]]
+  return [thumos_ap_loop(test[:, c], gtlabel[:, c]) for c in range(num_classes)]
+
+
+def test_charades_map_leaves_videos_without_actions_last_as_the_official_script():
+  scores, labels = _random(6, n=30, c=5)
+  labels[[3, 8, 9, 20]] = 0  # videos without any action, with real (high) scores
+  scores[[3, 8, 9, 20]] += 3.0
+  ids = [f"v{i}" for i in range(30)]
+  gt_rows = [(vid, list(np.flatnonzero(row))) for vid, row in zip(ids, labels)]
+  want = charades_classify_loop(gt_rows, dict(zip(ids, scores)))
+  m, ap = metrics.charades_map(ids, labels, ids, scores)
+  np.testing.assert_allclose(ap, want, atol=1e-12)
+  np.testing.assert_allclose(m, np.mean(want))
+  # The same as leaving them out; and not what counting them as negatives gives.
+  keep = [i for i in range(30) if labels[i].any()]
+  np.testing.assert_allclose(ap, metrics.per_class_ap(scores[keep], labels[keep]), atol=1e-12)
+  assert metrics.macro_map(scores, labels) < m
 
 
 def test_nan_scores_are_rejected():

@@ -185,8 +185,10 @@ def charades(
     fps: frame rate of frame folders (24 for the official frames).
 
   Actions "c092 11.90 21.20;c147 0.00 12.60" give the segments; a video's
-  labels are all its actions. Videos without any action are kept (they count
-  in evaluation as in the official script).
+  labels are all its actions. Videos without any action are kept: training
+  sees them as all-negative, and evaluation's macro mAP counts them as
+  negatives with their scores; the official script in effect leaves them out
+  (`metrics.charades_map`).
 
   Raises:
     ValueError naming the file and line: a row with missing or extra fields

@@ -5,8 +5,9 @@
 
 Stage 1 trains the config as it is (in WORKDIR/stage1). Stage 2 (in
 WORKDIR/stage2) starts from stage 1's last checkpoint (`init_from`), freezes
-the parameters matching `config.stage2.freeze` (the backbone's 3D
-convolutions) and the batch-norm statistics, and fine-tunes the rest for
+the parameters matching `config.stage2.freeze` (the whole backbone: 3D
+convolutions and their batch norms) and the batch-norm statistics, and
+fine-tunes the module after the backbone (section 3.5) for
 `config.stage2.num_train_steps` steps on clips whose rate is drawn from
 `config.stage2.rates`, then evaluates with `config.eval`'s view plan (the
 30-view multi-rate test by default) and writes WORKDIR/stage2/eval_results.json
