@@ -8,7 +8,7 @@
 # Settings (environment, defaults in brackets): NODES [2], GPUS_PER_NODE [8],
 # PARTITION [gpu], TIME [24:00:00], ACCOUNT (optional), CPUS_PER_TASK [32].
 # The checkout must be on a filesystem every node sees; its .venv is set up
-# here first (`make install`; a CUDA jaxlib: pip install 'jax[cuda12]').
+# here first with the `gpu` extra (JAX's CUDA 12 plugin, CUDA and cuDNN wheels).
 # --dry-run prints the sbatch script and the commands instead of submitting.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +21,8 @@ TIME=${TIME:-24:00:00}
 CPUS_PER_TASK=${CPUS_PER_TASK:-32}
 account=""
 if [[ -n ${ACCOUNT:-} ]]; then account="#SBATCH --account=$ACCOUNT"; fi
+
+install="test -x .venv/bin/python || python3 -m venv .venv; .venv/bin/pip install -q -e '.[gpu]'"
 
 script=$(cat <<SBATCH
 #!/usr/bin/env bash
@@ -41,12 +43,12 @@ SBATCH
 
 if [[ $dry == 1 ]]; then
   echo "mkdir -p $workdir"
-  echo "make install"
+  echo "$install"
   echo "sbatch <<'EOF'"
   echo "$script"
   echo "EOF"
   exit 0
 fi
 mkdir -p "$workdir"
-make install
+eval "$install"
 sbatch <<<"$script"

@@ -188,3 +188,4 @@ def test_launch_scripts_parse_and_dry_run(script, args):
     assert "'.[tpu]'" in out.stdout and "gs://bkt/runs/" in out.stdout
   if script.endswith("slurm_gpu.sh"):
     assert "#SBATCH --nodes=2" in out.stdout and "srun " in out.stdout
+    assert "'.[gpu]'" in out.stdout
