@@ -139,7 +139,7 @@ import numpy as np
 import tqdm
 
 from mlar_jax import config_lib
-from mlar_jax.data import base, video
+from mlar_jax.data import base, transforms, video
 from mlar_jax.data.synthetic import FPS
 
 PERSON = (
@@ -774,20 +774,9 @@ class SceneVideos(base.PlannedVideos):
     """
     plan = self.plan_of(record)
     body, _ = _actors(plan, _state(plan, np.asarray(indices)), self.resolution)
-    rows, cols = body.any(-1), body.any(-2)  # [N, F, H], [N, F, W]
-    h, w = rows.shape[-1], cols.shape[-1]
-    box = np.stack(
-      [
-        rows.argmax(-1),
-        cols.argmax(-1),
-        h - rows[..., ::-1].argmax(-1),
-        w - cols[..., ::-1].argmax(-1),
-      ],
-      axis=-1,
-    ) / np.array([h, w, h, w])
-    valid = rows.any(-1)
+    box, valid = transforms.region_boxes(body)  # [N, F, 4], [N, F]
     out = np.zeros((len(indices), MAX_ACTORS, 4), np.float32)
-    out[:, : plan.num_actors] = np.where(valid[..., None], box, 0.0).transpose(1, 0, 2)
+    out[:, : plan.num_actors] = box.transpose(1, 0, 2)
     out_valid = np.zeros((len(indices), MAX_ACTORS), bool)
     out_valid[:, : plan.num_actors] = valid.T
     return out, out_valid

@@ -47,6 +47,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mlar_jax.data import transforms
+
 Variables = dict[str, Any]  # {"params": ..., "model_state": ...}
 
 
@@ -73,6 +75,36 @@ def _backbone_call(module: nn.Module, method: str) -> bool:
   return module.path == ("backbone",) and method == "__call__"
 
 
+def forward_fn(model: nn.Module) -> Callable[[Variables, jax.Array], Forward]:
+  """`forward` of `model` with the model's pass jitted once: for many clips."""
+
+  @jax.jit
+  def run(variables, video):
+    outputs, state = model.apply(
+      {"params": variables["params"], **variables["model_state"]},
+      video,
+      train=False,
+      capture_intermediates=_backbone_call,
+      mutable=["intermediates"],
+    )
+    inter = state["intermediates"]
+    (features,) = inter["backbone"]["__call__"]
+    head = {k: v[0] for k, v in inter.get("head", {}).items()}
+    return outputs, features["map"], features["pooled"], head
+
+  def fwd(variables: Variables, video: jax.Array) -> Forward:
+    outputs, fmap, pooled, head = jax.device_get(run(variables, video))
+    as_np = lambda tree: {k: np.asarray(v, np.float32) for k, v in tree.items()}
+    return Forward(
+      outputs=as_np(outputs),
+      fmap=np.asarray(fmap, np.float32),
+      pooled=np.asarray(pooled, np.float32),
+      head=as_np(head),
+    )
+
+  return fwd
+
+
 def forward(model: nn.Module, variables: Variables, video: jax.Array) -> Forward:
   """Runs `model` (a `models.registry.VideoClassifier`) once in eval mode and
   keeps its backbone output and the head's sown attention maps.
@@ -85,22 +117,7 @@ def forward(model: nn.Module, variables: Variables, video: jax.Array) -> Forward
     variables: {"params", "model_state"} (as `checkpointing.load_variables`).
     video: [B, T, S, S, 3] normalised frames (`transforms.normalize`).
   """
-  outputs, state = model.apply(
-    {"params": variables["params"], **variables["model_state"]},
-    video,
-    train=False,
-    capture_intermediates=_backbone_call,
-    mutable=["intermediates"],
-  )
-  inter = state["intermediates"]
-  (features,) = inter["backbone"]["__call__"]
-  head = {k: np.asarray(v[0], np.float32) for k, v in inter.get("head", {}).items()}
-  return Forward(
-    outputs={k: np.asarray(v, np.float32) for k, v in outputs.items()},
-    fmap=np.asarray(features["map"], np.float32),
-    pooled=np.asarray(features["pooled"], np.float32),
-    head=head,
-  )
+  return forward_fn(model)(variables, video)
 
 
 def linear_cams(fwd: Forward, variables: Variables, output: str = "logits") -> np.ndarray:
@@ -282,6 +299,22 @@ def smooth(maps: np.ndarray, size: int = 5, sigma: float | None = None) -> np.nd
   x = sum(k[i] * x[..., i : i + h, :] for i in range(size))
   x = sum(k[i] * x[..., :, i : i + w] for i in range(size))
   return x.astype(np.float32)
+
+
+def region_boxes(maps: np.ndarray, threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+  """The bounding box of each map's region {map >= threshold}, per frame
+  (MLAR section 7's boxes).
+
+  Args:
+    maps: [..., H, W] normalised maps.
+    threshold: the region's lower bound.
+
+  Returns:
+    boxes: float32 [..., 4], [y1, x1, y2, x2] in [0, 1] (pixel edges, as the
+      dataset's boxes); zeros where the region is empty.
+    valid: bool [...], the region is not empty.
+  """
+  return transforms.region_boxes(maps >= threshold)
 
 
 def multi_label_cam(

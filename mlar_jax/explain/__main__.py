@@ -1,0 +1,93 @@
+"""`python -m mlar_jax.explain SUBCOMMAND --config CONFIG --workdir DIR [...]`.
+
+Subcommands (each restores the latest checkpoint of DIR that restores, or
+`--step`, and writes into DIR/explain/):
+  mcam            multi-label CAM with region separation (M-MiT 5.1), one
+                  PNG per video: mcam/SPLIT_ID.png.
+  activity-maps   MLAR section 7 activity maps (MLAR head): a PNG grid
+                  (frames x activities) and a GIF with one box per activity
+                  per video: activity_maps/SPLIT_ID.{png,gif}.
+  observations    one observation's attention (`--index K`) over several
+                  videos (MLAR Figure 4c): observations/SPLIT_obsK.png.
+  localise        pointing game and mask IoU of the maps against the
+                  scenes ground truth, with a random baseline, over every
+                  evaluation view: localisation_SPLIT.json and a table.
+
+`--config` is the training run's, with the same syntax and overrides as
+`mlar_jax.main` (e.g. `configs/scenes.py:runlocal`, `--config.seed=1`).
+Videos: `--videos ID,...` or the first `--num N` of `--split`.
+"""
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from mlar_jax import checkpointing, cli
+from mlar_jax.explain import commands
+
+SUBCOMMANDS = ("mcam", "activity-maps", "observations", "localise")
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "The run's config file.", lock_config=True)
+flags.DEFINE_string("workdir", None, "The run's directory (checkpoints/; explain/ is written).")
+flags.DEFINE_integer("step", -1, "Checkpoint step (-1: the latest that restores).")
+flags.DEFINE_string("split", "test", "The split whose videos are explained.")
+flags.DEFINE_string("videos", "", "Comma-separated video ids (default: the first --num).")
+flags.DEFINE_integer("num", 4, "Videos when --videos is not given (localise: <= 0 for all).")
+flags.DEFINE_string("output", None, "mcam: the head output explained (default: per head).")
+flags.DEFINE_float("score_threshold", 0.5, "Sigmoid score from which a class is predicted.")
+flags.DEFINE_float("threshold", 0.5, "Normalised map value from which a pixel is in a region.")
+flags.DEFINE_float("distance_threshold", 1e-4, "Region separation: cosine distance above which.")
+flags.DEFINE_float("active_threshold", 0.5, "Region separation: a pixel is active from this.")
+flags.DEFINE_enum("classes", "present", ["present", "predicted"], "activity-maps: which.")
+flags.DEFINE_integer("index", 0, "observations: the observation shown.")
+flags.DEFINE_integer("seed", 0, "localise: the random baseline's seed.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) != 2 or argv[1] not in SUBCOMMANDS:
+    raise app.UsageError(f"Give one subcommand of {SUBCOMMANDS}; got {argv[1:]}")
+  command = argv[1]
+  cli.setup(FLAGS.config)
+  try:
+    ex = commands.load(FLAGS.config, FLAGS.workdir, FLAGS.split, FLAGS.step)
+    positions = commands.video_positions(ex.source, FLAGS.videos, FLAGS.num)
+    separation = dict(
+      distance_threshold=FLAGS.distance_threshold, active_threshold=FLAGS.active_threshold
+    )
+    if command == "mcam":
+      paths = commands.mcam(
+        ex, positions, output=FLAGS.output, score_threshold=FLAGS.score_threshold, **separation
+      )
+    elif command == "activity-maps":
+      paths = commands.activity_maps(
+        ex,
+        positions,
+        classes=FLAGS.classes,
+        score_threshold=FLAGS.score_threshold,
+        threshold=FLAGS.threshold,
+      )
+    elif command == "observations":
+      paths = commands.observations(ex, positions, index=FLAGS.index)
+    else:
+      results = commands.localise(
+        ex,
+        positions,
+        score_threshold=FLAGS.score_threshold,
+        threshold=FLAGS.threshold,
+        seed=FLAGS.seed,
+        **separation,
+      )
+      print(commands.localisation_table(results))
+      paths = [f"{ex.out_dir}/localisation_{ex.source.split}.json"]
+  # A wrong workdir, step, video id or head: one line, not a traceback.
+  except (FileNotFoundError, ValueError, checkpointing.CheckpointError) as e:
+    sys.exit(f"{command}: {e}")
+  for path in paths:
+    print(path)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=cli.parse_flags)

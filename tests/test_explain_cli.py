@@ -1,0 +1,146 @@
+"""`python -m mlar_jax.explain` end to end on tiny scenes workdirs (the MLAR
+and the linear head, trained once for this module), and its subcommands'
+functions in this process."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from conftest import ROOT, load_config, run_main
+from PIL import Image, ImageSequence
+
+from mlar_jax import checkpointing
+from mlar_jax.data import scenes
+from mlar_jax.explain import commands
+from mlar_jax.models import registry
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+  """`configs/scenes.py:runlocal,head=mlar` trained for its 6 steps
+  (checkpoints at 3 and 6)."""
+  wd = tmp_path_factory.mktemp("scenes_mlar")
+  run = run_main(wd, "--mode=train", config="scenes.py:runlocal,head=mlar")
+  assert run.returncode == 0, run.stderr[-3000:]
+  return wd
+
+
+@pytest.fixture(scope="module")
+def linear_workdir(tmp_path_factory):
+  """A workdir whose one checkpoint (step 0) holds the untrained variables of
+  `configs/scenes.py:runlocal` (the linear head): enough for the pictures,
+  in 5 s rather than a training run's 20."""
+  wd = tmp_path_factory.mktemp("scenes_linear")
+  config = _config("linear")
+  model = registry.build_model(config.model, len(scenes.CLASS_NAMES))
+  video = np.zeros((1, config.data.num_frames, 16, 16, 3), np.float32)
+  # Jitted: op by op, init takes 3x longer.
+  variables = dict(jax.jit(lambda v: model.init(jax.random.key(0), v, train=False))(video))
+  state = {"params": variables.pop("params"), "model_state": variables, "step": 0}
+  with checkpointing.make_manager(str(wd), config.checkpoint) as manager:
+    checkpointing.save(manager, 0, state, None)
+    manager.wait_until_finished()
+  return wd
+
+
+def _config(head):
+  return load_config("scenes", f"runlocal,head={head}")
+
+
+def _explain(*args):
+  return subprocess.run(
+    [sys.executable, "-m", "mlar_jax.explain", *args],
+    capture_output=True,
+    text=True,
+    cwd=ROOT,
+    env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"),
+    timeout=300,
+  )
+
+
+def _is_png(path, frames=None):
+  with Image.open(path) as im:
+    assert im.format == ("GIF" if frames else "PNG")
+    assert im.width > 100 and im.height > 100
+    if frames:
+      # PIL merges identical consecutive frames, adding up their durations.
+      durations = [f.info["duration"] for f in ImageSequence.Iterator(im)]
+      assert sum(durations) == frames * 250
+
+
+def test_cli_writes_mcam_pictures_and_fails_in_one_line(workdir):
+  wd = workdir
+  config = str(ROOT / "configs" / "scenes.py:runlocal,head=mlar")
+  run = _explain("mcam", "--config", config, "--workdir", str(wd), "--num", "2")
+  assert run.returncode == 0, run.stderr[-3000:]
+  paths = run.stdout.split()
+  assert paths == [str(wd / "explain" / "mcam" / f"test_test00000{i}.png") for i in range(2)]
+  for path in paths:
+    _is_png(path)
+  run = _explain("mcam", "--config", config, "--workdir", str(wd), "--step", "5")
+  assert run.returncode == 1
+  assert run.stderr.strip().splitlines()[-1] == (
+    f"mcam: No checkpoint 5 in {wd}/checkpoints; steps there: [3, 6]"
+  )
+
+
+def test_restore_picks_the_latest_or_the_step(workdir):
+  config = _config("mlar")
+  assert commands.restore(config, str(workdir))[0] == 6
+  step, variables = commands.restore(config, str(workdir), 3)
+  assert step == 3 and set(variables) == {"params", "model_state"}
+
+
+def test_activity_maps_and_observations(workdir):
+  wd = workdir
+  ex = commands.load(_config("mlar"), str(wd), "test")
+  ids = ex.source.video_ids()[3:5]
+  paths = commands.activity_maps(ex, commands.video_positions(ex.source, ",".join(ids), 0))
+  assert paths == [
+    str(wd / "explain" / "activity_maps" / f"test_{vid}.{ext}")
+    for vid in ids
+    for ext in "png gif".split()
+  ]
+  for png, gif in zip(paths[::2], paths[1::2]):
+    _is_png(png)
+    _is_png(gif, frames=ex.config.data.num_frames)
+  (path,) = commands.observations(ex, [0, 1, 2], index=1)
+  assert path == str(wd / "explain" / "observations" / "test_obs1.png")
+  _is_png(path)
+  with pytest.raises(ValueError, match="observations"):
+    commands.observations(ex, [0], index=ex.config.model.mlar.num_observations)
+  with pytest.raises(ValueError, match="not in the split"):
+    commands.video_positions(ex.source, "nope", 0)
+
+
+def test_linear_head_mcam(linear_workdir):
+  wd = linear_workdir
+  ex = commands.load(_config("linear"), str(wd), "val")
+  (path,) = commands.mcam(ex, [0], score_threshold=0.0)
+  assert path == str(wd / "explain" / "mcam" / "val_val000000.png")
+  _is_png(path)
+  with pytest.raises(ValueError, match="activity-maps needs the MLAR head"):
+    commands.activity_maps(ex, [0])
+
+
+@pytest.mark.parametrize("head", ["mlar", "linear"])
+def test_localise_writes_every_map_kind(workdir, linear_workdir, head):
+  wd = workdir if head == "mlar" else linear_workdir
+  ex = commands.load(_config(head), str(wd), "test")
+  results = commands.localise(ex, commands.video_positions(ex.source, "", 6))
+  kinds = {"cam", "mcam_separated", "random"} | ({"activity_maps"} if head == "mlar" else set())
+  assert set(results["maps"]) == kinds
+  assert results["clips"] == 6 * 2  # runlocal evaluates 2 views per video
+  saved = json.loads((wd / "explain" / "localisation_test.json").read_text())
+  assert saved == json.loads(json.dumps(results))
+  counts = {s["events"] for s in results["maps"].values()}
+  assert len(counts) == 1 and counts.pop() > 0  # every kind scores the same events
+  for s in results["maps"].values():
+    assert 0 <= s["pointing"] <= 1 and 0 <= s["iou"] <= 1
+  table = commands.localisation_table(results).splitlines()
+  assert len(table) == 2 + len(kinds)
+  assert np.isfinite(results["maps"]["random"]["pointing"])
