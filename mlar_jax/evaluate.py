@@ -215,6 +215,19 @@ class Evaluator:
       path = epath.Path(self.workdir) / "eval_results.json"
       path.write_text(json.dumps(results, indent=2) + "\n")
       logging.info("Wrote %s", path)
+      # The report a person reads (plots, report.html; explain/report.py),
+      # imported here so that matplotlib stays off the training imports.
+      from mlar_jax.explain import report
+
+      report.write_report(
+        os.path.join(self.workdir, "report"),
+        results,
+        scores,
+        source.label_matrix(),
+        self.class_names,
+        mask=report.head_mask(state.model_state),
+        writer=self.writer,
+      )
     return results
 
   def _results(

@@ -4,6 +4,7 @@ functions in this process."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -22,9 +23,9 @@ from mlar_jax.models import registry
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
   """`configs/scenes.py:runlocal,head=mlar` trained for its 6 steps
-  (checkpoints at 3 and 6)."""
+  (checkpoints at 3 and 6) and evaluated on the test split."""
   wd = tmp_path_factory.mktemp("scenes_mlar")
-  run = run_main(wd, "--mode=train", config="scenes.py:runlocal,head=mlar")
+  run = run_main(wd, config="scenes.py:runlocal,head=mlar")
   assert run.returncode == 0, run.stderr[-3000:]
   return wd
 
@@ -144,3 +145,22 @@ def test_localise_writes_every_map_kind(workdir, linear_workdir, head):
   table = commands.localisation_table(results).splitlines()
   assert len(table) == 2 + len(kinds)
   assert np.isfinite(results["maps"]["random"]["pointing"])
+
+
+def test_evaluation_writes_the_report_and_the_command_adds_the_learned_correlation(workdir):
+  report_dir = workdir / "report"
+  html = (report_dir / "report.html").read_text()
+  srcs = re.findall(r'src="([^"]+)"', html)
+  # The evaluation sees the mask (a model constant), not the attention.
+  assert sorted(srcs) == ["ap_sorted.png", "correlation.png", "pr_curves.png"]
+  assert sorted(os.listdir(report_dir)) == sorted([*srcs, "report.html"])
+  assert "learned Attn_C" not in html
+  ex = commands.load(_config("mlar"), str(workdir), "test")
+  path = commands.report(ex, [0, 1, 2])
+  assert path == str(report_dir / "report.html")
+  html = (report_dir / "report.html").read_text()
+  assert "beside the learned attention" in html
+  for src in re.findall(r'src="([^"]+)"', html):
+    _is_png(report_dir / src)
+  with pytest.raises(ValueError, match="pass --split"):
+    commands.report(commands.load(_config("mlar"), str(workdir), "val"), [0])

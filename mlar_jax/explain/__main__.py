@@ -1,7 +1,7 @@
 """`python -m mlar_jax.explain SUBCOMMAND --config CONFIG --workdir DIR [...]`.
 
 Subcommands (each restores the latest checkpoint of DIR that restores, or
-`--step`, and writes into DIR/explain/):
+`--step`, and writes into DIR/explain/, the report into DIR/report/):
   mcam            multi-label CAM with region separation (M-MiT 5.1), one
                   PNG per video: mcam/SPLIT_ID.png.
   activity-maps   MLAR section 7 activity maps (MLAR head): a PNG grid
@@ -12,6 +12,9 @@ Subcommands (each restores the latest checkpoint of DIR that restores, or
   localise        pointing game and mask IoU of the maps against the
                   scenes ground truth, with a random baseline, over every
                   evaluation view: localisation_SPLIT.json and a table.
+  report          the last evaluation's report (eval_results.json,
+                  predictions.txt) into DIR/report/, with the MLAR head's
+                  learned correlation averaged over --num videos' clips.
 
 `--config` is the training run's, with the same syntax and overrides as
 `mlar_jax.main` (e.g. `configs/scenes.py:runlocal`, `--config.seed=1`).
@@ -26,7 +29,7 @@ from ml_collections import config_flags
 from mlar_jax import checkpointing, cli
 from mlar_jax.explain import commands
 
-SUBCOMMANDS = ("mcam", "activity-maps", "observations", "localise")
+SUBCOMMANDS = ("mcam", "activity-maps", "observations", "localise", "report")
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "The run's config file.", lock_config=True)
@@ -71,6 +74,8 @@ def main(argv):
       )
     elif command == "observations":
       paths = commands.observations(ex, positions, index=FLAGS.index)
+    elif command == "report":
+      paths = [commands.report(ex, positions)]
     else:
       results = commands.localise(
         ex,

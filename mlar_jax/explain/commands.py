@@ -24,6 +24,7 @@ from etils import epath
 from mlar_jax import checkpointing
 from mlar_jax.data import base, pipeline, sampling, transforms
 from mlar_jax.explain import cam, localisation, plots
+from mlar_jax.explain import report as report_lib
 from mlar_jax.models import registry as models
 
 Variables = dict[str, Any]
@@ -366,3 +367,39 @@ def localisation_table(results: dict[str, Any]) -> str:
   for kind, s in results["maps"].items():
     lines.append(f"| {kind} | {s['events']} | {s['pointing']:.3f} | {s['iou']:.3f} |")
   return "\n".join(lines)
+
+
+def report(ex: Explained, positions: Sequence[int]) -> str:
+  """The evaluation report (`report.write_report`) of the workdir's last
+  evaluation (`eval_results.json`, `predictions.txt`), into WORKDIR/report/,
+  with the MLAR head's learned correlation Attn_C averaged over the centre
+  clips of the videos at `positions`.
+
+  Returns:
+    The path of report.html.
+  """
+  results_path = os.path.join(ex.workdir, "eval_results.json")
+  if not os.path.exists(results_path):
+    raise FileNotFoundError(f"No {results_path}: evaluate first (mlar_jax.main --mode eval)")
+  with open(results_path) as f:
+    results = json.load(f)
+  if results["split"] != ex.source.split:
+    raise ValueError(f"the evaluation is of split {results['split']!r}: pass --split to match")
+  with open(os.path.join(ex.workdir, "predictions.txt")) as f:
+    rows = {line.split()[0]: [float(x) for x in line.split()[1:]] for line in f if line.strip()}
+  ids = ex.source.video_ids()
+  scores = np.array([rows.get(v, [-np.inf] * ex.source.num_classes) for v in ids])
+  mask = report_lib.head_mask(ex.variables["model_state"])
+  correlation = None
+  if ex.config.model.head == "mlar" and ex.config.model.mlar.use_correlation:
+    clips = [c for pos in positions for c in clips_of(ex, pos, picture_plan(ex.config))]
+    correlation = ex.run(clips).head["attn_corr"].mean(axis=0)
+  return report_lib.write_report(
+    os.path.join(ex.workdir, "report"),
+    results,
+    scores,
+    ex.source.label_matrix(),
+    ex.source.class_names,
+    mask=mask,
+    correlation=correlation,
+  )

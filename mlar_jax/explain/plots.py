@@ -187,3 +187,87 @@ def boxes_gif(
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
   return path
+
+
+# The evaluation report ---------------------------------------------------------
+
+
+def ap_bars(
+  path: str, names: Sequence[str], ap: np.ndarray, positive_rate: np.ndarray, title: str
+) -> str:
+  """Per-class AP, sorted, with each class's positive rate (the AP of a
+  constant score) beside it. Classes without a positive (NaN AP) are left
+  out and counted in the title.
+
+  Args:
+    path: the PNG to write.
+    names: [A] class names.
+    ap: [A] per-class AP (NaN: no positive).
+    positive_rate: [A] the fraction of positives per class.
+    title: the figure's title.
+  """
+  keep = np.flatnonzero(~np.isnan(ap))
+  order = keep[np.argsort(-ap[keep], kind="stable")]
+  fig, ax = plt.subplots(figsize=(max(4.0, 0.22 * len(order) + 1.5), 3.6))
+  x = np.arange(len(order))
+  ax.bar(x, ap[order], color="tab:blue", label="AP")
+  ax.plot(x, positive_rate[order], "k_", ms=8, mew=1.5, label="positive rate (constant score)")
+  ax.axhline(np.mean(ap[keep]) if len(keep) else 0.0, color="tab:red", lw=1, label="macro mAP")
+  ax.set_xticks(x, [names[i] for i in order], rotation=90, fontsize=7)
+  ax.set_ylim(0, 1)
+  ax.set_ylabel("average precision")
+  skipped = len(ap) - len(keep)
+  ax.set_title(title + (f" ({skipped} classes without positives left out)" if skipped else ""))
+  ax.legend(fontsize=7, loc="upper right")
+  return _save(fig, path)
+
+
+def pr_curves(path: str, curves: Sequence[tuple[str, np.ndarray, np.ndarray, float]], title) -> str:
+  """Precision-recall curves: (name, precision [K], recall [K], AP) each."""
+  fig, ax = plt.subplots(figsize=(5.0, 4.0))
+  for name, precision, recall, ap in curves:
+    # The precision of a threshold holds over the recall it adds: from the
+    # previous point's recall (0 first) to its own.
+    ax.step(
+      np.r_[0.0, recall], np.r_[precision[:1], precision], where="pre", marker=".", ms=3,
+      label=f"{name} (AP {ap:.3f})",
+    )  # fmt: skip
+  ax.set_xlim(0, 1)
+  ax.set_ylim(0, 1.02)
+  ax.set_xlabel("recall")
+  ax.set_ylabel("precision")
+  ax.set_title(title, fontsize=9)
+  ax.legend(fontsize=7, loc="lower left")
+  return _save(fig, path)
+
+
+def correlation_maps(
+  path: str, names: Sequence[str], maps: Sequence[tuple[str, np.ndarray]], title: str
+) -> str:
+  """[A, A] matrices side by side (rows: activity j, columns: activity k),
+  each (title, matrix)."""
+  a = len(names)
+  size = max(3.5, 0.16 * a + 1.5)
+  fig, axes = plt.subplots(1, len(maps), figsize=(size * len(maps), size), squeeze=False)
+  for ax, (label, m) in zip(axes[0], maps):
+    im = ax.imshow(m, cmap="magma", vmin=0, interpolation="nearest")
+    ax.set_title(label, fontsize=9)
+    ax.set_xticks(range(a), names, rotation=90, fontsize=6)
+    ax.set_yticks(range(a), names, fontsize=6)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+  fig.suptitle(title, fontsize=9)
+  return _save(fig, path)
+
+
+def rate_bars(path: str, per_rate: dict[str, dict], title: str) -> str:
+  """Macro mAP per subset of the evaluated rates (`eval_results.json`'s
+  "per_rate": {"2+4": {"views", "macro_map"}, ...})."""
+  keys = list(per_rate)
+  values = [per_rate[k]["macro_map"] or 0.0 for k in keys]
+  fig, ax = plt.subplots(figsize=(max(3.0, 0.6 * len(keys) + 1.5), 3.0))
+  ax.bar(range(len(keys)), values, color="tab:green")
+  ax.set_xticks(range(len(keys)), [f"{k}\n{per_rate[k]['views']} views" for k in keys], fontsize=7)
+  ax.set_xlabel("rates")
+  ax.set_ylabel("macro mAP")
+  ax.set_title(title, fontsize=9)
+  return _save(fig, path)
