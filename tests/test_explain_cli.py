@@ -164,3 +164,27 @@ def test_evaluation_writes_the_report_and_the_command_adds_the_learned_correlati
     _is_png(report_dir / src)
   with pytest.raises(ValueError, match="pass --split"):
     commands.report(commands.load(_config("mlar"), str(workdir), "val"), [0])
+
+
+def test_dissect_a_trained_model_over_a_scenes_broden_export(workdir, tmp_path):
+  out = tmp_path / "broden"
+  scenes.export_broden(
+    str(out), seed=0, num_train=0, num_test=2, resolution=16, min_frames=64, max_frames=64
+  )
+  ex = commands.load(_config("mlar"), str(workdir), "test")
+  layers = ["backbone/res3_block0", "backbone"]
+  results = commands.dissect_layers(ex, str(out), layers)
+  # 2 videos x 16 images (every 4th of 64 frames), in clips of 4.
+  assert results["images"] == 32
+  assert list(results["layers"]) == layers
+  dissect_dir = workdir / "explain" / "dissect"
+  widths = {"backbone/res3_block0": 32, "backbone": 64}
+  for layer, s in results["layers"].items():
+    assert set(s) == {"all", "without_action"} and s["all"]["of_units"] == widths[layer]
+    assert set(s["all"]["per_category"]) == {"object", "color", "texture", "action"}
+    lines = (dissect_dir / f"{layer.replace('/', '.')}.csv").read_text().splitlines()
+    assert lines[0] == "unit,category,label,iou,interpretable" and len(lines) == 1 + widths[layer]
+  assert json.loads((dissect_dir / "summary.json").read_text())["layers"] == results["layers"]
+  _is_png(dissect_dir / "blocks.png")
+  table = commands.dissection_table(results).splitlines()
+  assert len(table) == 2 + len(layers)

@@ -12,6 +12,11 @@ Subcommands (each restores the latest checkpoint of DIR that restores, or
   localise        pointing game and mask IoU of the maps against the
                   scenes ground truth, with a random baseline, over every
                   evaluation view: localisation_SPLIT.json and a table.
+  dissect         network dissection (M-MiT 5.2, 7.2) of `--layers` over a
+                  Broden folder (`--broden`, e.g. from `python -m
+                  mlar_jax.data.scenes export --format broden`): per unit
+                  its concept and IoU, Table 5 and per-layer counts in
+                  dissect/.
   report          the last evaluation's report (eval_results.json,
                   predictions.txt) into DIR/report/, with the MLAR head's
                   learned correlation averaged over --num videos' clips.
@@ -29,7 +34,7 @@ from ml_collections import config_flags
 from mlar_jax import checkpointing, cli
 from mlar_jax.explain import commands
 
-SUBCOMMANDS = ("mcam", "activity-maps", "observations", "localise", "report")
+SUBCOMMANDS = ("mcam", "activity-maps", "observations", "localise", "report", "dissect")
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "The run's config file.", lock_config=True)
@@ -46,6 +51,10 @@ flags.DEFINE_float("active_threshold", 0.5, "Region separation: a pixel is activ
 flags.DEFINE_enum("classes", "present", ["present", "predicted"], "activity-maps: which.")
 flags.DEFINE_integer("index", 0, "observations: the observation shown.")
 flags.DEFINE_integer("seed", 0, "localise: the random baseline's seed.")
+flags.DEFINE_string("broden", None, "dissect: a Broden folder (scenes export --format broden).")
+flags.DEFINE_list("layers", ["backbone"], "dissect: module paths, e.g. backbone/res3_block0.")
+flags.DEFINE_float("quantile", 0.005, "dissect: the top quantile of a unit's activations.")
+flags.DEFINE_float("iou_threshold", 0.04, "dissect: IoU above which a unit is interpretable.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -76,6 +85,18 @@ def main(argv):
       paths = commands.observations(ex, positions, index=FLAGS.index)
     elif command == "report":
       paths = [commands.report(ex, positions)]
+    elif command == "dissect":
+      if not FLAGS.broden:
+        raise ValueError("give --broden DIR")
+      results = commands.dissect_layers(
+        ex,
+        FLAGS.broden,
+        FLAGS.layers,
+        quantile=FLAGS.quantile,
+        iou_threshold=FLAGS.iou_threshold,
+      )
+      print(commands.dissection_table(results))
+      paths = [f"{ex.out_dir}/dissect/summary.json"]
     else:
       results = commands.localise(
         ex,

@@ -75,19 +75,31 @@ def _backbone_call(module: nn.Module, method: str) -> bool:
   return module.path == ("backbone",) and method == "__call__"
 
 
+def apply_capturing(
+  model: nn.Module,
+  variables: Variables,
+  video: jax.Array,
+  wanted: Callable[[nn.Module, str], bool],
+) -> tuple[dict[str, jax.Array], dict[str, Any]]:
+  """`model.apply` in eval mode, as evaluation calls it, also returning the
+  "intermediates" collection: what the modules sow, and the outputs of the
+  (module, method) pairs `wanted` selects (flax `capture_intermediates`)."""
+  outputs, state = model.apply(
+    {"params": variables["params"], **variables["model_state"]},
+    video,
+    train=False,
+    capture_intermediates=wanted,
+    mutable=["intermediates"],
+  )
+  return outputs, state["intermediates"]
+
+
 def forward_fn(model: nn.Module) -> Callable[[Variables, jax.Array], Forward]:
   """`forward` of `model` with the model's pass jitted once: for many clips."""
 
   @jax.jit
   def run(variables, video):
-    outputs, state = model.apply(
-      {"params": variables["params"], **variables["model_state"]},
-      video,
-      train=False,
-      capture_intermediates=_backbone_call,
-      mutable=["intermediates"],
-    )
-    inter = state["intermediates"]
+    outputs, inter = apply_capturing(model, variables, video, _backbone_call)
     (features,) = inter["backbone"]["__call__"]
     head = {k: v[0] for k, v in inter.get("head", {}).items()}
     return outputs, features["map"], features["pooled"], head

@@ -22,8 +22,8 @@ from absl import logging
 from etils import epath
 
 from mlar_jax import checkpointing
-from mlar_jax.data import base, pipeline, sampling, transforms
-from mlar_jax.explain import cam, localisation, plots
+from mlar_jax.data import base, broden, pipeline, sampling, transforms
+from mlar_jax.explain import cam, dissect, localisation, plots
 from mlar_jax.explain import report as report_lib
 from mlar_jax.models import registry as models
 
@@ -68,6 +68,7 @@ class Explained:
     workdir: where `explain/` goes.
     step: the checkpoint's step.
     variables: the model's variables.
+    model: the classifier.
     forward: (variables, normalised video [B, T, S, S, 3]) -> `cam.Forward`.
     source: the split's videos.
     extras: the ground truth read with each clip.
@@ -77,6 +78,7 @@ class Explained:
   workdir: str
   step: int
   variables: Variables
+  model: Any
   forward: Callable[[Variables, Any], cam.Forward]
   source: base.VideoSource
   extras: pipeline.Extras
@@ -106,6 +108,7 @@ def load(config: ml_collections.ConfigDict, workdir: str, split: str, step: int 
     workdir,
     step,
     variables,
+    model,
     cam.forward_fn(model),
     source,
     pipeline.Extras(names, config.data.max_actors, 0),
@@ -403,3 +406,91 @@ def report(ex: Explained, positions: Sequence[int]) -> str:
     mask=mask,
     correlation=correlation,
   )
+
+
+def dissect_layers(
+  ex: Explained,
+  broden_dir: str,
+  layers: Sequence[str],
+  *,
+  quantile: float = 0.005,
+  iou_threshold: float = 0.04,
+  batch_size: int = 16,
+) -> dict[str, Any]:
+  """Network dissection (`dissect`) of `layers` over a Broden folder: every
+  clip of its videos (`dissect.clips`) in the evaluation view. Writes
+  `explain/dissect/LAYER.csv` (per unit: its concept, category, IoU and
+  whether it is interpretable), `explain/dissect/summary.json` (Table 5 per
+  layer) and `explain/dissect/blocks.png` (interpretable units per category
+  and layer, M-MiT Figure 7).
+
+  Returns:
+    {layer: `dissect.summary`}.
+  """
+  data = broden.read(broden_dir)
+  cfg = ex.config.data
+  run = dissect.layer_fn(ex.model, layers)
+  acts: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}
+  segs: list[dict[str, np.ndarray]] = []
+  all_clips = list(dissect.clips(data, cfg.num_frames))
+  if not all_clips:
+    raise ValueError(f"{broden_dir} has no video folder of {cfg.num_frames} images")
+  for start in range(0, len(all_clips), batch_size):
+    videos = []
+    for rows in all_clips[start : start + batch_size]:
+      frames = np.stack([data.image(i) for i in rows])
+      crop = transforms.eval_crop(
+        *frames.shape[1:3], short_side=cfg.eval_short_side, crop_size=cfg.crop_size
+      )
+      videos.append(transforms.crop_frames(frames, crop))
+      for i in rows:
+        segs.append(
+          {c: transforms.crop_masks(m[None], crop)[0] for c, m in data.segmentation(i).items()}
+        )
+    out = jax.device_get(
+      run(ex.variables, transforms.normalize(np.stack(videos), cfg.mean, cfg.std))
+    )
+    for layer in layers:
+      acts[layer].extend(dissect.frame_activations(a, cfg.num_frames) for a in out[layer])
+  out_dir = os.path.join(ex.out_dir, "dissect")
+  os.makedirs(out_dir, exist_ok=True)
+  summaries = {}
+  for layer in layers:
+    d = dissect.dissect(layer, np.concatenate(acts[layer]), segs, data, quantile=quantile)
+    rows = dissect.units(d, iou_threshold)
+    with open(os.path.join(out_dir, f"{layer.replace('/', '.')}.csv"), "w") as f:
+      f.write("unit,category,label,iou,interpretable\n")
+      f.writelines(
+        f"{r['unit']},{r['category']},{r['label']},{r['iou']:.4f},{int(r['interpretable'])}\n"
+        for r in rows
+      )
+    summaries[layer] = dissect.summary(d, iou_threshold)
+  results = {
+    "step": ex.step,
+    "broden": broden_dir,
+    "images": len(segs),
+    "quantile": quantile,
+    "iou_threshold": iou_threshold,
+    "layers": summaries,
+  }
+  with open(os.path.join(out_dir, "summary.json"), "w") as f:
+    f.write(json.dumps(results, indent=2) + "\n")
+  plots.block_counts(
+    os.path.join(out_dir, "blocks.png"),
+    {layer: s["all"]["per_category"] for layer, s in summaries.items()},
+    f"step {ex.step}: interpretable units (IoU > {iou_threshold}) per layer",
+  )
+  return results
+
+
+def dissection_table(results: dict[str, Any]) -> str:
+  """`dissect_layers`'s results as Markdown (Table 5 per layer)."""
+  lines = ["| layer | concepts | interpretable units | without action: concepts | units |"]
+  lines.append("| --- | ---: | ---: | ---: | ---: |")
+  for layer, s in results["layers"].items():
+    w = s.get("without_action", {"concepts": "-", "units": "-"})
+    lines.append(
+      f"| {layer} | {s['all']['concepts']} | {s['all']['units']}/{s['all']['of_units']} "
+      f"| {w['concepts']} | {w['units']} |"
+    )
+  return "\n".join(lines)

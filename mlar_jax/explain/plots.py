@@ -271,3 +271,20 @@ def rate_bars(path: str, per_rate: dict[str, dict], title: str) -> str:
   ax.set_ylabel("macro mAP")
   ax.set_title(title, fontsize=9)
   return _save(fig, path)
+
+
+def block_counts(path: str, counts: dict[str, dict[str, dict[str, int]]], title: str) -> str:
+  """M-MiT Figure 7: interpretable units per category, one group of bars
+  per layer ({layer: {category: {"units", "concepts"}}})."""
+  layers = list(counts)
+  cats = list(next(iter(counts.values()))) if counts else []
+  fig, ax = plt.subplots(figsize=(max(3.5, 1.2 * len(layers) + 1.5), 3.0))
+  width = 0.8 / max(len(cats), 1)
+  for i, cat in enumerate(cats):
+    x = np.arange(len(layers)) + (i - (len(cats) - 1) / 2) * width
+    ax.bar(x, [counts[layer][cat]["units"] for layer in layers], width, label=cat)
+  ax.set_xticks(range(len(layers)), layers, fontsize=7)
+  ax.set_ylabel("interpretable units")
+  ax.set_title(title, fontsize=9)
+  ax.legend(fontsize=7)
+  return _save(fig, path)
