@@ -116,6 +116,8 @@ def test_activity_maps_and_observations(workdir):
     commands.observations(ex, [0], index=ex.config.model.mlar.num_observations)
   with pytest.raises(ValueError, match="not in the split"):
     commands.video_positions(ex.source, "nope", 0)
+  top = commands.unit_classes(ex, 5, top=3)
+  assert len(top) == 3 and top[0][1] >= top[1][1] >= top[2][1]
 
 
 def test_linear_head_mcam(linear_workdir):
@@ -126,6 +128,13 @@ def test_linear_head_mcam(linear_workdir):
   _is_png(path)
   with pytest.raises(ValueError, match="activity-maps needs the MLAR head"):
     commands.activity_maps(ex, [0])
+  # A unit alone, biases off: the linear head's logits are its kernel's row.
+  kernel = np.asarray(ex.variables["params"]["head"]["classifier"]["kernel"])
+  got = commands.unit_classes(ex, 3, top=4)
+  assert [n for n, _ in got] == [ex.source.class_names[c] for c in np.argsort(-kernel[3])[:4]]
+  np.testing.assert_allclose([v for _, v in got], np.sort(kernel[3])[::-1][:4], rtol=1e-5)
+  with pytest.raises(ValueError, match="has 64 units"):
+    commands.unit_classes(ex, 64)
 
 
 @pytest.mark.parametrize("head", ["mlar", "linear"])

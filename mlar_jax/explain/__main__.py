@@ -17,6 +17,8 @@ Subcommands (each restores the latest checkpoint of DIR that restores, or
                   mlar_jax.data.scenes export --format broden`): per unit
                   its concept and IoU, Table 5 and per-layer counts in
                   dissect/.
+  unit-classes    the --top classes unit --unit of the backbone's last map
+                  drives most when it alone is active (M-MiT 7.2.2); printed.
   report          the last evaluation's report (eval_results.json,
                   predictions.txt) into DIR/report/, with the MLAR head's
                   learned correlation averaged over --num videos' clips.
@@ -34,7 +36,15 @@ from ml_collections import config_flags
 from mlar_jax import checkpointing, cli
 from mlar_jax.explain import commands
 
-SUBCOMMANDS = ("mcam", "activity-maps", "observations", "localise", "report", "dissect")
+SUBCOMMANDS = (
+  "mcam",
+  "activity-maps",
+  "observations",
+  "localise",
+  "report",
+  "dissect",
+  "unit-classes",
+)
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "The run's config file.", lock_config=True)
@@ -55,6 +65,8 @@ flags.DEFINE_string("broden", None, "dissect: a Broden folder (scenes export --f
 flags.DEFINE_list("layers", ["backbone"], "dissect: module paths, e.g. backbone/res3_block0.")
 flags.DEFINE_float("quantile", 0.005, "dissect: the top quantile of a unit's activations.")
 flags.DEFINE_float("iou_threshold", 0.04, "dissect: IoU above which a unit is interpretable.")
+flags.DEFINE_integer("unit", 0, "unit-classes: a unit of the backbone's last feature map.")
+flags.DEFINE_integer("top", 5, "unit-classes: how many classes.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -85,6 +97,10 @@ def main(argv):
       paths = commands.observations(ex, positions, index=FLAGS.index)
     elif command == "report":
       paths = [commands.report(ex, positions)]
+    elif command == "unit-classes":
+      for name, logit in commands.unit_classes(ex, FLAGS.unit, FLAGS.top):
+        print(f"{name} {logit:.4f}")
+      paths = []
     elif command == "dissect":
       if not FLAGS.broden:
         raise ValueError("give --broden DIR")

@@ -494,3 +494,34 @@ def dissection_table(results: dict[str, Any]) -> str:
       f"| {w['concepts']} | {w['units']} |"
     )
   return "\n".join(lines)
+
+
+def unit_classes(ex: Explained, unit: int, top: int = 5) -> list[tuple[str, float]]:
+  """M-MiT section 7.2.2: the classes a unit of the backbone's last feature
+  map drives most when it alone is active. The head reads a map whose unit
+  `unit` is 1 at every position and every other unit 0, with its output
+  biases set to 0 (the linear head's logits are then its classifier's row
+  `unit`); classes are ranked by the head's `cam.DEFAULT_OUTPUT` logit.
+
+  Returns:
+    The `top` (class name, logit) pairs, highest first.
+  """
+  (clip,) = clips_of(ex, 0, picture_plan(ex.config))
+  shape = ex.run([clip]).fmap.shape  # [1, T', h, w, C]
+  if not 0 <= unit < shape[-1]:
+    raise ValueError(f"--unit {unit}: the backbone's last feature map has {shape[-1]} units")
+  fmap = np.zeros(shape, np.float32)
+  fmap[..., unit] = 1.0
+  params = jax.tree_util.tree_map_with_path(
+    lambda path, x: np.zeros_like(x) if "bias" in jax.tree_util.keystr(path) else x,
+    ex.variables["params"]["head"],
+  )
+  state = {k: v["head"] for k, v in ex.variables["model_state"].items() if "head" in v}
+  outputs = ex.model.head.apply(
+    {"params": params, **state}, {"map": fmap, "pooled": fmap.mean(axis=(1, 2, 3))}, train=False
+  )
+  head = ex.config.model.head
+  output = cam.DEFAULT_OUTPUT.get(head, "logits")
+  logits = np.asarray(outputs[output if output in outputs else "logits"][0])
+  order = np.argsort(-logits, kind="stable")[:top]
+  return [(ex.source.class_names[c], float(logits[c])) for c in order]
