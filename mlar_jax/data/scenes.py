@@ -120,7 +120,9 @@ Export: `python -m mlar_jax.data.scenes export --format charades --out DIR`
 writes the train and test splits as a Charades folder (class file, CSVs, one
 H.264 mp4 per video with its AAC sound track; `export_charades`), which
 `config.data.name=charades` with `config.data.charades.root=DIR` reads like
-the real dataset.
+the real dataset. `--format broden` writes the test split's frames (every
+BRODEN_FRAME_STEP-th) with their concept masks as a Broden folder
+(`export_broden`, `data/broden.py`) for `python -m mlar_jax.explain dissect`.
 """
 
 from __future__ import annotations
@@ -1061,7 +1063,7 @@ EXPORT_SETTINGS = ("seed", "num_train", "num_test", "resolution", "min_frames", 
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  """`python -m mlar_jax.data.scenes export --format charades --out DIR`."""
+  """`python -m mlar_jax.data.scenes export --format charades|broden --out DIR`."""
   defaults = config_lib.data_config().scenes
   parser = argparse.ArgumentParser(
     prog="python -m mlar_jax.data.scenes", description="The scenes dataset as files."
