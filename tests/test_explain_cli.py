@@ -126,6 +126,8 @@ def test_linear_head_mcam(linear_workdir):
   (path,) = commands.mcam(ex, [0], score_threshold=0.0)
   assert path == str(wd / "explain" / "mcam" / "val_val000000.png")
   _is_png(path)
+  with pytest.raises(ValueError, match="--output 'logits_activity' is not one of"):
+    commands.mcam(ex, [0], output="logits_activity")
   with pytest.raises(ValueError, match="activity-maps needs the MLAR head"):
     commands.activity_maps(ex, [0])
   # A unit alone, biases off: the linear head's logits are its kernel's row.

@@ -189,14 +189,16 @@ def mcam(
     The paths written.
   """
   head = ex.config.model.head
-  output = output or cam.DEFAULT_OUTPUT.get(head, "logits")
   names = ex.source.class_names
   paths = []
   for pos in positions:
     (clip,) = clips_of(ex, pos, picture_plan(ex.config))
     fwd = ex.run([clip])
+    if output is None:
+      default = cam.DEFAULT_OUTPUT.get(head, "logits")
+      output = default if default in fwd.outputs else "logits"
     if output not in fwd.outputs:
-      output = "logits"
+      raise ValueError(f"--output {output!r} is not one of the model's {sorted(fwd.outputs)}")
     scores = jax.nn.sigmoid(fwd.outputs[output][0])
     classes = predicted(np.asarray(scores), score_threshold)
     maps = _frame_maps(cam.class_maps(head, fwd, ex.variables, output)[0, classes], clip)
