@@ -171,7 +171,9 @@ def test_the_export_command(tmp_path, capsys):
   small += ["--max_frames=64", f"--out={out}"]
   bad = _command("export", "--format", "mmit", *small)
   assert bad.returncode == 2 and not out.exists()
-  assert re.search(r"--format: invalid choice: 'mmit' \(choose from '?charades'?\)", bad.stderr)
+  assert re.search(
+    r"--format: invalid choice: 'mmit' \(choose from '?broden'?, '?charades'?\)", bad.stderr
+  )
   done = _command("export", "--format", "charades", *small)
   assert done.returncode == 0, done.stderr
   assert re.fullmatch(
