@@ -219,14 +219,14 @@ class Evaluator:
       # imported here so that matplotlib stays off the training imports.
       from mlar_jax.explain import report
 
-      report.write_report(
-        os.path.join(self.workdir, "report"),
+      report.after_evaluation(
+        self.workdir,
         results,
         scores,
         source.label_matrix(),
         self.class_names,
-        mask=report.head_mask(state.model_state),
-        writer=self.writer,
+        state.model_state,
+        self.writer,
       )
     return results
 

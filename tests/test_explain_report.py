@@ -51,8 +51,11 @@ def test_report_files_exist_and_the_html_references_only_them(tmp_path, mlar):
   labels[:, 0] = False  # a class without positives
   scores = rng.random((30, 6))
   one_rate = {"4": {"views": 4, "macro_map": 0.25}}
-  rates = {"2": {"views": 2, "macro_map": 0.2}, "4": {"views": 2, "macro_map": 0.22}, "2+4": {
-    "views": 4, "macro_map": 0.25}}  # fmt: skip
+  rates = {
+    "2": {"views": 2, "macro_map": 0.2},
+    "4": {"views": 2, "macro_map": 0.22},
+    "2+4": {"views": 4, "macro_map": 0.25},
+  }
 
   class Writer:
     def __init__(self):
@@ -94,3 +97,16 @@ def test_head_mask_reads_the_mlar_constants_only():
   assert report.head_mask({"batch_stats": {}}) is None
   mask = report.head_mask({"constants": {"head": {"correlation_mask": np.eye(3)}}})
   np.testing.assert_array_equal(mask, np.eye(3, dtype=np.float32))
+
+
+def test_after_evaluation_logs_a_failure_instead_of_raising(tmp_path):
+  names = ["a", "b"]
+  labels = np.array([[1, 0], [0, 1]])
+  results = _results(names, {"4": {"views": 1, "macro_map": 0.5}})
+  path = report.after_evaluation(str(tmp_path), results, np.eye(2), labels, names, {})
+  assert path == str(tmp_path / "report" / "report.html")
+  (tmp_path / "blocked").write_text("a file where the report folder should go")
+  assert (
+    report.after_evaluation(str(tmp_path / "blocked"), results, np.eye(2), labels, names, {})
+    is None
+  )

@@ -96,9 +96,15 @@ def _label_regions(ax, owner: np.ndarray, combined: np.ndarray, names, classes) 
     ys, xs = np.nonzero((owner == i) & (combined >= 0.5))
     if len(ys):
       ax.text(
-        xs.mean(), ys.mean(), name, fontsize=6, color="white", ha="center", va="center",
+        xs.mean(),
+        ys.mean(),
+        name,
+        fontsize=6,
+        color="white",
+        ha="center",
+        va="center",
         bbox=dict(boxstyle="round,pad=0.1", fc=class_color(c), alpha=0.8, lw=0),
-      )  # fmt: skip
+      )
 
 
 def mcam_grid(
@@ -229,9 +235,13 @@ def pr_curves(path: str, curves: Sequence[tuple[str, np.ndarray, np.ndarray, flo
     # The precision of a threshold holds over the recall it adds: from the
     # previous point's recall (0 first) to its own.
     ax.step(
-      np.r_[0.0, recall], np.r_[precision[:1], precision], where="pre", marker=".", ms=3,
+      np.r_[0.0, recall],
+      np.r_[precision[:1], precision],
+      where="pre",
+      marker=".",
+      ms=3,
       label=f"{name} (AP {ap:.3f})",
-    )  # fmt: skip
+    )
   ax.set_xlim(0, 1)
   ax.set_ylim(0, 1.02)
   ax.set_xlabel("recall")

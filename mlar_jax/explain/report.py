@@ -15,6 +15,7 @@ import os
 from typing import Any, Sequence
 
 import numpy as np
+from absl import logging
 from PIL import Image
 
 from mlar_jax.explain import plots
@@ -182,3 +183,35 @@ def write_report(
   with open(path, "w", encoding="utf-8") as f:
     f.write(_html(results, images))
   return path
+
+
+def after_evaluation(
+  workdir: str,
+  results: dict[str, Any],
+  scores: np.ndarray,
+  labels: np.ndarray,
+  class_names: Sequence[str],
+  model_state: Any,
+  writer: Any = None,
+) -> str | None:
+  """`write_report` into WORKDIR/report/, as `evaluate.Evaluator.run` calls
+  it once the results are written: with the MLAR mask of `model_state`
+  (`head_mask`), and a failure logged rather than raised (the results
+  already on disk matter more than their pictures).
+
+  Returns:
+    The path of report.html, or None when it could not be written.
+  """
+  try:
+    return write_report(
+      os.path.join(os.fspath(workdir), "report"),
+      results,
+      scores,
+      labels,
+      class_names,
+      mask=head_mask(model_state),
+      writer=writer,
+    )
+  except Exception as e:  # noqa: BLE001  (matplotlib, PIL and the file system raise many kinds)
+    logging.warning("The evaluation report could not be written: %s: %s", type(e).__name__, e)
+    return None
