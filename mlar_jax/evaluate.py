@@ -236,6 +236,20 @@ class Evaluator:
       results["results_file"] = os.fspath(path)
       path.write_text(json.dumps(results, indent=2) + "\n")
       logging.info("Wrote %s", path)
+      # The report a person reads (plots, report.html; explain/report.py),
+      # imported here so that matplotlib stays off the training imports.
+      from mlar_jax.explain import report
+
+      report.after_evaluation(
+        self.workdir,
+        results,
+        scores,
+        source.label_matrix(),
+        self.class_names,
+        state.model_state,
+        self.writer,
+        name=f"report_{name}" if name else "report",
+      )
     return results
 
   def _results(

@@ -122,7 +122,10 @@ H.264 mp4 per video with its AAC sound track; `export_charades`), which
 `config.data.name=charades` with `config.data.charades.root=DIR` reads like
 the real dataset. `--format ava` writes them as an AVA folder (frame
 folders, keyframe box annotations, label map, exclusions, person boxes;
-`export_ava`) for `config.data.name=ava`.
+`export_ava`) for `config.data.name=ava`. `--format broden` writes the test
+split's frames (every BRODEN_FRAME_STEP-th) with their concept masks as a
+Broden folder (`export_broden`, `data/broden.py`) for `python -m
+mlar_jax.explain dissect`.
 """
 
 from __future__ import annotations
@@ -142,7 +145,7 @@ import tqdm
 from PIL import Image
 
 from mlar_jax import config_lib
-from mlar_jax.data import ava, base, video
+from mlar_jax.data import ava, base, broden, transforms, video
 from mlar_jax.data.synthetic import FPS
 
 PERSON = (
@@ -777,20 +780,9 @@ class SceneVideos(base.PlannedVideos):
     """
     plan = self.plan_of(record)
     body, _ = _actors(plan, _state(plan, np.asarray(indices)), self.resolution)
-    rows, cols = body.any(-1), body.any(-2)  # [N, F, H], [N, F, W]
-    h, w = rows.shape[-1], cols.shape[-1]
-    box = np.stack(
-      [
-        rows.argmax(-1),
-        cols.argmax(-1),
-        h - rows[..., ::-1].argmax(-1),
-        w - cols[..., ::-1].argmax(-1),
-      ],
-      axis=-1,
-    ) / np.array([h, w, h, w])
-    valid = rows.any(-1)
+    box, valid = transforms.region_boxes(body)  # [N, F, 4], [N, F]
     out = np.zeros((len(indices), MAX_ACTORS, 4), np.float32)
-    out[:, : plan.num_actors] = np.where(valid[..., None], box, 0.0).transpose(1, 0, 2)
+    out[:, : plan.num_actors] = box.transpose(1, 0, 2)
     out_valid = np.zeros((len(indices), MAX_ACTORS), bool)
     out_valid[:, : plan.num_actors] = valid.T
     return out, out_valid
@@ -1116,15 +1108,84 @@ def export_ava(
   return {"videos": total, "written": written, "kept": total - written}
 
 
+# Names of the colour ids of `concepts` (the palette, then white).
+COLOR_NAMES = ("red", "green", "blue", "yellow", "magenta", "cyan", "orange", "lime", "white")
+# Broden categories: (NetDissect's name, the `concepts` key, label names).
+BRODEN_CATEGORIES = (
+  ("object", "shape", SHAPES),
+  ("color", "color", COLOR_NAMES),
+  ("texture", "texture", TEXTURES),
+  ("action", "action", CLASS_NAMES),
+)
+# A Broden export keeps every BRODEN_FRAME_STEP-th frame: the rate the
+# scenes configs train at, so consecutive images make a clip.
+BRODEN_FRAME_STEP = 4
+
+
+def export_broden(
+  out_dir: str,
+  *,
+  seed: int,
+  num_train: int,
+  num_test: int,
+  resolution: int,
+  min_frames: int,
+  max_frames: int,
+  overwrite: bool = False,
+) -> dict[str, int]:
+  """Writes the "test" split as a Broden folder (`broden.write`) for network
+  dissection: every BRODEN_FRAME_STEP-th frame of each video as an image
+  `ID/fFRAME.png`, with its `concepts` as the categories object (the shape
+  seen), color, texture (the background's, where seen) and action (the class
+  an actor performs, on its visible pixels). A video's images, in name
+  order, are its frames at rate BRODEN_FRAME_STEP: `explain dissect` cuts
+  them into clips.
+
+  Args:
+    out_dir: the folder; one that holds files is refused unless `overwrite`.
+    seed, resolution, min_frames, max_frames: as `SceneVideos`.
+    num_train: unused (dissection needs no training images); kept for the
+      shared export settings.
+    num_test: videos exported.
+
+  Returns:
+    {"videos", "written", "kept"}: videos exported (all written).
+  """
+  del num_train
+  if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
+    raise FileExistsError(f"{out_dir} is not empty (pass --overwrite to write into it)")
+  src = SceneVideos(
+    "test",
+    seed=seed,
+    num_videos=num_test,
+    resolution=resolution,
+    min_frames=min_frames,
+    max_frames=max_frames,
+  )
+
+  def items():
+    for i in tqdm.trange(len(src), desc="broden", leave=False):
+      record = src[i]
+      idx = np.arange(0, record["num_frames"], BRODEN_FRAME_STEP)
+      frames = src.load_frames(record, idx)
+      concepts = src.concepts(record, idx)
+      for j, t in enumerate(idx):
+        masks = {cat: concepts[key][j] for cat, key, _ in BRODEN_CATEGORIES}
+        yield broden.Item(f"{record['id']}/f{t:04d}.png", "test", frames[j], masks)
+
+  broden.write(out_dir, items(), {cat: names for cat, _, names in BRODEN_CATEGORIES})
+  return {"videos": len(src), "written": len(src), "kept": 0}
+
+
 # Formats of `export --format`, each a function of (out_dir, **EXPORT_SETTINGS,
 # overwrite).
-EXPORTERS = {"charades": export_charades, "ava": export_ava}
+EXPORTERS = {"charades": export_charades, "ava": export_ava, "broden": export_broden}
 # The export's settings, whose defaults are `config.data.scenes`'s.
 EXPORT_SETTINGS = ("seed", "num_train", "num_test", "resolution", "min_frames", "max_frames")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  """`python -m mlar_jax.data.scenes export --format charades|ava --out DIR`."""
+  """`python -m mlar_jax.data.scenes export --format charades|ava|broden --out DIR`."""
   defaults = config_lib.data_config().scenes
   parser = argparse.ArgumentParser(
     prog="python -m mlar_jax.data.scenes", description="The scenes dataset as files."

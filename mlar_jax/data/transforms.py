@@ -201,6 +201,32 @@ def crop_boxes(boxes: np.ndarray, valid: np.ndarray, crop: Crop) -> tuple[np.nda
   return np.where(valid[..., None], out, 0.0).astype(np.float32), valid
 
 
+def region_boxes(region: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """The bounding box of each region's pixels.
+
+  Args:
+    region: bool [..., H, W].
+
+  Returns:
+    boxes: float32 [..., 4], [y1, x1, y2, x2] in [0, 1], the pixel-edge
+      bounds of the region; zeros where it is empty.
+    valid: bool [...], the region has pixels.
+  """
+  rows, cols = region.any(-1), region.any(-2)  # [..., H], [..., W]
+  h, w = rows.shape[-1], cols.shape[-1]
+  box = np.stack(
+    [
+      rows.argmax(-1),
+      cols.argmax(-1),
+      h - rows[..., ::-1].argmax(-1),
+      w - cols[..., ::-1].argmax(-1),
+    ],
+    axis=-1,
+  ) / np.array([h, w, h, w])
+  valid = rows.any(-1)
+  return np.where(valid[..., None], box, 0.0).astype(np.float32), valid
+
+
 def _nearest(start: int, size: int, length: int, resized: int) -> np.ndarray:
   """int [size], the pixel of a `length`-pixel axis under the centres of
   pixels start..start+size of its resize to `resized` pixels."""
