@@ -293,6 +293,29 @@ def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> tuple[list
   return refused, allowed
 
 
+def saved_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a training run saved in `WORKDIR/config.json`, locked, with
+  JSON lists back as tuples (as the config files write sequences)."""
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+      f"{path}: no saved config (a workdir of an older version): pass --config"
+    )
+
+  def tuples(value: Any) -> Any:
+    if isinstance(value, dict):
+      return {k: tuples(v) for k, v in value.items()}
+    return tuple(tuples(v) for v in value) if isinstance(value, list) else value
+
+  with open(path, encoding="utf-8") as f:
+    config = ml_collections.ConfigDict(tuples(json.load(f)))
+  config.lock()
+  return config
+
+
 def fail(key: str, value: Any, why: str):
   """Raises the ValueError of a bad config value: `config.KEY=VALUE: why`."""
   raise ValueError(f"config.{key}={value!r}: {why}")

@@ -82,10 +82,16 @@ def test_cli_writes_mcam_pictures_and_fails_in_one_line(workdir):
   assert paths == [str(wd / "explain" / "mcam" / f"test_test00000{i}.png") for i in range(2)]
   for path in paths:
     _is_png(path)
-  run = _explain("mcam", "--config", config, "--workdir", str(wd), "--step", "5")
+  # Without --config: the workdir's config.json, the same pictures.
+  first = [open(p, "rb").read() for p in paths]
+  again = _explain("mcam", "--workdir", str(wd), "--num", "2")
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert again.stdout.split() == paths
+  assert [open(p, "rb").read() for p in paths] == first
+  run = _explain("mcam", "--workdir", str(wd), "--step", "5")
   assert run.returncode == 1
   assert run.stderr.strip().splitlines()[-1] == (
-    f"mcam: No checkpoint 5 in {wd}/checkpoints; steps there: [3, 6]"
+    f"Error: No checkpoint 5 in {wd}/checkpoints; steps there: [3, 6]"
   )
 
 

@@ -23,17 +23,16 @@ Subcommands (each restores the latest checkpoint of DIR that restores, or
                   predictions.txt) into DIR/report/, with the MLAR head's
                   learned correlation averaged over --num videos' clips.
 
-`--config` is the training run's, with the same syntax and overrides as
-`mlar_jax.main` (e.g. `configs/scenes.py:runlocal`, `--config.seed=1`).
+The config is the training run's `WORKDIR/config.json`; `--config` (with the
+same syntax and overrides as `mlar_jax.main`, e.g. `configs/scenes.py:runlocal`)
+replaces it, for a workdir of an older version.
 Videos: `--videos ID,...` or the first `--num N` of `--split`.
 """
-
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from mlar_jax import checkpointing, cli
+from mlar_jax import cli, config_lib
 from mlar_jax.explain import commands
 
 SUBCOMMANDS = (
@@ -47,7 +46,9 @@ SUBCOMMANDS = (
 )
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "The run's config file.", lock_config=True)
+config_flags.DEFINE_config_file(
+  "config", None, "The run's config file (default: WORKDIR/config.json).", lock_config=True
+)
 flags.DEFINE_string("workdir", None, "The run's directory (checkpoints/; explain/ is written).")
 flags.DEFINE_integer("step", -1, "Checkpoint step (-1: the latest that restores).")
 flags.DEFINE_string("split", "test", "The split whose videos are explained.")
@@ -67,16 +68,18 @@ flags.DEFINE_float("quantile", 0.005, "dissect: the top quantile of a unit's act
 flags.DEFINE_float("iou_threshold", 0.04, "dissect: IoU above which a unit is interpretable.")
 flags.DEFINE_integer("unit", 0, "unit-classes: a unit of the backbone's last feature map.")
 flags.DEFINE_integer("top", 5, "unit-classes: how many classes.")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv):
   if len(argv) != 2 or argv[1] not in SUBCOMMANDS:
     raise app.UsageError(f"Give one subcommand of {SUBCOMMANDS}; got {argv[1:]}")
   command = argv[1]
-  cli.setup(FLAGS.config)
-  try:
-    ex = commands.load(FLAGS.config, FLAGS.workdir, FLAGS.split, FLAGS.step)
+  # A wrong workdir, step, video id or head: one line, not a traceback.
+  with cli.fatal_errors():
+    config = FLAGS.config or config_lib.saved_config(FLAGS.workdir)
+    cli.setup(config)
+    ex = commands.load(config, FLAGS.workdir, FLAGS.split, FLAGS.step)
     positions = commands.video_positions(ex.source, FLAGS.videos, FLAGS.num)
     separation = dict(
       distance_threshold=FLAGS.distance_threshold, active_threshold=FLAGS.active_threshold
@@ -124,9 +127,6 @@ def main(argv):
       )
       print(commands.localisation_table(results))
       paths = [f"{ex.out_dir}/localisation_{ex.source.split}.json"]
-  # A wrong workdir, step, video id or head: one line, not a traceback.
-  except (FileNotFoundError, ValueError, checkpointing.CheckpointError) as e:
-    sys.exit(f"{command}: {e}")
   for path in paths:
     print(path)
 
