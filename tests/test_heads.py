@@ -186,3 +186,46 @@ def test_mlar_head_plugs_onto_every_backbone_family(backbone):
   )
   out = jax.eval_shape(lambda v: model.apply(v, x, train=False), variables)
   assert out["logits"].shape == (2, 5) and out["logits_activity"].shape == (2, 5)
+
+
+def _entropy_loop(p):
+  return -sum(x * np.log(x) for x in p if x > 0)
+
+
+def test_attention_diagnostics_against_plain_loops():
+  a, k = 5, 4
+  head = heads.MLARHead(a, num_observations=k, groups=2, features=8, dropout_rate=0.0)
+  x = jax.random.normal(jax.random.key(0), (3, 2, 3, 3, 8))
+  variables = head.init(jax.random.key(1), {"map": x}, train=False)
+  _, inter = head.apply(variables, {"map": x}, train=False, mutable=["intermediates"])
+  # Nested as a whole model nests it (the head under "head").
+  got = {
+    k: float(v) for k, v in heads.attention_diagnostics({"head": inter["intermediates"]}).items()
+  }
+  obs = np.asarray(inter["intermediates"]["attn_obs"][0], np.float64).reshape(3, k, -1)
+  act = np.asarray(inter["intermediates"]["attn_activity"][0], np.float64)
+  h_obs = [_entropy_loop(obs[b, i]) for b in range(3) for i in range(k)]
+  h_act = [_entropy_loop(act[b, j]) for b in range(3) for j in range(a)]
+  used = act.mean(axis=(0, 1))
+  want = {
+    "attn_obs_entropy": np.mean(h_obs) / np.log(18),
+    "attn_obs_positions": np.mean(np.exp(h_obs)),
+    "attn_activity_entropy": np.mean(h_act) / np.log(k),
+    "attn_activity_observations": np.mean(np.exp(h_act)),
+    "observations_used": np.exp(_entropy_loop(used)),
+  }
+  assert got.keys() == want.keys()
+  for key in want:
+    np.testing.assert_allclose(got[key], want[key], rtol=1e-5, err_msg=key)
+  # The ends of the scale: uniform attention over 18 positions, one-hot.
+  uniform = {"attn_obs": (jnp.full((2, k, 2, 3, 3), 1 / 18),)}
+  d = heads.attention_diagnostics(uniform)
+  np.testing.assert_allclose([d["attn_obs_entropy"], d["attn_obs_positions"]], [1, 18], rtol=1e-5)
+  onehot = {"attn_activity": (jax.nn.one_hot(jnp.zeros((2, a), int), k),)}
+  d = heads.attention_diagnostics(onehot)
+  np.testing.assert_allclose(
+    [d["attn_activity_entropy"], d["attn_activity_observations"], d["observations_used"]],
+    [0, 1, 1],
+    atol=1e-6,
+  )
+  assert heads.attention_diagnostics({}) == {}

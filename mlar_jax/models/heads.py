@@ -12,7 +12,7 @@ same map with person boxes and returns logits [B, N, num_classes] per box.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -219,6 +219,58 @@ class MLARHead(nn.Module):
       wt = self.param(f"{name}_kernel", nn.initializers.normal(0.01), (a, d))
       logits = jnp.einsum("bad,ad->ba", x, wt)
     return logits + self.param(f"{name}_bias", nn.initializers.zeros, (a,))
+
+
+def _entropy(p: jnp.ndarray) -> jnp.ndarray:
+  """Shannon entropy (nats) over the last axis of probabilities `p`."""
+  return -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), axis=-1)
+
+
+def attention_diagnostics(intermediates: dict[str, Any]) -> dict[str, jnp.ndarray]:
+  """How spread the MLAR head's attentions are, from its sown maps: what
+  makes a collapsed (or never focused) head visible during training.
+
+  Args:
+    intermediates: the "intermediates" collection of an apply (any nesting;
+      the MLAR head's `attn_obs` [B, K, T, H, W] and `attn_activity` [B, A, K]
+      are found by name).
+
+  Returns:
+    Scalars (means over examples and observations / activities), empty
+    without an MLAR head:
+      attn_obs_entropy: entropy of Attn_O over positions / log(positions):
+        1 = uniform (the mean pooling), 0 = one position.
+      attn_obs_positions: exp(entropy): the positions effectively attended.
+      attn_activity_entropy: entropy of Attn_A over observations / log(K).
+      attn_activity_observations: exp(entropy): the observations each
+        activity effectively combines.
+      observations_used: exp(entropy of the mean of Attn_A over examples and
+        activities): how many of the K observations the head uses at all.
+  """
+  found: dict[str, jnp.ndarray] = {}
+
+  def visit(tree):
+    for key, value in tree.items():
+      if key in ("attn_obs", "attn_activity") and isinstance(value, tuple):
+        found[key] = value[0]
+      elif isinstance(value, dict) or hasattr(value, "items"):
+        visit(value)
+
+  visit(intermediates)
+  out = {}
+  if "attn_obs" in found:
+    x = found["attn_obs"]
+    p = x.reshape(x.shape[0], x.shape[1], -1).astype(jnp.float32)  # [B, K, P]
+    h = _entropy(p)
+    out["attn_obs_entropy"] = jnp.mean(h) / np.log(max(p.shape[-1], 2))
+    out["attn_obs_positions"] = jnp.mean(jnp.exp(h))
+  if "attn_activity" in found:
+    p = found["attn_activity"].astype(jnp.float32)  # [B, A, K]
+    h = _entropy(p)
+    out["attn_activity_entropy"] = jnp.mean(h) / np.log(max(p.shape[-1], 2))
+    out["attn_activity_observations"] = jnp.mean(jnp.exp(h))
+    out["observations_used"] = jnp.exp(_entropy(jnp.mean(p, axis=(0, 1))))
+  return out
 
 
 class ROIHead(nn.Module):
