@@ -191,6 +191,12 @@ def base_config() -> ml_collections.ConfigDict:
           "features": 128,
           "use_activity_specific": True,
           "use_correlation": True,
+          # Variants (heads.MLARHead): output layer shared | per_activity |
+          # tied; q_a's init std; how Mask enters Corr: add | normalised |
+          # scaled | signed. The defaults are the paper-literal head.
+          "output": "shared",
+          "query_init": 1.0,
+          "mask_mode": "add",
         },
       },
       "loss": {"name": "bce", "class_weights": "none"},

@@ -52,6 +52,13 @@ def test_parse_arg():
     config_lib.parse_arg("bogus", runlocal=False)
 
 
+def test_tied_outputs_need_the_activity_queries():
+  config = load_config("synthetic", "runlocal")
+  config.model.mlar.output, config.model.mlar.use_activity_specific = "tied", False
+  with pytest.raises(ValueError, match=r"model.mlar.output='tied': needs model.mlar.use_activity"):
+    validation.validate(config)
+
+
 @pytest.mark.parametrize(
   "key,value,message",
   [
@@ -84,6 +91,13 @@ def test_parse_arg():
     ("data.name", "kinetics", "config.data.name='kinetics': unknown; choose from ["),
     ("loss.class_weights", "log", "config.loss.class_weights='log': unknown"),
     ("model.mlar.features", 30, "config.model.mlar.features=30: must be divisible"),
+    (
+      "model.mlar.output",
+      "dense",
+      "config.model.mlar.output='dense': unknown; choose from ['per_activity', 'shared', 'tied']",
+    ),
+    ("model.mlar.mask_mode", "mul", "config.model.mlar.mask_mode='mul': unknown; choose from"),
+    ("model.mlar.query_init", 0.0, "config.model.mlar.query_init=0.0: must be > 0"),
     (
       "model.res5_spatial_stride",
       4,

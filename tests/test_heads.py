@@ -24,8 +24,9 @@ def _dense(grouped_kernel):
   return block_diag(*np.asarray(grouped_kernel, np.float64))
 
 
-def literal_mlar(params, mask, features):
-  """Eqs. 2-13 written as in the paper, one observation and activity at a time."""
+def literal_mlar(params, mask, features, output="shared", mask_mode="add"):
+  """Eqs. 2-13 written as in the paper, one observation and activity at a time
+  (with issue 19's output and mask variants)."""
   b, t, h, w, c = features.shape
   ff = np.asarray(features, np.float64).reshape(b, t * h * w, c)
   k = params["obs_alpha"].shape[0]
@@ -45,11 +46,28 @@ def literal_mlar(params, mask, features):
     f_a = np.stack([_softmax(keys @ q * scale) @ obs for q in params["activity_queries"]])
     qc = f_a @ _dense(params["corr_beta"]["kernel"])
     kc = f_a @ _dense(params["corr_gamma"]["kernel"])
-    corr = _softmax(qc @ kc.T * scale) + mask  # eq. 9
+    prior = np.array(mask, np.float64)
+    for j in range(len(prior)):
+      if mask_mode == "normalised":
+        prior[j] = prior[j] / prior[j].sum()
+      elif mask_mode == "scaled":
+        prior[j] = params["mask_scale"][j] * prior[j]
+      elif mask_mode == "signed":
+        prior[j] = prior[j] + params["mask_correction"][j]
+    corr = _softmax(qc @ kc.T * scale) + prior  # eq. 9
     f_ac = corr @ f_a  # eq. 8
-    out_act.append(f_a @ params["out_activity_kernel"] + params["out_activity_bias"])
-    out.append(f_ac @ params["out_corr_kernel"] + params["out_corr_bias"])
-  return np.stack(out), np.stack(out_act)
+    for name, feats, logits in (("out_activity", f_a, out_act), ("out_corr", f_ac, out)):
+      row = []
+      for j in range(len(feats)):
+        if output == "shared":
+          w = params[f"{name}_kernel"]
+        elif output == "per_activity":
+          w = params[f"{name}_kernel"][j]
+        else:  # tied: the activity's own query
+          w = params["activity_queries"][j] * params[f"{name}_scale"] * scale
+        row.append(feats[j] @ w + params[f"{name}_bias"][j])
+      logits.append(row)
+  return np.array(out), np.array(out_act)
 
 
 def test_matches_the_literal_equations():
@@ -229,3 +247,39 @@ def test_attention_diagnostics_against_plain_loops():
     atol=1e-6,
   )
   assert heads.attention_diagnostics({}) == {}
+
+
+@pytest.mark.parametrize(
+  "output,mask_mode",
+  [("per_activity", "add"), ("tied", "add"), ("shared", "normalised"), ("shared", "scaled"),
+   ("per_activity", "signed")],
+)  # fmt: skip
+def test_variants_match_the_literal_equations(output, mask_mode):
+  a, c = 5, 16
+  labels = np.random.default_rng(1).random((40, a)) < 0.4
+  mask = heads.correlation_mask(labels.T.astype(int) @ labels.astype(int))
+  head = heads.MLARHead(
+    a,
+    num_observations=3,
+    groups=4,
+    features=8,
+    mask_init=nn.initializers.constant(mask),
+    output=output,
+    mask_mode=mask_mode,
+    query_init=0.02,
+  )
+  x = jax.random.normal(jax.random.key(0), (2, 2, 3, 3, c))
+  variables = head.init(jax.random.key(1), {"map": x}, train=False)
+  params = jax.tree.map(np.asarray, variables["params"])
+  assert np.std(params["activity_queries"]) < 0.05  # query_init
+  rng = np.random.default_rng(2)
+  # Away from their initial values, so that each parameter matters.
+  for name in ("mask_scale", "mask_correction", "out_corr_scale", "out_activity_scale"):
+    if name in params:
+      params[name] = params[name] + rng.normal(size=params[name].shape).astype(np.float32)
+  got = head.apply({**variables, "params": params}, {"map": x}, train=False)
+  want, want_act = literal_mlar(params, mask, x, output, mask_mode)
+  np.testing.assert_allclose(np.asarray(got["logits"]), want, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(got["logits_activity"]), want_act, rtol=1e-4, atol=1e-5)
+  if output == "tied":
+    assert not any(k.endswith("_kernel") and k.startswith("out_") for k in params)

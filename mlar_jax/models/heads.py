@@ -81,6 +81,11 @@ def _check_groups(name: str, channels: int, groups: int) -> None:
     raise ValueError(f"MLARHead: {name}={channels} is not divisible by groups={groups}")
 
 
+# MLARHead's variants (its docstring).
+OUTPUTS = ("shared", "per_activity", "tied")
+MASK_MODES = ("add", "normalised", "scaled", "signed")
+
+
 class MLARHead(nn.Module):
   """Activity-specific features and activity correlations (MLAR, section 3).
 
@@ -116,6 +121,23 @@ class MLARHead(nn.Module):
   output weights w_phi, w_theta [C'] are shared by all activities, which is
   what Table 4's 1.6M (157 activities) -> 1.7M (1024) implies.
 
+  Variants (issue 19's study; defaults are the paper-literal head above):
+    output: "shared" (w [C'] shared by the activities, as above),
+      "per_activity" (w_a [A, C'], one output vector per activity), or
+      "tied" (q_a, activity a's query, is also its output vector:
+      w_phi . F_A[a] becomes q_a . F_A[a] * output_scale, one vector per
+      activity and no output kernel; needs use_activity_specific).
+    query_init: the standard deviation of q_a's normal initialisation (the
+      paper gives none; 1.0 starts Attn_A peaked on a few observations, a
+      value near zero starts it near their mean).
+    mask_mode: how the fixed Mask enters Corr: "add" (Attn_C + Mask, eq. 9),
+      "normalised" (Attn_C + Mask / its row sums: rows of Mask sum to ~3 on
+      multi-label data against 1 for the softmax, so the fixed prior would
+      otherwise dominate), "scaled" (Attn_C + s_j Mask[j], a learned
+      per-row scale s initialised at 1), or "signed" (Attn_C + Mask + D,
+      D [A, A] learned from zero: a correction that can lower a score, for
+      exclusive activities).
+
   Ablations (Table 3c): use_activity_specific=False replaces F_A by the mean
   observation broadcast to every activity, with per-activity output weights
   (a shared layer could not tell the activities apart); the correlation map
@@ -130,6 +152,7 @@ class MLARHead(nn.Module):
     features: C'.
     use_activity_specific, use_correlation: the ablation switches.
     dropout_rate: dropout on F_A and F_AC before the output layers.
+    output, query_init, mask_mode: the variants above (OUTPUTS, MASK_MODES).
     mask_init: initializer (key, shape, dtype) of the [A, A] mask variable;
       `nn.initializers.constant(correlation_mask(...))` of the training
       labels, zeros when no statistics are given. It runs once, at init (the
@@ -145,6 +168,9 @@ class MLARHead(nn.Module):
   use_correlation: bool = True
   dropout_rate: float = 0.5
   mask_init: Callable[..., jnp.ndarray] = nn.initializers.zeros
+  output: str = "shared"
+  query_init: float = 1.0
+  mask_mode: str = "add"
 
   @nn.compact
   def __call__(self, features: dict[str, jnp.ndarray], *, train: bool) -> dict[str, jnp.ndarray]:
@@ -179,7 +205,7 @@ class MLARHead(nn.Module):
 
     # 2. Activity-specific features.
     if self.use_activity_specific:
-      queries = self.param("activity_queries", nn.initializers.normal(1.0), (a, d))
+      queries = self.param("activity_queries", nn.initializers.normal(self.query_init), (a, d))
       keys = GroupedLinear(d, n, name="activity_keys")(obs)  # [B, K, C']
       attn_act = jax.nn.softmax(jnp.einsum("ad,bkd->bak", queries, keys) * scale, axis=-1)
       f_a = jnp.einsum("bak,bkd->bad", attn_act, obs)  # [B, A, C']
@@ -188,12 +214,13 @@ class MLARHead(nn.Module):
       self.sow("intermediates", "attn_activity", attn_act)
     else:
       f_a = jnp.broadcast_to(obs.mean(axis=1, keepdims=True), (b, a, d))
+      queries = None
 
     if not self.use_correlation:
       # One output: F_A's prediction is the head's prediction (returning it
       # under two names would train it twice).
-      return {"logits": self._output(f_a, "out_activity", train)}
-    outputs = {"logits_activity": self._output(f_a, "out_activity", train)}
+      return {"logits": self._output(f_a, "out_activity", train, queries)}
+    outputs = {"logits_activity": self._output(f_a, "out_activity", train, queries)}
 
     # 3. Correlation map.
     # No key: the mask is data (the training labels'), not a random draw.
@@ -204,20 +231,40 @@ class MLARHead(nn.Module):
     kc = GroupedLinear(d, n, name="corr_gamma")(f_a)
     attn_corr = jax.nn.softmax(jnp.einsum("bjd,bkd->bjk", qc, kc) * scale, axis=-1)
     self.sow("intermediates", "attn_corr", attn_corr)
+    if self.mask_mode == "normalised":
+      mask = mask / jnp.maximum(mask.sum(axis=-1, keepdims=True), 1e-12)
+    elif self.mask_mode == "scaled":
+      mask = self.param("mask_scale", nn.initializers.ones, (a,))[:, None] * mask
+    elif self.mask_mode == "signed":
+      mask = mask + self.param("mask_correction", nn.initializers.zeros, (a, a))
+    elif self.mask_mode != "add":
+      raise ValueError(f"mask_mode={self.mask_mode!r}: one of {MASK_MODES}")
     f_ac = jnp.einsum("bjk,bkd->bjd", attn_corr + mask, f_a)  # [B, A, C']
-    outputs["logits"] = self._output(f_ac, "out_corr", train)
+    outputs["logits"] = self._output(f_ac, "out_corr", train, queries)
     return outputs
 
-  def _output(self, x: jnp.ndarray, name: str, train: bool) -> jnp.ndarray:
+  def _output(
+    self, x: jnp.ndarray, name: str, train: bool, queries: jnp.ndarray | None
+  ) -> jnp.ndarray:
     """Eqs. 11/12 without the sigmoid: [B, A, C'] -> [B, A] logits."""
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     a, d = self.num_classes, self.features
-    if self.use_activity_specific:
+    # Without F_A every activity sees the same features: only per-activity
+    # weights can tell them apart.
+    output = self.output if self.use_activity_specific else "per_activity"
+    if output == "shared":
       wt = self.param(f"{name}_kernel", nn.initializers.normal(0.01), (d,))
       logits = jnp.einsum("bad,d->ba", x, wt)
-    else:
+    elif output == "per_activity":
       wt = self.param(f"{name}_kernel", nn.initializers.normal(0.01), (a, d))
       logits = jnp.einsum("bad,ad->ba", x, wt)
+    elif output == "tied" and queries is not None:
+      # q_a . F[a], scaled like the attention logits, times a learned scalar
+      # (from 1) that sets the logits' range independently of q_a's norm.
+      scale = self.param(f"{name}_scale", nn.initializers.ones, ())
+      logits = jnp.einsum("bad,ad->ba", x, queries) * scale / np.sqrt(d)
+    else:
+      raise ValueError(f"output={self.output!r}: one of {OUTPUTS} (tied needs activity queries)")
     return logits + self.param(f"{name}_bias", nn.initializers.zeros, (a,))
 
 

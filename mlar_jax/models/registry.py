@@ -177,6 +177,9 @@ def _mlar(cfg, num_classes, class_stats):
     use_correlation=m.use_correlation,
     dropout_rate=cfg.dropout_rate,
     mask_init=mask_init,
+    output=m.output,
+    query_init=m.query_init,
+    mask_mode=m.mask_mode,
   )
 
 
@@ -282,6 +285,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       "must be an integer (<= 0: adaptive, as torchvision)",
     )
   m = config.model.mlar
+  config_lib.check_choice(config, "model.mlar.output", heads.OUTPUTS)
+  config_lib.check_choice(config, "model.mlar.mask_mode", heads.MASK_MODES)
+  if m.output == "tied" and not m.use_activity_specific:
+    config_lib.fail(
+      "model.mlar.output", m.output, "needs model.mlar.use_activity_specific (the queries q_a)"
+    )
+  if not m.query_init > 0:
+    config_lib.fail("model.mlar.query_init", m.query_init, "must be > 0 (a standard deviation)")
   if m.features % m.groups:
     config_lib.fail(
       "model.mlar.features", m.features, f"must be divisible by model.mlar.groups={m.groups}"
