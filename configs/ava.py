@@ -81,7 +81,7 @@ def get_config(arg=None):
     config.eval.views = ((4, 1),)
     config.batch_size = config.eval.batch_size = 8
     config.num_train_steps = 6
-    config.schedule.update(base_lr=0.05, warmup_steps=2)
+    config.schedule.update(base_lr=0.01, warmup_steps=2)
     config.optimizer.weight_decay = 1e-4
     config.checkpoint.every_steps = 3
     config.log_every_steps = 2

@@ -21,6 +21,11 @@ summary metrics for every output. For `config.eval.split` they are written
 to `eval_results.json` with `predictions.txt` in the Charades submission
 format (video id, then one score per class); every split's summary goes to
 the metric writer under `SPLIT/`.
+
+A detector (`config.model.task = "detection"`, AVA) is evaluated by
+`DetectionEvaluator` (`make_evaluator` picks by task): one view per
+keyframe, a score per person box and class, frame mAP from the official
+detections CSV it writes (`detections.csv`).
 """
 
 from __future__ import annotations

@@ -421,7 +421,8 @@ def train_and_evaluate(
     config: a validated experiment config.
     workdir: where checkpoints, TensorBoard events and results go.
     final_eval: evaluate `config.eval.split` after the last step (results
-      in `workdir/eval_results.json`, `predictions.txt`).
+      in `workdir/eval_results.json`, `predictions.txt`; a detector's
+      `detections.csv`).
 
   Returns:
     The final evaluation results; None without `final_eval`; `Stopped` when

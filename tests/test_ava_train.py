@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import load_config
 
-from mlar_jax import sharding, train, validation
+from mlar_jax import evaluate, sharding, train, validation
 from mlar_jax.data import pipeline, scenes
 from mlar_jax.tools import ava_eval
 
@@ -55,6 +55,10 @@ def test_runlocal_trains_and_ava_eval_reproduces_its_frame_map(export, tmp_path)
   rows = (workdir / "detections.csv").read_text().splitlines()
   assert len(rows) == saved["num_boxes"] * len(scenes.AVA_CLASSES)
   assert all(len(r.split(",")) == 8 for r in rows)
+  # --mode eval of the last checkpoint: the same number, in its own files.
+  again = evaluate.evaluate(_config(export, num_train_steps=4), str(workdir))
+  assert again["macro_map"] == saved["macro_map"]
+  assert (workdir / "detections_eval_val_step4_r4x1_c1_sum.csv").exists()
 
 
 def test_padding_boxes_do_not_change_the_loss(export, devices):
