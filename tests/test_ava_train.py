@@ -61,7 +61,7 @@ def test_runlocal_trains_and_ava_eval_reproduces_its_frame_map(export, tmp_path)
   assert (workdir / "detections_eval_val_step4_r4x1_c1_sum.csv").exists()
 
 
-def test_padding_boxes_do_not_change_the_loss(export, devices):
+def test_padding_boxes_and_devices_do_not_change_the_loss(export, devices):
   config = _config(export)
   mesh = sharding.make_mesh(config.mesh, devices[:1])
   source = pipeline.make_source(config.data, "train")
@@ -98,6 +98,15 @@ def test_padding_boxes_do_not_change_the_loss(export, devices):
   for other in (loss(garbage), loss(wider)):
     for k, v in base.items():
       np.testing.assert_allclose(other[k], v, rtol=1e-6, err_msg=k)
+  # The per-box loss is summed over the global batch before dividing by its
+  # boxes, so splitting the batch over devices (2 here, to keep it fast)
+  # changes nothing either.
+  mesh2 = sharding.make_mesh(config.mesh, devices[:2])
+  training2 = train.build_training(config, mesh2, source.class_stats())
+  state2 = training2.jit_init()(jax.random.key(0))
+  _, m = training2.jit_step()(state2, sharding.to_global(batch, sharding.batch_sharding(mesh2)))
+  for k, v in base.items():
+    np.testing.assert_allclose(float(m[k]), v, rtol=1e-5, err_msg=k)
 
 
 def test_the_task_must_match_the_dataset(export):
