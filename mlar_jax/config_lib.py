@@ -171,6 +171,11 @@ def base_config() -> ml_collections.ConfigDict:
       "eval_every_steps": 0,  # 0: evaluate only at the end
       "data": data_config(),
       "model": {
+        # What the model predicts (models.registry.TASKS): "classification",
+        # [B, A] per clip, or "detection", [B, N, A] per person box at the
+        # clip's keyframe (a dataset with per-box labels, AVA); the dataset
+        # must be of the same kind (pipeline.check_task).
+        "task": "classification",
         "backbone": "resnet3d_tiny",
         "head": "linear",
         "dropout_rate": 0.5,

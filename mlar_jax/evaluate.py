@@ -21,10 +21,16 @@ summary metrics for every output. For `config.eval.split` they are written
 to `eval_results.json` with `predictions.txt` in the Charades submission
 format (video id, then one score per class); every split's summary goes to
 the metric writer under `SPLIT/`.
+
+A detector (`config.model.task = "detection"`, AVA) is evaluated by
+`DetectionEvaluator` (`make_evaluator` picks by task): one view per
+keyframe, a score per person box and class, frame mAP from the official
+detections CSV it writes (`detections.csv`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -43,7 +49,7 @@ from etils import epath
 from jax.sharding import Mesh
 
 from mlar_jax import checkpointing, metrics, sharding, validation
-from mlar_jax.data import base, pipeline, sampling, transforms
+from mlar_jax.data import ava, base, pipeline, sampling, transforms
 from mlar_jax.models import registry as models
 
 Variables = dict[str, Any]  # {"params": ..., "model_state": ...}
@@ -152,10 +158,23 @@ class Evaluator:
       A collector per model output, and this host's count of clips skipped
       because their video could not be decoded.
     """
+    errors = pipeline.DecodeErrors(self.config.data.max_error_ratio)
+    collectors: dict[str, metrics.MultiLabelCollector] = {}
+    for out in self._step_outputs(state, split, errors):
+      for name, scores in out["scores"].items():
+        update = metrics.MultiLabelCollector.from_model_output(
+          scores=scores, **{k: out[k] for k in ("labels", "mask", "index", "view")}
+        )
+        collectors[name] = update if name not in collectors else collectors[name].merge(update)
+    return collectors, errors
+
+  def _step_outputs(self, state: Any, split: str, errors: pipeline.DecodeErrors):
+    """Yields the eval step's outputs (host numpy, global: replicated) for
+    every batch of `split`, this host's last ones padded and masked; clips
+    that fail to decode are counted in `errors`."""
     config, source = self.config, self.sources[split]
     pcount, pindex = jax.process_count(), jax.process_index()
     local_bs = config.eval.batch_size // pcount
-    errors = pipeline.DecodeErrors(config.data.max_error_ratio)
     ds = pipeline.eval_dataset(
       source,
       config.data,
@@ -180,17 +199,10 @@ class Evaluator:
     }
     batch_sharding = sharding.batch_sharding(self.mesh)
     variables = {"params": state.params, "model_state": state.model_state}
-    collectors: dict[str, metrics.MultiLabelCollector] = {}
     it = iter(ds)
     for _ in range(num_batches):
       batch = _padded(next(it, None), template)
-      out = jax.device_get(self._step(variables, sharding.to_global(batch, batch_sharding)))
-      for name, scores in out["scores"].items():
-        update = metrics.MultiLabelCollector.from_model_output(
-          scores=scores, **{k: out[k] for k in ("labels", "mask", "index", "view")}
-        )
-        collectors[name] = update if name not in collectors else collectors[name].merge(update)
-    return collectors, errors
+      yield jax.device_get(self._step(variables, sharding.to_global(batch, batch_sharding)))
 
   def run(self, state: Any, split: str) -> dict[str, Any]:
     """Evaluates `split`: logs the summary, writes it to the metric writer
@@ -395,8 +407,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       f"in {directory}; steps there: {sorted(steps)}"
     )
   train_source = pipeline.make_source(config.data, "train")
+  pipeline.check_task(train_source, config)
   stats = train_source.class_stats()
-  model = models.build_model(config.model, stats.num_classes, stats)
+  model = models.build(config.model, stats.num_classes, stats)
   if config.eval.step < 0:
     # The latest, as training resumes: a damaged one is reported in one line
     # and the newest that loads is evaluated (results name its step).
@@ -413,7 +426,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   shardings = sharding.state_shardings(loaded, mesh, config.sharding)
   variables = jax.device_put(loaded, shardings)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-  evaluator = Evaluator(
+  evaluator = make_evaluator(
     config,
     mesh,
     model,
@@ -430,3 +443,208 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     return evaluator.run(state, config.eval.split)
   finally:
     writer.close()
+
+
+# ----------------------------------------------------------------------------
+# Detection (config.model.task = "detection", AVA): per-box scores, official
+# CSV, frame mAP.
+# ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class GroundTruth:
+  """A detection split's official files, read once: the rows of its
+  annotations CSV (`ava.BoxRows`), the label map {action id: name} (the
+  classes evaluated) and the excluded frame keys."""
+
+  rows: Any
+  labelmap: dict[int, str]
+  excluded: set[str]
+
+  @classmethod
+  def of(cls, source: base.VideoSource) -> GroundTruth:
+    """The files a detection source was read from (`ava.AvaKeyframes`)."""
+    return cls(
+      rows=ava.read_boxes(source.annotations),
+      labelmap=ava.read_labelmap(source.labelmap),
+      excluded=ava.read_exclusions(source.exclusions) if source.exclusions else set(),
+    )
+
+  def frame_map(self, rows: Sequence[tuple]) -> tuple[float, dict[int, float]]:
+    """(frame mAP, {action id: AP}) of detection rows (`ava.detection_rows`)
+    at the precision they are written with (`ava.as_written`), so the
+    number is the one `tools.ava_eval` gives for the CSV."""
+    rows = ava.as_written(rows)
+    det = np.array([box for _, _, box, _, _ in rows], np.float64).reshape(-1, 4)
+    return metrics.ava_frame_map(
+      self.rows.frames,
+      self.rows.boxes,
+      self.rows.actions,
+      [ava.frame_key(vid, ts) for vid, ts, _, _, _ in rows],
+      det,
+      np.array([a for _, _, _, a, _ in rows], np.int64),
+      np.array([score for *_, score in rows], np.float64),
+      list(self.labelmap),
+      excluded=self.excluded,
+    )
+
+
+class DetectionEvaluator(Evaluator):
+  """Evaluates a detector (`models.VideoDetector`) on the person boxes of
+  each keyframe: frame mAP at IoU 0.5 with the official AVA evaluator's
+  semantics (`metrics.ava_frame_map`), against the split's annotations CSV,
+  label map (the classes evaluated: 60 for AVA's published protocol) and
+  excluded timestamps.
+
+  Each keyframe is one clip in one view (`eval.views = ((rate, 1),)`, one
+  crop: `config.data.eval_short_side` then a centre crop of `crop_size`);
+  the model scores every person box of the view (sigmoid per class, never
+  softmax). The rows are written with the source's keyframe boxes, in
+  frame coordinates as read from its files, not the view's: on frames that
+  the view covers whole (square frames with eval_short_side = crop_size, the
+  scenes export) the two are the same boxes; on AVA's wider frames the
+  centre crop (the MLAR paper's "center-crop views") clips side boxes, which
+  are scored from their visible part, and a box with no area in the view
+  gets no row (`results["boxes_outside_view"]`).
+
+  `run` writes, for `config.eval.split`, `detections.csv` (the official
+  format: `tools.ava_eval` reproduces `macro_map` from it) and
+  `eval_results.json`: `macro_map` = the frame mAP of `config.eval.output`,
+  `per_class_ap` by class name (null: no ground truth), the chance
+  reference `chance_macro_map` (every box scored with the training boxes'
+  class frequencies, through the same rows and evaluator) and each output's
+  frame mAP. Arguments as `Evaluator`.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, *args, **kwargs):
+    super().__init__(config, *args, **kwargs)
+    if len(self.plan) != 1:
+      raise ValueError(f"detection evaluates one view per keyframe, not {len(self.plan)}")
+    self.truth = {split: GroundTruth.of(source) for split, source in self.sources.items()}
+
+  def _eval_step(self, variables: Variables, batch: dict[str, jax.Array]) -> dict[str, Any]:
+    """{"scores": {output: [B, M, A] sigmoid}, "valid" [B, M] (a box in the
+    view of a real row), "index", "mask"}."""
+    data = self.config.data
+    video = transforms.normalize(batch["video"], data.mean, data.std)
+    kf = pipeline.keyframe(batch)
+    valid = kf["box_valid"] & batch["mask"][:, None]
+    outputs = self.model.apply(
+      {"params": variables["params"], **variables["model_state"]},
+      video,
+      kf["boxes"],
+      valid,
+      train=False,
+    )
+    return {
+      "scores": {k: jax.nn.sigmoid(v) for k, v in outputs.items()},
+      "valid": valid,
+      **{k: batch[k] for k in ("index", "mask")},
+    }
+
+  def score(  # type: ignore[override]
+    self, state: Any, split: str
+  ) -> tuple[dict[str, np.ndarray], np.ndarray, pipeline.DecodeErrors]:
+    """Scores every person box of every keyframe of `split` once.
+
+    Returns:
+      ({output: [K, M, A] float32 scores}, valid [K, M] bool: the box was
+      scored, and this host's count of skipped clips); K keyframes, M =
+      `config.data.max_actors` slots (slot p is the record's box p).
+    """
+    source, m = self.sources[split], self.config.data.max_actors
+    errors = pipeline.DecodeErrors(self.config.data.max_error_ratio)
+    scores: dict[str, np.ndarray] = {}
+    valid = np.zeros((len(source), m), bool)
+    for out in self._step_outputs(state, split, errors):
+      rows, real = out["index"][out["mask"]], out["mask"]
+      for name, s in out["scores"].items():
+        scores.setdefault(name, np.zeros((len(source), *s.shape[1:]), np.float32))
+        scores[name][rows] = s[real]
+      valid[rows] = out["valid"][real]
+    return scores, valid, errors
+
+  def run(self, state: Any, split: str) -> dict[str, Any]:
+    """Evaluates `split` (frame mAP), logs and writes it as `Evaluator.run`,
+    with `detections.csv` beside `eval_results.json`. Returns the results
+    dict."""
+    scores, valid, errors = self.score(state, split)
+    source, truth, output = self.sources[split], self.truth[split], self.config.eval.output
+    if output not in scores:
+      raise ValueError(
+        f"config.eval.output={output!r} is not a model output; outputs: {sorted(scores)}"
+      )
+    k, m = valid.shape
+    boxes, present = np.zeros((k, m, 4), np.float32), np.zeros((k, m), bool)
+    for i in range(k):
+      record_boxes = source[i]["boxes"]  # [P, 4] of the keyframe, slots 0..P-1
+      boxes[i, : len(record_boxes)], present[i, : len(record_boxes)] = record_boxes, True
+    ids = source.video_ids()
+
+    def rows_of(s: np.ndarray) -> list[tuple]:
+      return ava.detection_rows(ids, boxes, valid, s, source.action_ids)
+
+    maps = {name: truth.frame_map(rows_of(s)) for name, s in scores.items()}
+    frame_map, ap = maps[output]
+    # The constant predictor: each box scored with the training frequencies.
+    # Its AP per class is the rank of the true boxes in input order (ties);
+    # the values matter only for the 50 rows kept per frame.
+    constant = np.broadcast_to(self.train_stats.frequency, scores[output].shape)
+    chance, _ = truth.frame_map(rows_of(constant))
+    results = {
+      "split": split,
+      "step": int(state.step),
+      "task": "detection",
+      "output": output,
+      "num_videos": int(k),  # keyframes
+      "num_boxes": int(valid.sum()),
+      "boxes_outside_view": int((present & ~valid).sum()),
+      "views": len(self.plan),
+      "macro_map": _json_number(frame_map),
+      "chance_macro_map": _json_number(chance),
+      "map_over_chance": _json_number(frame_map / chance if chance else float("nan")),
+      "num_classes_with_positives": int(sum(np.isfinite(v) for v in ap.values())),
+      "per_class_ap": {truth.labelmap[c]: _json_number(ap[c]) for c in truth.labelmap},
+      "outputs": {name: {"macro_map": _json_number(mp)} for name, (mp, _) in sorted(maps.items())},
+      "skipped_clips": errors.failed,
+      "skipped_files": sorted(errors.files),
+      "train_skipped_samples": self.train_errors.failed if self.train_errors else 0,
+    }
+    name = eval_name(self.config, split, results["step"]) if self.eval_only else None
+    if self.writer is not None:
+      self.writer.write_scalars(
+        results["step"],
+        {f"{name or split}/{key}": results[key] for key in ("macro_map", "chance_macro_map")},
+      )
+      self.writer.flush()
+    logging.info(
+      "%s split, step %d, %d keyframes, %d boxes (%d outside the view): frame mAP %.4f "
+      "(chance %.4f) over %d classes",
+      split,
+      results["step"],
+      k,
+      results["num_boxes"],
+      results["boxes_outside_view"],
+      frame_map,
+      chance,
+      results["num_classes_with_positives"],
+    )
+    if split == self.config.eval.split and jax.process_index() == 0:
+      workdir = epath.Path(self.workdir)
+      detections = workdir / (f"detections_{name}.csv" if name else "detections.csv")
+      ava.write_detections(os.fspath(detections), rows_of(scores[output]))
+      results["detections_file"] = os.fspath(detections)
+      path = workdir / (f"{name}.json" if name else "eval_results.json")
+      results["results_file"] = os.fspath(path)
+      path.write_text(json.dumps(results, indent=2) + "\n")
+      logging.info("Wrote %s and %s", path, detections)
+    return results
+
+
+# config.model.task -> the evaluator of its models.
+EVALUATORS = {"classification": Evaluator, "detection": DetectionEvaluator}
+
+
+def make_evaluator(config: ml_collections.ConfigDict, *args, **kwargs) -> Evaluator:
+  """The evaluator of `config.model.task`; arguments as `Evaluator`."""
+  return EVALUATORS[config.model.task](config, *args, **kwargs)

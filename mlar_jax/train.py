@@ -52,19 +52,26 @@ class TrainState:
 
 
 def init_state(
-  model: nn.Module, tx: optax.GradientTransformation, video_shape: tuple[int, ...], rng: jax.Array
+  model: nn.Module,
+  tx: optax.GradientTransformation,
+  inputs: tuple[jax.ShapeDtypeStruct, ...],
+  rng: jax.Array,
 ) -> TrainState:
   """Fresh parameters, model state and optimizer state.
 
   Args:
-    model: the classifier.
+    model: the classifier or detector.
     tx: the optimizer.
-    video_shape: [B, T, S, S, 3] of the clips it will see (B = 1 will do).
+    inputs: the model's positional inputs (`model_input_spec`): the video
+      [B, T, S, S, 3] (and a detector's boxes [B, M, 4], valid [B, M]); B = 1
+      will do.
     rng: the initialisation key.
   """
   params_rng, dropout_rng = jax.random.split(rng)
   variables = model.init(
-    {"params": params_rng, "dropout": dropout_rng}, jnp.zeros(video_shape, jnp.float32), train=False
+    {"params": params_rng, "dropout": dropout_rng},
+    *(jnp.zeros(x.shape, x.dtype) for x in inputs),
+    train=False,
   )
   params = variables.pop("params")
   return TrainState(
@@ -187,6 +194,58 @@ class StopRequest:
     return self.signum is not None
 
 
+def model_inputs(
+  config: ml_collections.ConfigDict, batch: dict[str, jax.Array], dtype: Any = None
+) -> tuple[jax.Array, ...]:
+  """The model's positional inputs from a batch: (video,) normalised to
+  `dtype` for a classifier; for a detector (`config.model.task`) also the
+  keyframe's person boxes [B, M, 4] and their validity [B, M]
+  (`pipeline.keyframe`: boxes outside the training crop are not valid)."""
+  video = transforms.normalize(batch["video"], config.data.mean, config.data.std, dtype)
+  if config.model.task == "detection":
+    kf = pipeline.keyframe(batch)
+    return video, kf["boxes"], kf["box_valid"]
+  return (video,)
+
+
+def model_input_spec(
+  config: ml_collections.ConfigDict, num_classes: int
+) -> tuple[jax.ShapeDtypeStruct, ...]:
+  """`model_inputs`' shapes for a batch of one (`pipeline.batch_spec`), in
+  float32: what `init_state` initialises the model with."""
+  spec = pipeline.batch_spec(config.data, 1, num_classes)
+  return jax.eval_shape(lambda batch: model_inputs(config, batch), spec)
+
+
+def output_loss(
+  config: ml_collections.ConfigDict,
+  loss_fn: losses.LossFn,
+  weights: jax.Array | None,
+  batch: dict[str, jax.Array],
+) -> Callable[[jax.Array], jax.Array]:
+  """logits -> the batch's scalar loss for one model output.
+
+  Classification: the mean over clips of `loss_fn` on [B, A] logits and the
+  clip labels. Detection: `losses.box_losses` on [B, M, A] logits and the
+  keyframe's per-box labels, summed over the batch and divided by its valid
+  boxes (at least 1): the mean over boxes, as PySlowFast; padding boxes add
+  nothing. The sums are global (the step is jitted over the mesh), so the
+  loss is the same on any number of devices.
+  """
+  if config.model.task == "detection":
+    kf = pipeline.keyframe(batch)
+
+    def box_loss(logits: jax.Array) -> jax.Array:
+      sums, counts = losses.box_losses(
+        loss_fn, logits, kf["actor_labels"], kf["box_valid"], weights
+      )
+      return jnp.sum(sums) / jnp.maximum(jnp.sum(counts), 1.0)
+
+    return box_loss
+  labels = batch["labels"]
+  return lambda logits: jnp.mean(loss_fn(logits, labels, weights))
+
+
 def make_train_step(
   model: nn.Module,
   tx: optax.GradientTransformation,
@@ -202,26 +261,28 @@ def make_train_step(
   mesh (`sharding.with_constraints`, shardings, donation); unjitted or
   jitted alone it is the unpartitioned step (the AOT tool counts its FLOPs).
   The dropout key is a function of (seed, step) so a resumed run draws the
-  same masks as an uninterrupted one. It reads the batch's "video" and
-  "labels" only; other keys (`config.data.extras`) are not read.
+  same masks as an uninterrupted one. A classifier's step reads the batch's
+  "video" and "labels"; a detector's (`config.model.task = "detection"`)
+  reads "video" and the keyframe's "boxes", "box_valid" and "actor_labels"
+  (`model_inputs`, `output_loss`); other keys are not read.
   """
   compute_dtype = models.DTYPES[config.model.dtype]
   weights = None if class_weights is None else jnp.asarray(class_weights)
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]):
     rng = jax.random.fold_in(jax.random.key(config.seed), state.step)
-    video = transforms.normalize(batch["video"], config.data.mean, config.data.std, compute_dtype)
-    labels = batch["labels"]
+    inputs = model_inputs(config, batch, compute_dtype)
+    loss_of_output = output_loss(config, loss_fn, weights, batch)
 
     def loss_of(params):
       outputs, updates = model.apply(
         {"params": params, **state.model_state},
-        video,
+        *inputs,
         train=True,
         mutable=["batch_stats"],
         rngs={"dropout": rng},
       )
-      per_output = {k: jnp.mean(loss_fn(v, labels, weights)) for k, v in outputs.items()}
+      per_output = {k: loss_of_output(v) for k, v in outputs.items()}
       total = sum(per_output.values())
       return total, (per_output, {**state.model_state, **updates})
 
@@ -327,7 +388,7 @@ def build_training(
     stats: training-label statistics (`VideoSource.class_stats()`, or
       `ClassStats.placeholder(A)` where only shapes matter); A is its size.
   """
-  model = models.build_model(config.model, stats.num_classes, stats)
+  model = models.build(config.model, stats.num_classes, stats)
   schedule = optimizers.make_schedule(config.schedule, config.num_train_steps)
   tx = optimizers.make_optimizer(config.optimizer, schedule)
   class_weights = None
@@ -336,8 +397,7 @@ def build_training(
   step_fn = make_train_step(
     model, tx, schedule, losses.LOSSES.get(config.loss.name), class_weights, config
   )
-  video_shape = pipeline.batch_spec(config.data, 1, stats.num_classes)["video"].shape
-  init_fn = functools.partial(init_state, model, tx, video_shape)
+  init_fn = functools.partial(init_state, model, tx, model_input_spec(config, stats.num_classes))
   return Training(
     model=model,
     tx=tx,
@@ -361,7 +421,8 @@ def train_and_evaluate(
     config: a validated experiment config.
     workdir: where checkpoints, TensorBoard events and results go.
     final_eval: evaluate `config.eval.split` after the last step (results
-      in `workdir/eval_results.json`, `predictions.txt`).
+      in `workdir/eval_results.json`, `predictions.txt`; a detector's
+      `detections.csv`).
 
   Returns:
     The final evaluation results; None without `final_eval`; `Stopped` when
@@ -423,6 +484,7 @@ def _train_and_evaluate(
   # Input pipeline.
   # --------------------------------------------------------------------------
   train_source = pipeline.make_source(config.data, "train")
+  pipeline.check_task(train_source, config)
   stats = train_source.class_stats()
   train_errors = pipeline.DecodeErrors(config.data.max_error_ratio)
 
@@ -457,7 +519,7 @@ def _train_and_evaluate(
   eval_splits = ["val"] if config.eval_every_steps else []
   if final_eval and config.eval.split not in eval_splits:
     eval_splits.append(config.eval.split)
-  evaluator = evaluate.Evaluator(
+  evaluator = evaluate.make_evaluator(
     config,
     mesh,
     training.model,

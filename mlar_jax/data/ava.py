@@ -259,6 +259,17 @@ def write_detections(
       )
 
 
+def as_written(
+  rows: Iterable[tuple[str, int, Iterable[float], int, float]],
+) -> list[tuple[str, int, tuple[float, ...], int, float]]:
+  """Detection rows at `write_detections`' precision: a mAP computed from
+  them is the mAP of the CSV file those rows are written to."""
+  return [
+    (vid, int(ts), tuple(float(f"{c:.3f}") for c in box), int(action), float(f"{score:.4f}"))
+    for vid, ts, box, action, score in rows
+  ]
+
+
 # Keyframes are whole seconds from 902 to 1798 of each video's 15-minute
 # segment (900-1800 s), whose frames PySlowFast extracts at 30 fps from 900 s
 # on: frame file k (1-based, `VIDEO/VIDEO_{k:06d}.jpg`) is at 900 + (k - 1) / 30 s.
@@ -302,6 +313,7 @@ class AvaKeyframes(base.AnnotatedVideos):
   """
 
   extras = ("boxes", "actor_labels")
+  detection = True
 
   def __init__(
     self,
@@ -371,11 +383,21 @@ class AvaKeyframes(base.AnnotatedVideos):
     )
     super().__init__(split, list(labels.values()), label_matrix, [r["id"] for r in records])
     self.action_ids = tuple(labels)  # class column -> official action id
+    # The official files this split is evaluated against (frame mAP).
+    self.annotations, self.labelmap, self.exclusions = annotations, labelmap, exclusions
     self._records = records
     self.max_actors = max((len(r["boxes"]) for r in records), default=0)
 
   def __getitem__(self, index: int) -> base.Record:
     return self._records[index]
+
+  def class_stats(self) -> base.ClassStats:
+    """Statistics of the person boxes' labels (a detector's examples are its
+    boxes): counts and co-occurrence per box, `num_videos` = boxes; the
+    MLAR head's correlation mask and the chance predictor use them."""
+    labels = [r["box_labels"] for r in self._records]
+    a = self.num_classes
+    return base.ClassStats.from_labels(np.concatenate(labels) if labels else np.zeros((0, a)))
 
   def load_frames(self, record: base.Record, indices: np.ndarray) -> np.ndarray:
     """Window frames `indices` -> the video's frames from `start`, clamped."""

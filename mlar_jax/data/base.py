@@ -91,6 +91,9 @@ class VideoSource(abc.ABC):
   extras: tuple[str, ...] = ()  # names from `pipeline.EXTRAS`
   max_actors: int = 0  # actor slots of boxes, actor_labels and masks
   sample_rate: int = 0  # of audio, in Hz
+  # Whether its labels are per person box at a keyframe (AVA): a dataset for
+  # config.model.task = "detection" rather than "classification".
+  detection: bool = False
 
   @abc.abstractmethod
   def __len__(self) -> int: ...

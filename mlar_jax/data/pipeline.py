@@ -237,6 +237,35 @@ def check_extras(source: base.VideoSource, cfg: ml_collections.ConfigDict) -> No
     )
 
 
+def check_task(source: base.VideoSource, config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError, naming `model.task`, when `source` is not a dataset of
+  that task (`base.VideoSource.detection`): a detector needs per-box labels,
+  and a classifier trained on a detection dataset would ignore its boxes."""
+  kind = "detection" if source.detection else "classification"
+  if config.model.task != kind:
+    config_lib.fail(
+      "model.task",
+      config.model.task,
+      f"the {config.data.name!r} dataset ({type(source).__name__}) is a {kind} dataset",
+    )
+
+
+def keyframe(batch: dict[str, Any]) -> dict[str, Any]:
+  """A detection batch's boxes at its keyframe, the clip's middle frame T // 2
+  (AVA annotates the keyframe only; `ava.clip_start` centres the clip on it).
+
+  Args:
+    batch: with "boxes" [B, T, M, 4], "box_valid" [B, T, M] and, if present,
+      "actor_labels" [B, T, M, A] (numpy or jax arrays).
+
+  Returns:
+    The same keys at frame T // 2: [B, M, 4], [B, M], [B, M, A].
+  """
+  t = batch["boxes"].shape[1]
+  keys = [k for k in ("boxes", "box_valid", "actor_labels") if k in batch]
+  return {k: batch[k][:, t // 2] for k in keys}
+
+
 def clip_audio(
   source: base.VideoSource,
   record: base.Record,

@@ -258,9 +258,47 @@ def build_model(
   )
 
 
+# config.model.task -> fn(model_config, num_classes, class_stats) -> model.
+TASKS: registry.Registry = registry.Registry("model.task")
+TASKS.register("classification")(build_model)
+TASKS.register("detection")(build_detector)
+# What a detection batch must carry: the keyframe's person boxes and their labels.
+DETECTION_EXTRAS = ("boxes", "actor_labels")
+
+
+def build(cfg: ml_collections.ConfigDict, num_classes: int, class_stats: Any = None) -> nn.Module:
+  """The model of `cfg.task` (`config.model`): a `VideoClassifier`
+  (`build_model`) or a `VideoDetector` (`build_detector`). Arguments as
+  `build_model`."""
+  return TASKS.get(cfg.task)(cfg, num_classes, class_stats)
+
+
+def _validate_task(config: ml_collections.ConfigDict) -> None:
+  """A detector reads the keyframe's boxes and per-box labels from the batch,
+  and scores each keyframe once (one view: a keyframe's boxes are scored,
+  not aggregated over crops)."""
+  config_lib.check_choice(config, "model.task", TASKS.names())
+  if config.model.task != "detection":
+    return
+  missing = [name for name in DETECTION_EXTRAS if name not in config.data.extras]
+  if missing:
+    config_lib.fail(
+      "data.extras",
+      tuple(config.data.extras),
+      f"model.task='detection' needs {list(DETECTION_EXTRAS)} (missing {missing})",
+    )
+  if config.eval.spatial_crops != 1:
+    config_lib.fail(
+      "eval.spatial_crops",
+      config.eval.spatial_crops,
+      "model.task='detection' scores each keyframe in one view (1 crop)",
+    )
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
-  """`config.model`: registered backbone and head, dtype, conv path, head
-  sizes; and `config.eval.output`, one of the head's outputs."""
+  """`config.model`: task, registered backbone and head, dtype, conv path,
+  head sizes; and `config.eval.output`, one of the head's outputs."""
+  _validate_task(config)
   config_lib.check_choice(config, "model.backbone", BACKBONES.names())
   config_lib.check_choice(config, "model.head", HEADS.names())
   config_lib.check_choice(config, "model.dtype", DTYPES)
