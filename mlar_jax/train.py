@@ -34,6 +34,7 @@ from mlar_jax import (
   validation,
 )
 from mlar_jax.data import base, pipeline, transforms
+from mlar_jax.models import heads
 from mlar_jax.models import registry as models
 
 
@@ -279,16 +280,18 @@ def make_train_step(
         {"params": params, **state.model_state},
         *inputs,
         train=True,
-        mutable=["batch_stats"],
+        # The attention maps a head sows (MLAR) come out for its diagnostics.
+        mutable=["batch_stats", "intermediates"],
         rngs={"dropout": rng},
       )
+      diagnostics = heads.attention_diagnostics(updates.pop("intermediates", {}))
       per_output = {k: loss_of_output(v) for k, v in outputs.items()}
       total = sum(per_output.values())
-      return total, (per_output, {**state.model_state, **updates})
+      return total, (per_output, diagnostics, {**state.model_state, **updates})
 
-    (loss, (per_output, model_state)), grads = jax.value_and_grad(loss_of, has_aux=True)(
-      state.params
-    )
+    (loss, (per_output, diagnostics, model_state)), grads = jax.value_and_grad(
+      loss_of, has_aux=True
+    )(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(
@@ -299,6 +302,9 @@ def make_train_step(
       "learning_rate": schedule(state.step),
       "grad_norm": optax.global_norm(grads),
       **{f"loss_{k}": v for k, v in per_output.items()},
+      # MLAR attention entropies (models.heads.attention_diagnostics): a
+      # collapsed, or never focused, head shows in TensorBoard.
+      **{f"attn/{k}": v for k, v in diagnostics.items()},
       FINITE: finite_flags(new_state, loss),
     }
     return new_state, metrics

@@ -10,7 +10,7 @@ import pytest
 from conftest import load_config
 
 from mlar_jax import evaluate, sharding, train
-from mlar_jax.data import base, pipeline
+from mlar_jax.data import base, pipeline, transforms
 
 
 def _config(**overrides):
@@ -120,3 +120,38 @@ def test_eval_mode_reads_a_checkpoint_and_writes_results(tmp_path, monkeypatch):
   config.eval.step = 3
   with pytest.raises(FileNotFoundError, match="No checkpoint 3"):
     evaluate.evaluate(config, "run")
+
+
+def test_the_mlar_step_reports_its_attention_entropies(devices):
+  """The step's metrics carry the MLAR head's attention diagnostics (logged
+  as train/attn/...), the numbers of the head's own maps."""
+  from mlar_jax import sharding as sh
+  from mlar_jax.models import heads
+
+  config = load_config("synthetic", "runlocal,head=mlar")
+  batch, num_classes = _fixed_batch(config, config.batch_size)
+  mesh = sh.make_mesh(config.mesh, devices[:1])
+  state, step = _compiled_step(config, num_classes, mesh)
+  variables = jax.tree.map(np.asarray, {"params": state.params, **state.model_state})
+  _, metrics = step(state, sh.to_global(batch, sh.batch_sharding(mesh)))  # donates state
+  attn = {k[len("attn/") :]: float(v) for k, v in metrics.items() if k.startswith("attn/")}
+  assert attn.keys() == {
+    "attn_obs_entropy",
+    "attn_obs_positions",
+    "attn_activity_entropy",
+    "attn_activity_observations",
+    "observations_used",
+  }
+  assert 0 <= attn["attn_obs_entropy"] <= 1 and 0 <= attn["attn_activity_entropy"] <= 1
+  k = config.model.mlar.num_observations
+  assert 1 <= attn["attn_activity_observations"] <= k and 1 <= attn["observations_used"] <= k
+  # The same numbers as the function on the head's own maps for this batch.
+  training = train.build_training(config, mesh, base.ClassStats.placeholder(num_classes))
+  video = transforms.normalize(batch["video"], config.data.mean, config.data.std, np.float32)
+  _, inter = training.model.apply(
+    variables, video, train=True, mutable=["intermediates", "batch_stats"],
+    rngs={"dropout": jax.random.fold_in(jax.random.key(config.seed), 0)},
+  )  # fmt: skip
+  want = heads.attention_diagnostics(inter["intermediates"])
+  for key, value in want.items():
+    np.testing.assert_allclose(attn[key], float(value), rtol=1e-3, err_msg=key)
