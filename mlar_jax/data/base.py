@@ -74,7 +74,8 @@ class VideoSource(abc.ABC):
       (may be empty).
     num_frames: int, frames in the video, or -1 when `video_info` must probe.
     fps: float, frames per second.
-    has_audio: bool, whether the video has sound (sources with "audio").
+    has_audio: bool, whether the video has sound (sources with "audio"
+      that know it without opening the video; others override `has_audio`).
 
   Per-frame ground truth beyond the labels (`extras`, asked for by a
   pipeline with `config.data.extras`) comes from the method of each name,
@@ -157,8 +158,13 @@ class VideoSource(abc.ABC):
   def audio(self, record: Record, start: int, stop: int) -> np.ndarray:
     """float32 [stop - start], samples start..stop (0 <= start <= stop <= the
     video's samples) of the sound track at `sample_rate`, if "audio" is in
-    `extras`; zeros when the record's `has_audio` is False."""
+    `extras`; zeros when `has_audio(record)` is False."""
     self._not_provided("audio")
+
+  def has_audio(self, record: Record) -> bool:
+    """Whether the record's video has a sound track, if "audio" is in
+    `extras`: its record's `has_audio`, unless the source must look."""
+    return bool(record["has_audio"])
 
 
 # The splits a dataset may have (`config.eval.split`); a procedural split's
