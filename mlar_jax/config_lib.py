@@ -174,6 +174,9 @@ def base_config() -> ml_collections.ConfigDict:
       "data": data_config(),
       "model": {
         "backbone": "resnet3d_tiny",
+        # Of the "audio" input (models.registry.AUDIO_BACKBONES), sharing
+        # dtype and frozen_bn.
+        "audio_backbone": "soundnet8",
         "head": "linear",
         "dropout_rate": 0.5,
         "dtype": "float32",
