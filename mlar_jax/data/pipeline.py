@@ -157,7 +157,17 @@ def _ava(cfg: ml_collections.ConfigDict, split: str) -> base.VideoSource:
 
 @SOURCES.register("prepared")
 def _prepared(cfg: ml_collections.ConfigDict, split: str) -> base.VideoSource:
-  return sources.PreparedVideos(split, data_dir=cfg.prepared.data_dir, dataset=cfg.prepared.dataset)
+  source = sources.PreparedVideos(
+    split, data_dir=cfg.prepared.data_dir, dataset=cfg.prepared.dataset
+  )
+  if "audio" in cfg.extras and source.sample_rate != cfg.audio.sample_rate:
+    config_lib.fail(
+      "data.audio.sample_rate",
+      cfg.audio.sample_rate,
+      f"the prepared {cfg.prepared.dataset!r} data's sound is at {source.sample_rate} Hz "
+      f"(prepare it again with --sample_rate={cfg.audio.sample_rate})",
+    )
+  return source
 
 
 class DecodeLimitError(RuntimeError):

@@ -28,6 +28,8 @@ from mlar_jax.data import audio, base, video
 
 # SoundNet's rate: what a source's sound is resampled to unless told.
 SAMPLE_RATE = 22050
+# Prepared sound is int16: sample / PCM_SCALE.
+PCM_SCALE = 32767.0
 
 
 class FileVideos(base.AnnotatedVideos):
@@ -327,7 +329,7 @@ def video_list(
   return FileVideos(split, names, records, sample_rate)
 
 
-PREPARED_VERSION = "1.2.0"
+PREPARED_VERSION = "1.3.0"
 
 
 def prepared_dir(data_dir: str, dataset: str) -> str:
@@ -338,9 +340,12 @@ def prepared_dir(data_dir: str, dataset: str) -> str:
 class PreparedVideos(base.AnnotatedVideos):
   """A split written by `mlar_jax.data.prepare` (its command or its TFDS
   builders), read with TFDS's ArrayRecord data source. Frames are JPEG bytes;
-  only the sampled ones are decoded. Class names, video ids and the label
-  matrix come from the dataset's metadata.json, so ids, counts and
-  co-occurrence need no pass over the examples."""
+  only the sampled ones are decoded. Class names, video ids, the label
+  matrix and the sound's sample rate come from the dataset's metadata.json,
+  so ids, counts and co-occurrence need no pass over the examples. It
+  provides the "audio" extra from the stored sound track."""
+
+  extras = ("audio",)
 
   def __init__(self, split: str, *, data_dir: str, dataset: str):
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
@@ -368,6 +373,7 @@ class PreparedVideos(base.AnnotatedVideos):
         f"labels for split {split!r} of {len(self._data)} examples"
       )
     super().__init__(split, meta["class_names"], labels, ids)
+    self.sample_rate = int(meta["sample_rate"])
 
   def __getitem__(self, index: int) -> base.Record:
     ex = self._data[int(index)]
@@ -379,6 +385,8 @@ class PreparedVideos(base.AnnotatedVideos):
       "num_frames": len(ex["frames"]),
       "fps": float(ex["fps"]),
       "frames": ex["frames"],
+      "audio": ex["audio"],
+      "has_audio": bool(ex["has_audio"]),
     }
 
   def load_frames(self, record: base.Record, indices: np.ndarray) -> np.ndarray:
@@ -391,3 +399,10 @@ class PreparedVideos(base.AnnotatedVideos):
       )
     except (OSError, IndexError) as e:
       raise video.VideoDecodeError(f"prepared:{record['id']}", str(e)) from e
+
+  def audio(self, record: base.Record, start: int, stop: int) -> np.ndarray:
+    # The stored track ends with the frames' time, rounded up; zeros after.
+    out = np.zeros(stop - start, np.float32)
+    stored = np.asarray(record["audio"][start:stop], np.float32) / PCM_SCALE
+    out[: len(stored)] = stored
+    return out
