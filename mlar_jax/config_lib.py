@@ -87,8 +87,10 @@ def data_config() -> ml_collections.ConfigDict:
       # files are resampled to it, the scenes rendered at it), `num_samples`
       # per clip centred on its frames (pipeline.clip_audio): 2 s, the whole
       # of an 8-frame clip at rate 4 or 2 of 24 fps video (1.2 s, 0.6 s) and
-      # most of one at rate 8 (2.4 s).
-      "audio": {"sample_rate": 22050, "num_samples": 44100},
+      # most of one at rate 8 (2.4 s). With `require`, a split keeps only its
+      # videos with a sound track (the M-MiT paper's audio-only training and
+      # evaluation; pipeline.make_source logs how many).
+      "audio": {"sample_rate": 22050, "num_samples": 44100, "require": False},
       # Datasets on disk; paths are relative to `root`.
       "charades": {
         "root": "",

@@ -288,3 +288,39 @@ def test_prepared_data_stores_the_sound_track(files, tmp_path):
   p.audio.sample_rate = 22050
   with pytest.raises(ValueError, match="data.audio.sample_rate.*24000 Hz"):
     pipeline.make_source(p, "train")
+
+
+def test_required_audio_keeps_the_videos_with_sound(files):
+  d = _config(files, sample_rate=24000, num_samples=13000, require=True)
+  src = pipeline.make_source(d, "train")
+  # MUTE is left out; BADA has an audio stream (that fails to decode: the
+  # pipelines skip and count it).
+  assert src.video_ids() == ["TONE", "BADA"] == [src[i]["id"] for i in range(len(src))]
+  assert [src[i]["index"] for i in range(2)] == [0, 1]
+  np.testing.assert_array_equal(src.label_matrix(), [[1, 0], [1, 1]])
+  scenes_cfg = config_lib.data_config()
+  scenes_cfg.name, scenes_cfg.extras = "scenes", ("audio",)
+  scenes_cfg.scenes.update(num_train=30, resolution=16)
+  scenes_cfg.audio.update(require=True, num_samples=2000)
+  everything = pipeline.make_source(_audio_settings(scenes_cfg, require=False), "train")
+  heard = pipeline.make_source(scenes_cfg, "train")
+  sound = [i for i in range(30) if everything.plan(i).has_audio]
+  assert 0 < len(heard) == len(sound) < 30
+  np.testing.assert_array_equal(heard.label_matrix(), everything.label_matrix()[sound])
+  plan = sampling.view_plan(((2, 1),), 1)
+  clips = [
+    c for b in pipeline.eval_dataset(heard, scenes_cfg, plan, local_batch_size=8) for c in _rows(b)
+  ]
+  assert len(clips) == len(sound) and all(c["has_audio"] for c in clips)
+  np.testing.assert_array_equal([c["labels"] for c in clips], everything.label_matrix()[sound])
+  bad = config_lib.base_config()
+  bad.data.audio.require = True
+  with pytest.raises(ValueError, match="data.audio.require.*needs 'audio' in data.extras"):
+    pipeline.validate_config(bad)
+
+
+def _audio_settings(cfg, **audio_cfg):
+  """A copy of `config.data` `cfg` with `audio` settings changed."""
+  cfg = cfg.copy_and_resolve_references()
+  cfg.audio.update(audio_cfg)
+  return cfg

@@ -238,10 +238,33 @@ def window_labels(record: base.Record, indices: np.ndarray, fps: float) -> np.nd
 
 def make_source(cfg: ml_collections.ConfigDict, split: str) -> base.VideoSource:
   """The `split` of the dataset named by `cfg.name`, checked to provide the
-  extras `cfg.extras` asks for (`check_extras`)."""
+  extras `cfg.extras` asks for (`check_extras`); with `cfg.audio.require`
+  only its videos with a sound track (`with_audio`)."""
   source = SOURCES.get(cfg.name)(cfg, split)
   check_extras(source, cfg)
-  return source
+  return with_audio(source) if cfg.audio.require else source
+
+
+def with_audio(source: base.VideoSource) -> base.Subset:
+  """The videos of `source` that have a sound track (looked up once per video:
+  one container opened per file), and those whose file cannot be opened,
+  which the pipelines then skip and count; the number kept is logged."""
+  keep = []
+  for i in range(len(source)):
+    try:
+      sound = source.has_audio(source[i])
+    except video.VideoDecodeError:
+      sound = True
+    if sound:
+      keep.append(i)
+  logging.info(
+    "%s split %r: %d of %d videos have sound (data.audio.require)",
+    type(source).__name__,
+    source.split,
+    len(keep),
+    len(source),
+  )
+  return base.Subset(source, keep)
 
 
 def check_extras(source: base.VideoSource, cfg: ml_collections.ConfigDict) -> None:
@@ -401,6 +424,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     config_lib.fail("data.num_workers", d.num_workers, "workers >= 0 and threads > 0")
   if any(name not in EXTRAS for name in d.extras) or len(set(d.extras)) != len(d.extras):
     config_lib.fail("data.extras", d.extras, f"must be distinct names from {list(EXTRAS)}")
+  if d.audio.require and "audio" not in d.extras:
+    config_lib.fail("data.audio.require", True, "needs 'audio' in data.extras")
   if d.name == "ava":
     # A record is the window of one clip at one rate around its keyframe.
     if len(d.rates) != 1:
