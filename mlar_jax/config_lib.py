@@ -79,14 +79,18 @@ def data_config() -> ml_collections.ConfigDict:
       "max_error_ratio": 0.01,  # stop when more samples fail to decode
       # Per-frame ground truth each clip carries beside its frames, from
       # pipeline.EXTRAS (boxes, actor_labels, masks, audio), when the dataset
-      # provides it (scenes does); shapes in pipeline.batch_spec.
+      # provides it (scenes: all; Charades, M-MiT and CSV video files: audio);
+      # shapes in pipeline.batch_spec.
       "extras": (),
       "max_actors": 4,  # actor slots per frame of the extras (the scenes' 4)
-      # Audio per clip, centred on its frames, at the dataset's sample rate:
-      # 2 s at 16 kHz (the scenes' rate), the whole of an 8-frame clip at
-      # rate 4 or 2 of 24 fps video (1.2 s, 0.6 s) and most of one at rate 8
-      # (2.4 s).
-      "audio_samples": 32000,
+      # The "audio" extra: mono sound at `sample_rate` (22050 Hz, SoundNet's;
+      # files are resampled to it, the scenes rendered at it), `num_samples`
+      # per clip centred on its frames (pipeline.clip_audio): 2 s, the whole
+      # of an 8-frame clip at rate 4 or 2 of 24 fps video (1.2 s, 0.6 s) and
+      # most of one at rate 8 (2.4 s). With `require`, a split keeps only its
+      # videos with a sound track (the M-MiT paper's audio-only training and
+      # evaluation; pipeline.make_source logs how many).
+      "audio": {"sample_rate": 22050, "num_samples": 44100, "require": False},
       # Datasets on disk; paths are relative to `root`.
       "charades": {
         "root": "",
@@ -177,6 +181,9 @@ def base_config() -> ml_collections.ConfigDict:
         # must be of the same kind (pipeline.check_task).
         "task": "classification",
         "backbone": "resnet3d_tiny",
+        # Of the "audio" input (models.registry.AUDIO_BACKBONES), sharing
+        # dtype and frozen_bn.
+        "audio_backbone": "soundnet8",
         "head": "linear",
         "dropout_rate": 0.5,
         "dtype": "float32",

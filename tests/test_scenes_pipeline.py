@@ -17,9 +17,11 @@ SR, FPS = scenes.SAMPLE_RATE, int(scenes.FPS)
 
 
 def _data(extras=pipeline.EXTRAS, **sizes):
-  """`config.data` for scenes of `resolution` pixels (24 unless given)."""
+  """`config.data` for scenes of `resolution` pixels (24 unless given),
+  sound at their own 16 kHz, 2 s per clip unless `audio_samples` is given."""
   d = config_lib.data_config()
   d.name, d.extras, d.num_frames, d.rates = "scenes", tuple(extras), 4, (1, 2)
+  d.audio.update(sample_rate=SR, num_samples=sizes.pop("audio_samples", 2 * SR))
   d.scenes.update(num_train=12, num_val=4, num_test=4, resolution=sizes.pop("resolution", 24))
   d.update(sizes)
   return d
@@ -234,7 +236,7 @@ def test_audio_is_the_samples_centred_on_the_clips_window():
   for index in range(4):
     for seed in range(5):
       record, ex, idx, _ = _clip(d, source, index, seed)
-      n = d.audio_samples
+      n = d.audio.num_samples
       # Centre (first + last + 1) / 2 / FPS s; start = ceil(centre * SR - n / 2).
       start = -(-((idx.min() + idx.max() + 1) * SR - n * FPS) // (2 * FPS))
       end = _first_sample(record["num_frames"])

@@ -74,7 +74,8 @@ class VideoSource(abc.ABC):
       (may be empty).
     num_frames: int, frames in the video, or -1 when `video_info` must probe.
     fps: float, frames per second.
-    has_audio: bool, whether the video has sound (sources with "audio").
+    has_audio: bool, whether the video has sound (sources with "audio"
+      that know it without opening the video; others override `has_audio`).
 
   Per-frame ground truth beyond the labels (`extras`, asked for by a
   pipeline with `config.data.extras`) comes from the method of each name,
@@ -160,8 +161,13 @@ class VideoSource(abc.ABC):
   def audio(self, record: Record, start: int, stop: int) -> np.ndarray:
     """float32 [stop - start], samples start..stop (0 <= start <= stop <= the
     video's samples) of the sound track at `sample_rate`, if "audio" is in
-    `extras`; zeros when the record's `has_audio` is False."""
+    `extras`; zeros when `has_audio(record)` is False."""
     self._not_provided("audio")
+
+  def has_audio(self, record: Record) -> bool:
+    """Whether the record's video has a sound track, if "audio" is in
+    `extras`: its record's `has_audio`, unless the source must look."""
+    return bool(record["has_audio"])
 
 
 # The splits a dataset may have (`config.eval.split`); a procedural split's
@@ -259,3 +265,59 @@ class AnnotatedVideos(VideoSource):
 
   def video_ids(self) -> list[str]:
     return list(self._ids)
+
+
+class Subset(VideoSource):
+  """The videos `indices` of `parent`, in that order, as a split of their own:
+  records, labels, ids and every extra are the parent's, positions 0..n-1.
+
+  Attributes:
+    parent: the whole split.
+    indices: int64 [n], the parent positions kept.
+  """
+
+  def __init__(self, parent: VideoSource, indices: Sequence[int]):
+    self.parent = parent
+    self.indices = np.asarray(indices, np.int64).reshape(-1)
+    self.split = parent.split
+    self.extras, self.max_actors = parent.extras, parent.max_actors
+    self.sample_rate = parent.sample_rate
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, index: int) -> Record:
+    # A copy: the parent's records may be its own (FileVideos keeps them).
+    return {**self.parent[int(self.indices[index])], "index": int(index)}
+
+  @property
+  def class_names(self) -> Sequence[str]:
+    return self.parent.class_names
+
+  def video_info(self, record: Record) -> tuple[int, float]:
+    return self.parent.video_info(record)
+
+  def load_frames(self, record: Record, indices: np.ndarray) -> np.ndarray:
+    return self.parent.load_frames(record, indices)
+
+  def label_matrix(self) -> np.ndarray:
+    return self.parent.label_matrix()[self.indices]
+
+  def video_ids(self) -> list[str]:
+    ids = self.parent.video_ids()
+    return [ids[i] for i in self.indices]
+
+  def boxes(self, record: Record, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return self.parent.boxes(record, indices)
+
+  def actor_labels(self, record: Record, indices: np.ndarray) -> np.ndarray:
+    return self.parent.actor_labels(record, indices)
+
+  def masks(self, record: Record, indices: np.ndarray) -> np.ndarray:
+    return self.parent.masks(record, indices)
+
+  def audio(self, record: Record, start: int, stop: int) -> np.ndarray:
+    return self.parent.audio(record, start, stop)
+
+  def has_audio(self, record: Record) -> bool:
+    return self.parent.has_audio(record)

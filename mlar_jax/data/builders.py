@@ -2,8 +2,9 @@
 `mlar_csv`.
 
 One prepared example is one video: its frames sampled at a frame rate and
-resized, as JPEG bytes, with their time stamps, the video labels and the
-temporal segments (`features()`). A dataset is written, into
+resized, as JPEG bytes, with their time stamps, the video labels, the
+temporal segments and its whole sound track, 16-bit mono at
+`config.data.audio.sample_rate` (`features()`). A dataset is written, into
 `DATA_DIR/mlar_DATASET/VERSION/` as ArrayRecord shards, either by TFDS in one
 go (not resumable):
 
@@ -14,7 +15,8 @@ go (not resumable):
 
 or shard by shard, resumably, by `python -m mlar_jax.data.prepare`, which
 writes the same files. `metadata.json` holds the class names, every split's
-video ids and labels in example order and the videos that failed to decode, so
+video ids and labels in example order, the videos that failed to decode (or
+whose audio stream did) and the sound's sample rate, so
 `sources.PreparedVideos` has ids, counts and co-occurrence without reading an
 example.
 (The `tfds build` command line needs apache_beam, not a dependency here.)
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import io
+import math
 import os
 from typing import Any, Iterator, Sequence
 
@@ -36,9 +39,11 @@ from PIL import Image
 from mlar_jax import config_lib
 from mlar_jax.data import base, pipeline, sources, transforms, video
 
+PCM_SCALE = sources.PCM_SCALE
+
 
 def features() -> tfds.features.FeaturesDict:
-  """One prepared video: its sampled frames, their times, labels and segments."""
+  """One prepared video: its sampled frames, their times, labels, segments and sound."""
   return tfds.features.FeaturesDict(
     {
       "id": tfds.features.Text(),
@@ -48,6 +53,10 @@ def features() -> tfds.features.FeaturesDict:
       "labels": tfds.features.Tensor(shape=(None,), dtype=np.int32),
       "segments": tfds.features.Tensor(shape=(None, 3), dtype=np.float32),
       "fps": tfds.features.Scalar(dtype=np.float32),
+      # The whole sound track, int16 PCM (sample / 32767), at the dataset's
+      # sample rate (metadata.json); empty when the video has none.
+      "audio": tfds.features.Tensor(shape=(None,), dtype=np.int16),
+      "has_audio": tfds.features.Scalar(dtype=np.bool_),
     }
   )
 
@@ -61,10 +70,12 @@ def encode_video(
   quality: int = 90,
   chunk: int = 64,
 ) -> dict[str, Any]:
-  """One example: the record's frames sampled at `fps` and resized.
+  """One example: the record's frames sampled at `fps` and resized, and its
+  sound at `source.sample_rate` (none when the source has no "audio").
 
   Frames are decoded `chunk` at a time, so memory stays that of `chunk`
-  frames (a 30 s 480p video is 660 MB decoded whole).
+  frames (a 30 s 480p video is 660 MB decoded whole); the sound is read
+  whole (30 s at 22050 Hz: 2.6 MB).
   """
   n, native_fps = source.video_info(record)
   step = 1.0 if fps <= 0 else max(native_fps / fps, 1.0)
@@ -76,6 +87,12 @@ def encode_video(
       buf = io.BytesIO()
       Image.fromarray(frame).save(buf, format="JPEG", quality=quality)
       encoded.append(buf.getvalue())
+  sound = np.zeros(0, np.int16)
+  has_audio = "audio" in source.extras and source.has_audio(record)
+  if has_audio:
+    samples = math.ceil(n / native_fps * source.sample_rate)
+    wave = np.clip(source.audio(record, 0, samples), -1.0, 1.0)
+    sound = np.round(wave * PCM_SCALE).astype(np.int16)
   return {
     "id": record["id"],
     "frames": np.array(encoded, dtype=object),
@@ -83,6 +100,8 @@ def encode_video(
     "labels": record["labels"].astype(np.int32),
     "segments": np.asarray(record["segments"], np.float32).reshape(-1, 3),
     "fps": np.float32(native_fps / step),
+    "audio": sound,
+    "has_audio": np.bool_(has_audio),
   }
 
 
@@ -134,6 +153,7 @@ class MlarVideos(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     "1.0.0": "JPEG frames, time stamps, labels and segments per video.",
     "1.1.0": "Class names, labels per split and skipped videos in metadata.json.",
     "1.2.0": "Video ids per split in metadata.json.",
+    "1.3.0": "The sound track (int16, sample rate in metadata.json) per video.",
   }
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   Put the dataset's annotation files and its videos (or frame folders) in the
@@ -186,6 +206,7 @@ class MlarVideos(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     # labels gathered while generating land in it.
     meta = self.info.metadata
     meta["class_names"] = list(source.class_names)
+    meta["sample_rate"] = source.sample_rate
     ids = meta.setdefault("ids", {}).setdefault(split, [])
     labels = meta.setdefault("labels", {}).setdefault(split, [])
     skipped = meta.setdefault("skipped", {}).setdefault(split, {})

@@ -16,7 +16,7 @@ Examples are {"video": uint8 [T, S, S, 3], "labels": int32 [A]} (plus the
 evaluation keys), and the per-frame ground truth named in
 `config.data.extras` (from `EXTRAS`), read from the source only when asked,
 for exactly the clip's frames and in its view (M = `config.data.max_actors`
-slots, N = `config.data.audio_samples`):
+slots, N = `config.data.audio.num_samples`):
   boxes: "boxes" float32 [T, M, 4], [y1, x1, y2, x2] in [0, 1] of the view
     (scaled, cropped and flipped as the frames, clipped to the crop), and
     "box_valid" bool [T, M] (the actor is in the view; its box is zeros
@@ -25,9 +25,12 @@ slots, N = `config.data.audio_samples`):
     out of the view (read them with "box_valid").
   masks: "masks" int32 [T, S, S], k + 1 where actor slot k is seen, 0
     elsewhere: the nearest-neighbour view of the source's masks.
-  audio: "audio" float32 [N] at the source's sample rate, the N samples
-    centred on the clip's time window [first, last + 1) / fps, zeros
-    outside the video; "has_audio" bool [], whether the video has sound.
+  audio: "audio" float32 [N] at `config.data.audio.sample_rate`, the N
+    samples centred on the clip's time window [first, last + 1) / fps,
+    zeros outside the video; "has_audio" bool [], whether the video has
+    sound (zeros when not: such clips are counted, `DecodeErrors.silent`,
+    never skipped). Files are decoded by `audio.decode_audio`; a file whose
+    audio stream cannot be decoded is skipped like an undecodable video.
 A source lists the extras it provides (`base.VideoSource.extras`); asking a
 dataset for others fails when its source is made (`make_source`), before
 anything is compiled. Models and steps read the keys they use and ignore
@@ -84,6 +87,7 @@ def _scenes(cfg: ml_collections.ConfigDict, split: str) -> base.VideoSource:
     resolution=s.resolution,
     min_frames=s.min_frames,
     max_frames=s.max_frames,
+    sample_rate=cfg.audio.sample_rate,
   )
 
 
@@ -100,10 +104,12 @@ def _charades(cfg: ml_collections.ConfigDict, split: str) -> base.VideoSource:
     frames=c.frames,
     video_ext=c.video_ext,
     fps=c.fps,
+    sample_rate=cfg.audio.sample_rate,
   )
 
 
-def _list_source(c: ml_collections.ConfigDict, split: str, header: bool) -> base.VideoSource:
+def _list_source(cfg: ml_collections.ConfigDict, name: str, split: str) -> base.VideoSource:
+  c = cfg[name]
   csv_file = c[f"{split}_csv"]
   if not csv_file:
     raise ValueError(f"config.data: no {split}_csv for split {split!r}")
@@ -114,18 +120,19 @@ def _list_source(c: ml_collections.ConfigDict, split: str, header: bool) -> base
     classes=c.classes,
     videos=c.videos,
     fps=c.fps,
-    header=header,
+    header=name == "csv",  # M-MiT's lists have no header
+    sample_rate=cfg.audio.sample_rate,
   )
 
 
 @SOURCES.register("mmit")
 def _mmit(cfg: ml_collections.ConfigDict, split: str) -> base.VideoSource:
-  return _list_source(cfg.mmit, split, header=False)
+  return _list_source(cfg, "mmit", split)
 
 
 @SOURCES.register("csv")
 def _csv(cfg: ml_collections.ConfigDict, split: str) -> base.VideoSource:
-  return _list_source(cfg.csv, split, header=True)
+  return _list_source(cfg, "csv", split)
 
 
 @SOURCES.register("ava")
@@ -150,7 +157,17 @@ def _ava(cfg: ml_collections.ConfigDict, split: str) -> base.VideoSource:
 
 @SOURCES.register("prepared")
 def _prepared(cfg: ml_collections.ConfigDict, split: str) -> base.VideoSource:
-  return sources.PreparedVideos(split, data_dir=cfg.prepared.data_dir, dataset=cfg.prepared.dataset)
+  source = sources.PreparedVideos(
+    split, data_dir=cfg.prepared.data_dir, dataset=cfg.prepared.dataset
+  )
+  if "audio" in cfg.extras and source.sample_rate != cfg.audio.sample_rate:
+    config_lib.fail(
+      "data.audio.sample_rate",
+      cfg.audio.sample_rate,
+      f"the prepared {cfg.prepared.dataset!r} data's sound is at {source.sample_rate} Hz "
+      f"(prepare it again with --sample_rate={cfg.audio.sample_rate})",
+    )
+  return source
 
 
 class DecodeLimitError(RuntimeError):
@@ -158,12 +175,15 @@ class DecodeLimitError(RuntimeError):
 
 
 class DecodeErrors:
-  """Thread-safe count of skipped samples, shared by a pipeline's transforms."""
+  """Thread-safe count of skipped samples, shared by a pipeline's transforms,
+  and of the videos whose clips were given silence for want of a sound
+  track (`silent`: ids, each logged once; their samples are not skipped)."""
 
   def __init__(self, max_ratio: float, min_samples: int = 50):
     self.max_ratio, self.min_samples = max_ratio, min_samples
     self.seen = self.failed = 0
     self.files: set[str] = set()
+    self.silent: set[str] = set()
     self._lock = threading.Lock()
 
   def __getstate__(self):  # worker processes get their own lock
@@ -176,6 +196,14 @@ class DecodeErrors:
   def ok(self) -> None:
     with self._lock:
       self.seen += 1
+
+  def no_audio(self, video_id: str) -> None:
+    with self._lock:
+      first = video_id not in self.silent
+      self.silent.add(video_id)
+      count = len(self.silent)
+    if first:
+      logging.info("Video %s has no sound track: silent audio (%d so far)", video_id, count)
 
   def failed_on(self, error: video.VideoDecodeError) -> None:
     with self._lock:
@@ -210,10 +238,33 @@ def window_labels(record: base.Record, indices: np.ndarray, fps: float) -> np.nd
 
 def make_source(cfg: ml_collections.ConfigDict, split: str) -> base.VideoSource:
   """The `split` of the dataset named by `cfg.name`, checked to provide the
-  extras `cfg.extras` asks for (`check_extras`)."""
+  extras `cfg.extras` asks for (`check_extras`); with `cfg.audio.require`
+  only its videos with a sound track (`with_audio`)."""
   source = SOURCES.get(cfg.name)(cfg, split)
   check_extras(source, cfg)
-  return source
+  return with_audio(source) if cfg.audio.require else source
+
+
+def with_audio(source: base.VideoSource) -> base.Subset:
+  """The videos of `source` that have a sound track (looked up once per video:
+  one container opened per file), and those whose file cannot be opened,
+  which the pipelines then skip and count; the number kept is logged."""
+  keep = []
+  for i in range(len(source)):
+    try:
+      sound = source.has_audio(source[i])
+    except video.VideoDecodeError:
+      sound = True
+    if sound:
+      keep.append(i)
+  logging.info(
+    "%s split %r: %d of %d videos have sound (data.audio.require)",
+    type(source).__name__,
+    source.split,
+    len(keep),
+    len(source),
+  )
+  return base.Subset(source, keep)
 
 
 def check_extras(source: base.VideoSource, cfg: ml_collections.ConfigDict) -> None:
@@ -274,7 +325,8 @@ def clip_audio(
   fps: float,
   num_samples: int,
 ) -> np.ndarray:
-  """The sound of a clip: float32 [num_samples] at `source.sample_rate`.
+  """The sound of a clip: float32 [num_samples] at `source.sample_rate`
+  (`config.data.audio.sample_rate` for the registered datasets).
 
   The samples k whose times k / rate lie in [c - d, c + d), c the centre of
   the clip's window [first, last + 1) / fps and d = num_samples / 2 / rate:
@@ -302,7 +354,7 @@ class Extras:
     names: from EXTRAS (`config.data.extras`).
     max_actors: M, actor slots per frame; a source's fewer slots are padded
       with empty (not valid) ones.
-    audio_samples: N, samples of audio per clip.
+    audio_samples: N, samples of audio per clip (`config.data.audio.num_samples`).
   """
 
   names: tuple[str, ...] = ()
@@ -312,7 +364,7 @@ class Extras:
   @classmethod
   def from_config(cls, cfg: ml_collections.ConfigDict) -> Extras:
     """From `config.data`."""
-    return cls(tuple(cfg.extras), cfg.max_actors, cfg.audio_samples)
+    return cls(tuple(cfg.extras), cfg.max_actors, cfg.audio.num_samples)
 
   def _slots(self, x: np.ndarray, dtype) -> np.ndarray:
     """[F, m, ...] -> [F, M, ...] of `dtype`, padded with zeros (False)."""
@@ -338,9 +390,14 @@ class Extras:
     if "masks" in self.names:
       out["masks"] = np.asarray(source.masks(record, indices), np.int32)
     if "audio" in self.names:
+      out["has_audio"] = np.bool_(source.has_audio(record))
       out["audio"] = clip_audio(source, record, indices, num_video_frames, fps, self.audio_samples)
-      out["has_audio"] = np.bool_(record["has_audio"])
     return out
+
+  def count(self, extras: dict[str, np.ndarray], record: base.Record, errors: DecodeErrors) -> None:
+    """Counts a clip given silence for want of a sound track in `errors`."""
+    if "has_audio" in extras and not extras["has_audio"]:
+      errors.no_audio(record["id"])
 
   def view(self, extras: dict[str, np.ndarray], crop: transforms.Crop) -> dict[str, np.ndarray]:
     """`load`'s extras in the view `crop` of the frames (boxes and masks
@@ -366,7 +423,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     "data.max_short_side",
     "data.eval_short_side",
     "data.max_actors",
-    "data.audio_samples",
+    "data.audio.sample_rate",
+    "data.audio.num_samples",
   )
   config_lib.check_seed(config, "data.synthetic.seed", "data.scenes.seed")
   d = config.data
@@ -395,6 +453,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     config_lib.fail("data.num_workers", d.num_workers, "workers >= 0 and threads > 0")
   if any(name not in EXTRAS for name in d.extras) or len(set(d.extras)) != len(d.extras):
     config_lib.fail("data.extras", d.extras, f"must be distinct names from {list(EXTRAS)}")
+  if d.audio.require and "audio" not in d.extras:
+    config_lib.fail("data.audio.require", True, "needs 'audio' in data.extras")
   if d.name == "ava":
     # A record is the window of one clip at one rate around its keyframe.
     if len(d.rates) != 1:
@@ -424,7 +484,7 @@ def batch_spec(
   Returns:
     {"video": uint8 [B, T, S, S, 3], "labels": int32 [B, A]}; the keys of
     the extras `cfg.extras` asks for (M = `cfg.max_actors`, N =
-    `cfg.audio_samples`; semantics in the module docstring):
+    `cfg.audio.num_samples`; semantics in the module docstring):
       boxes: "boxes" float32 [B, T, M, 4], "box_valid" bool [B, T, M];
       actor_labels: "actor_labels" int32 [B, T, M, A];
       masks: "masks" int32 [B, T, S, S];
@@ -441,7 +501,7 @@ def batch_spec(
     "boxes": {"boxes": ((t, m, 4), np.float32), "box_valid": ((t, m), np.bool_)},
     "actor_labels": {"actor_labels": ((t, m, num_classes), np.int32)},
     "masks": {"masks": ((t, s, s), np.int32)},
-    "audio": {"audio": ((cfg.audio_samples,), np.float32), "has_audio": ((), np.bool_)},
+    "audio": {"audio": ((cfg.audio.num_samples,), np.float32), "has_audio": ((), np.bool_)},
   }
   for name in cfg.extras:
     per_clip.update(extras[name])
@@ -484,6 +544,7 @@ class TrainClip(grain.transforms.RandomMap):
       self.errors.failed_on(e)
       return None
     self.errors.ok()
+    self.extras.count(extras, record, self.errors)
     crop = transforms.train_crop(
       rng,
       *frames.shape[1:3],
@@ -555,6 +616,7 @@ class EvalWindow(grain.transforms.Map):
       for _ in view_ids:
         self.errors.failed_on(e)
       return []
+    self.extras.count(extras, record, self.errors)
     clips = []
     for view_id in view_ids:
       self.errors.ok()

@@ -1,7 +1,8 @@
 """Decode a video dataset once into ArrayRecord shards readable by TFDS.
 
   python -m mlar_jax.data.prepare --dataset charades --manual_dir /data/charades \
-      --data_dir /data/tfds [--short_side 256] [--fps 12] [--shard_size 64]
+      --data_dir /data/tfds [--short_side 256] [--fps 12] [--shard_size 64] \
+      [--sample_rate 22050]
 
 Writes the dataset of `builders.MlarCharades` (or MlarMmit, MlarCsv) into the
 builder's directory, `DATA_DIR/mlar_DATASET/VERSION/`, shard by shard: a shard
@@ -70,7 +71,13 @@ def prepare_split(
   split, out_dir = template.split, os.fspath(template.data_dir)
   feats = builders.features()
   num_shards = max(1, math.ceil(len(source) / shard_size))
-  settings = {"videos": len(source), "shard_size": shard_size, "short_side": short_side, "fps": fps}
+  settings = {
+    "videos": len(source),
+    "shard_size": shard_size,
+    "short_side": short_side,
+    "fps": fps,
+    "sample_rate": source.sample_rate,
+  }
   path = _progress_path(out_dir, split)
   progress = {"settings": settings, "shards": {}, "skipped": {}}
   if os.path.exists(path):
@@ -168,8 +175,13 @@ def prepare(
   ]
   # Publish every complete split here, of this run or an earlier one.
   info = builder.info
+  first = sources[builder.splits[0]]
   info.metadata.update(
-    class_names=list(sources[builder.splits[0]].class_names), ids={}, labels={}, skipped={}
+    class_names=list(first.class_names),
+    ids={},
+    labels={},
+    skipped={},
+    sample_rate=first.sample_rate,
   )
   split_infos = []
   for name in sorted(os.listdir(out_dir)):
@@ -215,6 +227,7 @@ def main(argv):
   data_cfg = config_lib.data_config()
   with data_cfg.unlocked():
     data_cfg[f.dataset].root = f.manual_dir
+    data_cfg.audio.sample_rate = f.sample_rate
     for item in f.set:
       key, _, value = item.partition("=")
       if key not in data_cfg[f.dataset]:
@@ -251,6 +264,9 @@ def define_flags() -> None:
   flags.DEFINE_integer("short_side", 256, "Resize frames to this short side.")
   flags.DEFINE_float("fps", 0.0, "Frames per second to keep (0: all).")
   flags.DEFINE_integer("shard_size", 64, "Videos per ArrayRecord shard.")
+  flags.DEFINE_integer(
+    "sample_rate", 22050, "Hz of the stored sound (config.data.audio.sample_rate of training)."
+  )
   flags.DEFINE_multi_string("set", [], "KEY=VALUE for config.data.<dataset>.")
   flags.mark_flags_as_required(["dataset", "manual_dir", "data_dir"])
 

@@ -636,19 +636,20 @@ def _distractors(
   return out
 
 
-def _audio(plan: Plan, start: int, stop: int) -> np.ndarray:
-  """Samples [start, stop) of a planned video's sound track, float32."""
+def _audio(plan: Plan, start: int, stop: int, rate: int = SAMPLE_RATE) -> np.ndarray:
+  """Samples [start, stop) at `rate` Hz of a planned video's sound track,
+  float32: the tones are functions of time, the noise is drawn per block."""
   out = np.zeros(stop - start, np.float32)
   if not plan.has_audio or stop <= start:
     return out
   # Noise comes in 0.1 s blocks, each from its own seed, so that a span of
   # samples draws only the blocks it overlaps.
-  block = SAMPLE_RATE // 10
+  block = max(rate // 10, 1)
   for b in range(start // block, (stop - 1) // block + 1):
     noise = np.random.default_rng([plan.texture_seed, b]).normal(0, plan.noise, block)
     lo, hi = max(start, b * block), min(stop, (b + 1) * block)
     out[lo - start : hi - start] = noise[lo - b * block : hi - b * block]
-  time = np.arange(start, stop) / SAMPLE_RATE
+  time = np.arange(start, stop) / rate
   for c, _, _, s, e in plan.instances:
     name = CLASS_NAMES[c]
     if name not in SOUNDS:
@@ -713,11 +714,12 @@ class SceneVideos(base.PlannedVideos):
     num_videos: number of videos in the split.
     resolution: frame height and width in pixels.
     min_frames, max_frames: the range of video lengths.
+    sample_rate: Hz of the sound track (`config.data.audio.sample_rate`);
+      the tones are the same at any rate, the noise is drawn per rate.
   """
 
   extras = ("boxes", "actor_labels", "masks", "audio")
   max_actors = MAX_ACTORS
-  sample_rate = SAMPLE_RATE
 
   def __init__(
     self,
@@ -728,6 +730,7 @@ class SceneVideos(base.PlannedVideos):
     resolution: int = 48,
     min_frames: int = 96,
     max_frames: int = 160,
+    sample_rate: int = SAMPLE_RATE,
   ):
     if not 64 <= min_frames <= max_frames:
       raise ValueError(f"need 64 <= min_frames <= max_frames, got {min_frames}, {max_frames}")
@@ -735,12 +738,13 @@ class SceneVideos(base.PlannedVideos):
     self.resolution = resolution
     self.min_frames = min_frames
     self.max_frames = max_frames
+    self.sample_rate = sample_rate
 
   def __repr__(self) -> str:
     return (
       f"SceneVideos(split={self.split!r}, seed={self.seed}, num_videos={self.num_videos}, "
       f"resolution={self.resolution}, min_frames={self.min_frames}, "
-      f"max_frames={self.max_frames})"
+      f"max_frames={self.max_frames}, sample_rate={self.sample_rate})"
     )
 
   @property
@@ -812,9 +816,9 @@ class SceneVideos(base.PlannedVideos):
     return out
 
   def audio(self, record: base.Record, start: int, stop: int) -> np.ndarray:
-    """Samples [start, stop) of the video's sound track at SAMPLE_RATE,
+    """Samples [start, stop) of the video's sound track at `sample_rate`,
     float32 [stop - start] in [-1, 1]; zeros when it has none."""
-    return _audio(self.plan_of(record), start, stop)
+    return _audio(self.plan_of(record), start, stop, self.sample_rate)
 
   def concepts(self, record: base.Record, indices: np.ndarray) -> dict[str, np.ndarray]:
     """Concept masks at frames `indices` (see the module docstring).

@@ -2,7 +2,9 @@
 
 Each is a `base.VideoSource`: records are parsed once from the annotation
 files (errors name the file and line), frames are decoded on demand with
-`video.decode_frames`, and the label matrix, class counts and co-occurrence
+`video.decode_frames` and the "audio" extra with `audio.decode_audio`
+(resampled to the source's `sample_rate`; silence for frame folders and
+files without sound), and the label matrix, class counts and co-occurrence
 come from the annotations alone, without touching a video.
 
 Record fields: id, index, path (a video file or a frame folder), labels [A]
@@ -22,13 +24,28 @@ from typing import Iterator, Sequence
 import numpy as np
 from PIL import Image
 
-from mlar_jax.data import base, video
+from mlar_jax.data import audio, base, video
+
+# SoundNet's rate: what a source's sound is resampled to unless told.
+SAMPLE_RATE = 22050
+# Prepared sound is int16: sample / PCM_SCALE.
+PCM_SCALE = 32767.0
 
 
 class FileVideos(base.AnnotatedVideos):
-  """A split whose records were parsed from annotation files."""
+  """A split whose records were parsed from annotation files; it provides
+  the "audio" extra at `sample_rate` (Hz)."""
 
-  def __init__(self, split: str, class_names: Sequence[str], records: list[base.Record]):
+  extras = ("audio",)
+
+  def __init__(
+    self,
+    split: str,
+    class_names: Sequence[str],
+    records: list[base.Record],
+    sample_rate: int = SAMPLE_RATE,
+  ):
+    self.sample_rate = sample_rate
     for i, r in enumerate(records):
       r["index"] = i
     labels = (
@@ -49,6 +66,14 @@ class FileVideos(base.AnnotatedVideos):
 
   def load_frames(self, record: base.Record, indices: np.ndarray) -> np.ndarray:
     return video.decode_frames(record["path"], indices)
+
+  def has_audio(self, record: base.Record) -> bool:
+    # From the container's stream list (cached per file), not the annotations.
+    return audio.audio_info(record["path"]).has_audio
+
+  def audio(self, record: base.Record, start: int, stop: int) -> np.ndarray:
+    sound = audio.decode_audio(record["path"], start, stop, self.sample_rate)
+    return np.zeros(stop - start, np.float32) if sound is None else sound
 
 
 @functools.lru_cache(maxsize=4096)
@@ -170,6 +195,7 @@ def charades(
   frames: bool,
   video_ext: str,
   fps: float,
+  sample_rate: int = SAMPLE_RATE,
 ) -> FileVideos:
   """Charades: `Charades_v1_{train,test}.csv` and `Charades_v1_classes.txt`.
 
@@ -183,6 +209,7 @@ def charades(
     frames: read frame folders rather than video files.
     video_ext: video file suffix, e.g. ".mp4".
     fps: frame rate of frame folders (24 for the official frames).
+    sample_rate: of the "audio" extra, Hz (frame folders are silent).
 
   Actions "c092 11.90 21.20;c147 0.00 12.60" give the segments; a video's
   labels are all its actions. Videos without any action are kept: training
@@ -242,11 +269,19 @@ def charades(
         "fps": float(fps),
       }
     )
-  return FileVideos(split, names, records)
+  return FileVideos(split, names, records, sample_rate)
 
 
 def video_list(
-  split: str, *, root: str, csv_file: str, classes: str, videos: str, fps: float, header: bool
+  split: str,
+  *,
+  root: str,
+  csv_file: str,
+  classes: str,
+  videos: str,
+  fps: float,
+  header: bool,
+  sample_rate: int = SAMPLE_RATE,
 ) -> FileVideos:
   """M-MiT style lists: `path,label1,label2,...` lines (labels are class names,
   codes or indices of the class file); with `header`, the first line names the
@@ -254,7 +289,8 @@ def video_list(
 
   Rows with the wrong number of fields (header mode), an empty path, a
   duplicate id (or path), unknown labels or bytes that are not UTF-8 are
-  ValueErrors naming the file and line."""
+  ValueErrors naming the file and line. `sample_rate`: of the "audio"
+  extra, Hz."""
   j = lambda p: os.path.join(root, p)
   names, lookup = read_class_names(j(classes))
   path = j(csv_file)
@@ -290,10 +326,10 @@ def video_list(
         "fps": float(fps),
       }
     )
-  return FileVideos(split, names, records)
+  return FileVideos(split, names, records, sample_rate)
 
 
-PREPARED_VERSION = "1.2.0"
+PREPARED_VERSION = "1.3.0"
 
 
 def prepared_dir(data_dir: str, dataset: str) -> str:
@@ -304,9 +340,12 @@ def prepared_dir(data_dir: str, dataset: str) -> str:
 class PreparedVideos(base.AnnotatedVideos):
   """A split written by `mlar_jax.data.prepare` (its command or its TFDS
   builders), read with TFDS's ArrayRecord data source. Frames are JPEG bytes;
-  only the sampled ones are decoded. Class names, video ids and the label
-  matrix come from the dataset's metadata.json, so ids, counts and
-  co-occurrence need no pass over the examples."""
+  only the sampled ones are decoded. Class names, video ids, the label
+  matrix and the sound's sample rate come from the dataset's metadata.json,
+  so ids, counts and co-occurrence need no pass over the examples. It
+  provides the "audio" extra from the stored sound track."""
+
+  extras = ("audio",)
 
   def __init__(self, split: str, *, data_dir: str, dataset: str):
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
@@ -334,6 +373,7 @@ class PreparedVideos(base.AnnotatedVideos):
         f"labels for split {split!r} of {len(self._data)} examples"
       )
     super().__init__(split, meta["class_names"], labels, ids)
+    self.sample_rate = int(meta["sample_rate"])
 
   def __getitem__(self, index: int) -> base.Record:
     ex = self._data[int(index)]
@@ -345,6 +385,8 @@ class PreparedVideos(base.AnnotatedVideos):
       "num_frames": len(ex["frames"]),
       "fps": float(ex["fps"]),
       "frames": ex["frames"],
+      "audio": ex["audio"],
+      "has_audio": bool(ex["has_audio"]),
     }
 
   def load_frames(self, record: base.Record, indices: np.ndarray) -> np.ndarray:
@@ -357,3 +399,10 @@ class PreparedVideos(base.AnnotatedVideos):
       )
     except (OSError, IndexError) as e:
       raise video.VideoDecodeError(f"prepared:{record['id']}", str(e)) from e
+
+  def audio(self, record: base.Record, start: int, stop: int) -> np.ndarray:
+    # The stored track ends with the frames' time, rounded up; zeros after.
+    out = np.zeros(stop - start, np.float32)
+    stored = np.asarray(record["audio"][start:stop], np.float32) / PCM_SCALE
+    out[: len(stored)] = stored
+    return out

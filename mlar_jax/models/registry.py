@@ -10,12 +10,15 @@ import jax.numpy as jnp
 import ml_collections
 
 from mlar_jax import config_lib, registry
-from mlar_jax.models import heads, layers
+from mlar_jax.models import heads, layers, soundnet
 from mlar_jax.models import video_resnets as vr
 
 # name -> backbone constructor (a `flax.linen.Module` class with its
 # architecture fixed); `build_backbone` adds the compute settings of config.model.
 BACKBONES: registry.Registry = registry.Registry("backbone")
+# name -> audio backbone constructor (`config.model.audio_backbone`): maps a
+# waveform [B, N] to {"map": [B, T', C], "pooled": [B, D]}.
+AUDIO_BACKBONES: registry.Registry = registry.Registry("audio backbone")
 # name -> fn(model_config, num_classes, class_stats) -> head module
 HEADS: registry.Registry = registry.Registry("head")
 
@@ -143,6 +146,9 @@ for _name, _arch in ARCHS.items():
   BACKBONES.register(_name)(_arch)
 
 
+AUDIO_BACKBONES.register("soundnet8")(soundnet.SoundNet)
+
+
 def build_backbone(cfg: ml_collections.ConfigDict) -> nn.Module:
   """The backbone named by `cfg.backbone` with the settings of `cfg`
   (`config.model`): dtype, frozen_bn, conv_impl, res5_spatial_stride. Maps
@@ -152,6 +158,17 @@ def build_backbone(cfg: ml_collections.ConfigDict) -> nn.Module:
     frozen_bn=cfg.frozen_bn,
     conv_impl=cfg.conv_impl,
     res5_spatial_stride=cfg.res5_spatial_stride,
+  )
+
+
+def build_audio_backbone(cfg: ml_collections.ConfigDict, teacher_heads: bool = False) -> nn.Module:
+  """The audio backbone named by `cfg.audio_backbone` with the dtype and
+  frozen_bn of `cfg` (`config.model`). Maps [B, N] to {"map": [B, T', C],
+  "pooled": [B, D]} (plus SoundNet's teacher logits with `teacher_heads`,
+  for importing and checking its released weights)."""
+  extra = {"teacher_heads": True} if teacher_heads else {}
+  return AUDIO_BACKBONES.get(cfg.audio_backbone)(
+    dtype=DTYPES[cfg.dtype], frozen_bn=cfg.frozen_bn, **extra
   )
 
 
@@ -300,6 +317,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   head sizes; and `config.eval.output`, one of the head's outputs."""
   _validate_task(config)
   config_lib.check_choice(config, "model.backbone", BACKBONES.names())
+  config_lib.check_choice(config, "model.audio_backbone", AUDIO_BACKBONES.names())
   config_lib.check_choice(config, "model.head", HEADS.names())
   config_lib.check_choice(config, "model.dtype", DTYPES)
   config_lib.check_choice(config, "model.conv_impl", layers.CONV_IMPLS)

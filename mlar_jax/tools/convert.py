@@ -24,6 +24,13 @@ Sources (`--source`, default: recognised from the key names):
     so a static clip gives the 2D network's features. Layers the 2D network
     lacks (non-local blocks) keep their initialisation; the ImageNet
     classifier is dropped.
+  * "soundnet": the PyTorch port of SoundNet-8 (smallflyingpig/SoundNet_Pytorch,
+    `sound8.pth`: `conv1.0` the convolution as a [O, I, k, 1] Conv2d,
+    `conv1.1` its batch norm, ..., `conv7`; `conv8` / `conv8_2` the object
+    and scene teacher heads) into the audio backbone soundnet8. The teacher
+    heads are dropped, or kept in the backbone (`conv8_objects`,
+    `conv8_scenes`) with `--keep_head`. The output is a backbone checkpoint
+    like the video ones ("backbone/conv1", ...).
 
 Files: `.pyth` / `.pt` / `.pth` written by `torch.save` (a bare state dict,
 or a dict holding it under "model_state" or "state_dict"; a "module." prefix
@@ -327,7 +334,27 @@ def _torchvision_map(family: str, keys: list[str]) -> Callable[[str], str | None
   return rename
 
 
-SOURCES = {"pytorchvideo": _ptv_map, "pyslowfast": _pyslowfast_map, "torchvision": _torchvision_map}
+def _soundnet_map(family: str, keys: list[str]) -> Callable[[str], str | None]:
+  """SoundNet port module paths ("conv3.0" conv, "conv3.1" batch norm, "conv8_2.0")."""
+  del family, keys
+  heads = {"conv8.0": "conv8_objects", "conv8_2.0": "conv8_scenes"}
+
+  def rename(module: str) -> str | None:
+    if module in heads:
+      return f"backbone/{heads[module]}"
+    if m := re.fullmatch(r"conv([1-7])\.([01])", module):
+      return f"backbone/{'conv' if m.group(2) == '0' else 'bn'}{m.group(1)}"
+    return None
+
+  return rename
+
+
+SOURCES = {
+  "pytorchvideo": _ptv_map,
+  "pyslowfast": _pyslowfast_map,
+  "torchvision": _torchvision_map,
+  "soundnet": _soundnet_map,
+}
 # Which sources each backbone family accepts.
 SUPPORTED = {
   "pytorchvideo": (
@@ -343,13 +370,22 @@ SUPPORTED = {
   ),
   "pyslowfast": ("i3d_r50", "slow_r50", "nl_r50", "nl_r101", "slowfast_r50", "slowfast_r101"),
   "torchvision": ("i3d_r50", "slow_r50", "nl_r50", "tsm_r50"),
+  "soundnet": ("soundnet8",),
 }
+# Converted model paths that are a source's classifiers: dropped unless
+# `keep_head` (the video heads go to "head/", SoundNet's stay in its backbone).
+_HEAD_PATHS = re.compile(r"head/|backbone/conv8_")
+# Waveform samples the audio backbones are initialised on: 20 s at 22050 Hz,
+# the original's input, long enough for SoundNet's conv8 (about 10 s).
+_AUDIO_INIT_SAMPLES = 20 * 22050
 # Model parameters a source may leave at their initialisation.
 _FRESH_OK = {"torchvision": re.compile(r"_nonlocal\d+/")}
 
 
 def detect_source(keys: list[str]) -> str:
   """The checkpoint convention, from its key names."""
+  if any(k.startswith("conv7.0.") for k in keys):
+    return "soundnet"
   if any(k.startswith("blocks.") for k in keys):
     return "pytorchvideo"
   if any(k.startswith("s1.") for k in keys):
@@ -358,7 +394,7 @@ def detect_source(keys: list[str]) -> str:
     return "torchvision"
   raise ValueError(
     "cannot tell the checkpoint's convention from its keys (first: "
-    f"{keys[:5]}); pass --source pytorchvideo|pyslowfast|torchvision"
+    f"{keys[:5]}); pass --source {'|'.join(SOURCES)}"
   )
 
 
@@ -378,8 +414,13 @@ _BN_LEAVES = {
 
 def _to_ours(value: np.ndarray, target_shape: tuple[int, ...], inflate: bool) -> np.ndarray:
   """A PyTorch tensor in our layout: conv [O, I, (kt,) kh, kw] -> [kt, kh, kw, I, O]
-  (a 2D kernel inflated over kt), linear or 1x1x1 conv [O, I, ...] -> [I, O]."""
+  (a 2D kernel inflated over kt), 1D conv [O, I, k] or [O, I, k, 1] (a
+  Conv2d over (time, 1)) -> [k, I, O], linear or 1x1x1 conv [O, I, ...] -> [I, O]."""
   value = np.asarray(value, np.float32)
+  if len(target_shape) == 3:
+    if value.ndim == 4 and value.shape[3] == 1:
+      value = value[..., 0]
+    return np.transpose(value, (2, 1, 0)) if value.ndim == 3 else value
   if len(target_shape) == 5:
     if value.ndim == 4 and inflate:
       kt = target_shape[0]
@@ -404,8 +445,9 @@ def convert_state_dict(
   Args:
     state: source key -> array.
     arch: our backbone name (`models.registry.BACKBONES`).
-    source: "pytorchvideo" | "pyslowfast" | "torchvision" | "auto".
-    keep_head: also convert the source classifier to "head/classifier".
+    source: "pytorchvideo" | "pyslowfast" | "torchvision" | "soundnet" | "auto".
+    keep_head: also convert the source classifier to "head/classifier"
+      (SoundNet: its teacher heads, in the backbone).
     seed: initialisation of parameters the source does not have (allowed
       only where `_FRESH_OK` says so).
 
@@ -425,10 +467,15 @@ def convert_state_dict(
       f"{source} checkpoints convert to {', '.join(SUPPORTED[source])}; not to {arch!r}"
     )
   cfg = config_lib.base_config().model
-  cfg.backbone = arch
-  backbone = registry.build_backbone(cfg)
-  t = 8 if _family(arch) == "slowfast" else 4
-  init = lambda: backbone.init(jax.random.key(seed), jnp.zeros((1, t, 32, 32, 3)), train=False)
+  if arch in registry.AUDIO_BACKBONES:
+    cfg.audio_backbone = arch
+    backbone = registry.build_audio_backbone(cfg, teacher_heads=keep_head)
+    example = jnp.zeros((1, _AUDIO_INIT_SAMPLES))
+  else:
+    cfg.backbone = arch
+    backbone = registry.build_backbone(cfg)
+    example = jnp.zeros((1, 8 if _family(arch) == "slowfast" else 4, 32, 32, 3))
+  init = lambda: backbone.init(jax.random.key(seed), example, train=False)
   fresh_ok = _FRESH_OK.get(source)
   # Shapes only, unless some leaves may keep their initial values.
   fresh = jax.jit(init)() if fresh_ok else jax.eval_shape(init)
@@ -444,8 +491,8 @@ def convert_state_dict(
     if leaf == "num_batches_tracked":
       continue
     ours = rename(module)
-    if ours is None or (ours.startswith("head/") and not keep_head):
-      if not (ours or "").startswith("head/") and not (source == "torchvision" and module == "fc"):
+    if ours is None or (_HEAD_PATHS.match(ours) and not keep_head):
+      if not _HEAD_PATHS.match(ours or "") and not (source == "torchvision" and module == "fc"):
         unmatched.append(f"  {key}: {tuple(state[key].shape)}")
       continue
     if ours == "head/classifier":
@@ -516,7 +563,7 @@ def save_variables(variables: dict[str, Any], out: str) -> str:
 
 def define_flags() -> None:
   """The command's flags; defined only when it runs (absl flags are global)."""
-  flags.DEFINE_string("arch", None, "Our backbone name, e.g. slowfast_r101.")
+  flags.DEFINE_string("arch", None, "Our backbone name, e.g. slowfast_r101 or soundnet8.")
   flags.DEFINE_string("checkpoint", None, "PyTorch checkpoint file (.pyth/.pt/.pth).")
   flags.DEFINE_string("out", None, "Output directory (for --config.init_from).")
   flags.DEFINE_enum("source", "auto", ["auto", *SOURCES], "Checkpoint convention.")
