@@ -147,13 +147,16 @@ def build_backbone(cfg: ml_collections.ConfigDict) -> nn.Module:
   """The backbone named by `cfg.backbone` with the settings of `cfg`
   (`config.model`): dtype, frozen_bn, conv_impl, res5_spatial_stride, remat.
   Maps [B, T, H, W, 3] to {"map": [B, T', H', W', C], "pooled": [B, D]}."""
+  # A workdir saved before the key existed trained without remat. Passed only
+  # when set, so a registered backbone without residual blocks to checkpoint
+  # (no `remat` attribute) builds as before with the default.
+  remat = cfg.get("remat", "none")
   return BACKBONES.get(cfg.backbone)(
     dtype=DTYPES[cfg.dtype],
     frozen_bn=cfg.frozen_bn,
     conv_impl=cfg.conv_impl,
     res5_spatial_stride=cfg.res5_spatial_stride,
-    # A workdir saved before the key existed trained without remat.
-    remat=cfg.get("remat", "none"),
+    **({} if remat == "none" else {"remat": remat}),
   )
 
 
