@@ -189,6 +189,11 @@ def base_config() -> ml_collections.ConfigDict:
         "dtype": "float32",
         "frozen_bn": False,
         "conv_impl": "auto",
+        # Recompute each residual block's activations in the backward pass
+        # instead of storing them: none | block | convs (what a block keeps,
+        # models.video_resnets.REMAT_POLICIES). Less memory per clip, more
+        # FLOPs; the function and parameters are the same.
+        "remat": "none",
         # The backbone's last-stage spatial stride: 2 as published; 1 doubles
         # the map's height and width with the same parameters (detection:
         # the MLAR paper's AVA setting, 14 x 14 at 224).
@@ -269,10 +274,11 @@ def base_config() -> ml_collections.ConfigDict:
 
 # Settings that a checkpoint's shapes or its place in the data stream depend
 # on: resuming a workdir with another value is refused (config_changes). The
-# model's numerics settings (dtype, convolution implementation, dropout) may
-# change; its architecture may not.
+# model's numerics settings (dtype, convolution implementation, dropout,
+# rematerialisation) may change; its architecture may not.
 RESUME_FIXED = (
-  r"^(model\.(?!(dtype|conv_impl|dropout_rate)$)|batch_size$|data\.(name|num_frames|crop_size)$)"
+  r"^(model\.(?!(dtype|conv_impl|dropout_rate|remat)$)|batch_size$"
+  r"|data\.(name|num_frames|crop_size)$)"
 )
 
 

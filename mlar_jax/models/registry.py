@@ -151,13 +151,18 @@ AUDIO_BACKBONES.register("soundnet8")(soundnet.SoundNet)
 
 def build_backbone(cfg: ml_collections.ConfigDict) -> nn.Module:
   """The backbone named by `cfg.backbone` with the settings of `cfg`
-  (`config.model`): dtype, frozen_bn, conv_impl, res5_spatial_stride. Maps
-  [B, T, H, W, 3] to {"map": [B, T', H', W', C], "pooled": [B, D]}."""
+  (`config.model`): dtype, frozen_bn, conv_impl, res5_spatial_stride, remat.
+  Maps [B, T, H, W, 3] to {"map": [B, T', H', W', C], "pooled": [B, D]}."""
+  # A workdir saved before the key existed trained without remat. Passed only
+  # when set, so a registered backbone without residual blocks to checkpoint
+  # (no `remat` attribute) builds as before with the default.
+  remat = cfg.get("remat", "none")
   return BACKBONES.get(cfg.backbone)(
     dtype=DTYPES[cfg.dtype],
     frozen_bn=cfg.frozen_bn,
     conv_impl=cfg.conv_impl,
     res5_spatial_stride=cfg.res5_spatial_stride,
+    **({} if remat == "none" else {"remat": remat}),
   )
 
 
@@ -314,13 +319,15 @@ def _validate_task(config: ml_collections.ConfigDict) -> None:
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """`config.model`: task, registered backbone and head, dtype, conv path,
-  head sizes; and `config.eval.output`, one of the head's outputs."""
+  remat policy, head sizes; and `config.eval.output`, one of the head's
+  outputs."""
   _validate_task(config)
   config_lib.check_choice(config, "model.backbone", BACKBONES.names())
   config_lib.check_choice(config, "model.audio_backbone", AUDIO_BACKBONES.names())
   config_lib.check_choice(config, "model.head", HEADS.names())
   config_lib.check_choice(config, "model.dtype", DTYPES)
   config_lib.check_choice(config, "model.conv_impl", layers.CONV_IMPLS)
+  config_lib.check_choice(config, "model.remat", vr.REMAT_POLICIES)
   if config.model.res5_spatial_stride not in RES5_SPATIAL_STRIDES:
     config_lib.fail(
       "model.res5_spatial_stride",

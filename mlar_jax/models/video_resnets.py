@@ -30,16 +30,23 @@ weights (`mlar_jax.tools.convert`) give PyTorch's outputs. Batch statistics in
 training are those of the global batch (XLA reduces over every device of a
 sharded batch), or frozen with `frozen_bn`.
 
+`remat` (every backbone) recomputes each residual block's activations in
+the backward pass instead of storing them (`REMAT_POLICIES`): the same
+function, parameters and gradients, for less activation memory and more
+FLOPs.
+
 Activations carry logical axis names ("batch", "time", "height", "width",
 "channels"); `mlar_jax.sharding` maps them to mesh axes.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -103,6 +110,52 @@ class _Common(nn.Module):
 
 _SHARED = ("dtype", "frozen_bn", "conv_impl", "padding", "kernel_init")
 
+# config.model.remat -> the `jax.checkpoint` policy of each residual block
+# (what its backward pass may keep from the forward one):
+#   none:  no checkpoint; every activation is stored (the default).
+#   block: nothing inside a block is kept, only its input; the whole block is
+#          recomputed in the backward pass.
+#   convs: convolution (and matmul) outputs are kept; batch norms, ReLUs and
+#          the residual add are recomputed from them. jax's
+#          `dots_with_no_batch_dims_saveable`, the transformer policy, keeps
+#          no convolution, so for these networks it would equal "block".
+REMAT_POLICIES: dict[str, Any] = {
+  "none": None,
+  "block": jax.checkpoint_policies.nothing_saveable,
+  "convs": jax.checkpoint_policies.dots_saveable,
+}
+
+
+def remat_block(block: Any, remat: str) -> Any:
+  """`block` (a residual block class, or a partial of one) checkpointed with
+  policy `remat` (a `REMAT_POLICIES` name); unchanged for "none".
+
+  The result must be called as `block(...)(x, train)`: `train` is positional
+  because `jax.checkpoint` traces keyword arguments, and the Python bool
+  that picks batch statistics must stay static (argument 2, counting self).
+  The module's name, hence its parameter paths, is the caller's `name=`, so
+  the parameter tree is the same with and without remat.
+  """
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f"remat={remat!r}: unknown; choose from {sorted(REMAT_POLICIES)}")
+  if remat == "none":
+    return block
+  wrap = functools.partial(nn.remat, policy=REMAT_POLICIES[remat], static_argnums=(2,))
+  if isinstance(block, functools.partial):  # CSN / TSM blocks: keep their options.
+    return functools.partial(wrap(block.func), *block.args, **block.keywords)
+  return wrap(block)
+
+
+class _Backbone(_Common):
+  """A whole network: the shared attributes plus `remat`, the checkpoint
+  policy of its residual blocks (`REMAT_POLICIES`)."""
+
+  remat: str = "none"
+
+  def rematted(self, cls: Any) -> Any:
+    """`cls` with this backbone's remat policy; call it as `(...)(x, train)`."""
+    return remat_block(cls, self.remat)
+
 
 def temporal_shift(x: jnp.ndarray, fold_div: int) -> jnp.ndarray:
   """TSM's shift: channels [0, C/d) move one step back in time (frame t sees
@@ -151,7 +204,7 @@ class Bottleneck(_Common):
   expansion: int = 4
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
+  def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
     """Args: x: [B, T, H, W, C]. Returns [B, T / st, H / s, W / s, width * expansion]."""
     st, s, out = self.temporal_stride, self.spatial_stride, self.width * self.expansion
     a_stride = (1, 1, 1) if self.stride_on_b else (st, 1, 1)
@@ -188,7 +241,7 @@ class BasicBlock(_Common):
   temporal_stride: int = 1
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
+  def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
     """Args: x: [B, T, H, W, C]. Returns [B, T / st, H / s, W / s, width]."""
     st, s = self.temporal_stride, self.spatial_stride
     kernel = (self.conv_a_t, 3, 3)
@@ -210,7 +263,7 @@ class NonLocal(_Common):
   pool: tuple[int, int, int] = (1, 2, 2)
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
+  def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
     b, t, h, w, c = x.shape
     inner = c // 2
     conv = lambda name: self.conv(inner, (1, 1, 1), use_bias=True, name=name)
@@ -241,13 +294,14 @@ def _cycle(kernels: Sequence[int], depth: int) -> list[int]:
   return (list(kernels) * depth)[:depth]
 
 
-class ResNet(_Common):
+class ResNet(_Backbone):
   """I3D / Slow / C2D / non-local / CSN / TSM / R3D ResNets.
 
   Attributes:
     block: the residual block, `Bottleneck` or `BasicBlock`, or a partial of
       one fixing its own options (CSN's depthwise conv_b, TSM's shift). It
-      is called with width, conv_a_t, spatial_stride and temporal_stride.
+      is built with width, conv_a_t, spatial_stride and temporal_stride and
+      called as `(x, train)` (positional `train`: see `remat_block`).
     depths: blocks per stage (res2, res3, ...; any number of stages):
       (3, 4, 6, 3) for R50, (3, 4, 23, 3) for R101, (3, 8, 36, 3) for R152,
       (2, 2, 2, 2) for R3D-18.
@@ -290,7 +344,7 @@ class ResNet(_Common):
       nonlocal_after = self.nonlocal_blocks[i] if self.nonlocal_blocks else ()
       for j, kt in enumerate(_cycle(self.conv_a_t[i], depth)):
         first = j == 0
-        x = self.block(
+        x = self.rematted(self.block)(
           width=width,
           conv_a_t=kt,
           spatial_stride=(
@@ -299,9 +353,9 @@ class ResNet(_Common):
           temporal_stride=self.temporal_strides[i] if first and self.temporal_strides else 1,
           name=f"res{i + 2}_block{j}",
           **common,
-        )(x, train=train)
+        )(x, train)
         if j in nonlocal_after:
-          x = NonLocal(name=f"res{i + 2}_nonlocal{j}", **common)(x, train=train)
+          x = self.rematted(NonLocal)(name=f"res{i + 2}_nonlocal{j}", **common)(x, train)
       if i == 0 and self.pool1:
         x = nn.max_pool(x, (2, 1, 1), (2, 1, 1), padding="VALID")
       width *= 2
@@ -314,7 +368,7 @@ def slow_indices(num_frames: int, alpha: int) -> np.ndarray:
   return np.linspace(0, num_frames - 1, num_frames // alpha).astype(np.int64)
 
 
-class SlowFast(_Common):
+class SlowFast(_Backbone):
   """SlowFast ResNet: Slow (T/alpha frames, full width) and Fast (T frames,
   1/beta_inv width) pathways, fused after the stem and res2-res4 by a
   time-strided (k x 1 x 1, stride alpha) convolution from Fast to Slow
@@ -358,7 +412,7 @@ class SlowFast(_Common):
       ):
         y = slow if path == "slow" else fast
         for j in range(depth):
-          y = Bottleneck(
+          y = self.rematted(Bottleneck)(
             width=width // 4,
             conv_a_t=kt,
             spatial_stride=(
@@ -366,7 +420,7 @@ class SlowFast(_Common):
             ),
             name=f"{path}_res{i + 2}_block{j}",
             **common,
-          )(y, train=train)
+          )(y, train)
         slow, fast = (y, fast) if path == "slow" else (slow, y)
       if i < len(self.depths) - 1:
         slow = self._fuse(slow, fast, f"fuse_res{i + 2}", train)
@@ -400,7 +454,7 @@ class X3DBlock(_Common):
   se_ratio: float = 0.0
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
+  def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
     s = (1, self.stride, self.stride)
     y = self.conv(self.inner, (1, 1, 1), name="conv_a")(x)
     y = nn.relu(self.norm(train, name="bn_a")(y))
@@ -423,7 +477,7 @@ class X3DBlock(_Common):
     return nn.relu(x + y)
 
 
-class X3D(_Common):
+class X3D(_Backbone):
   """X3D (Feichtenhofer 2020) from the expansion factors of its variants.
 
   Attributes:
@@ -461,7 +515,7 @@ class X3D(_Common):
       out = round_width(dim, self.width_factor)
       inner = int(self.bottleneck_factor * out)
       for j in range(int(math.ceil(self.depth_factor * base))):
-        x = X3DBlock(
+        x = self.rematted(X3DBlock)(
           inner=inner,
           out=out,
           stride=(
@@ -472,7 +526,7 @@ class X3D(_Common):
           se_ratio=self.se_ratio if j % 2 == 0 else 0.0,
           name=f"res{i + 2}_block{j}",
           **common,
-        )(x, train=train)
+        )(x, train)
     x = self.conv(inner, (1, 1, 1), name="conv5")(x)
     x = nn.relu(self.norm(train, name="conv5_bn")(x))
     pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2, 3))

@@ -198,7 +198,8 @@ def main(argv):
     sys.exit(
       f"Does not fit: the step needs {result['peak_bytes'] / GiB:.3f} GiB per chip, "
       f"the {result['device_kind']} limit is {result['hbm_bytes'] / GiB:.3f} GiB. Use FSDP "
-      "(--config.sharding.params=fsdp), a smaller per-chip batch, or bfloat16."
+      "(--config.sharding.params=fsdp), a smaller per-chip batch, bfloat16, or "
+      "rematerialisation (--config.model.remat=block)."
     )
 
 
