@@ -13,7 +13,8 @@ Arguments (comma-separated):
                  timestamps and `ava_val_predicted_boxes.csv` (person detections,
                  PySlowFast's file); runlocal: a scenes export.
   backbone=NAME  slowfast_r101 (default, the paper's Table 5), slowfast_r50, ...
-  head=NAME      mlar (default) or linear.
+  head=NAME      mlar (default), mlar_paper (config_lib.PAPER_MLAR),
+                 attention_pool or linear.
   runlocal       a tiny detector on a scenes AVA export, trained in seconds.
 
 The paper's setting: the last stage's spatial stride 1 (a 14 x 14 map at a
@@ -44,7 +45,8 @@ def get_config(arg=None):
   d.min_short_side, d.max_short_side, d.crop_size, d.eval_short_side = 256, 320, 224, 224
   d.flip = True  # boxes flip with the frames
   config.model.task = "detection"
-  config.model.backbone, config.model.head = args.backbone, args.head
+  config.model.backbone = args.backbone
+  config_lib.set_head(config, args.head)
   config.model.res5_spatial_stride = 1
   config.model.roi.update(output_size=7, sampling_ratio=0, aligned=True)
   config.model.dtype = "bfloat16"

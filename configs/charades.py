@@ -10,7 +10,8 @@ Arguments (comma-separated):
                  mlar_jax.data.prepare --dataset charades` instead (prepare
                  with --fps 0 to keep 24 fps, so that rates mean the same).
   backbone=NAME  slowfast_r101 (default), nl_r101, csn_r152, i3d_r50, ...
-  head=NAME      mlar (default) or linear.
+  head=NAME      mlar (default), mlar_paper (config_lib.PAPER_MLAR),
+                 attention_pool or linear.
   runlocal       tiny sizes and a few steps, for a small local copy.
 
 Training follows the MLAR paper's setup (section 4.1): 32-frame clips at rate
@@ -34,7 +35,8 @@ def get_config(arg=None):
   d.prepared.update(data_dir=args.prepared, dataset="charades")
   d.num_frames, d.rates = 32, (4,)
   d.label_mode = "window"
-  config.model.backbone, config.model.head = args.backbone, args.head
+  config.model.backbone = args.backbone
+  config_lib.set_head(config, args.head)
   config.model.dtype = "bfloat16"
   config.model.mlar.update(num_observations=64, groups=32, features=128)
   config.batch_size = 64

@@ -6,8 +6,9 @@ synthetic dataset (`mlar_jax/data/synthetic.py`), BCE loss.
 
 Arguments (comma-separated):
   runlocal      seconds on a laptop CPU: tiny data, few steps.
-  head=NAME     "linear" (default) or "mlar" (sized for the tiny backbone's
-                64 channels: K=16 observations, n=8 groups, C'=64).
+  head=NAME     "linear" (default), "attention_pool", "mlar" or
+                "mlar_paper" (config_lib.PAPER_MLAR), sized for the tiny
+                backbone's 64 channels: K=16 observations, n=8 groups, C'=64.
   backbone=NAME any registered backbone (default resnet3d_tiny).
   speed_invariant
                 64-frame videos, so that one clip at rate 4 (29 frames) sees
@@ -40,7 +41,7 @@ def get_config(arg=None):
   config.eval.views, config.eval.spatial_crops = ((4, 1),), 1
 
   config.model.backbone = args.backbone
-  config.model.head = args.head
+  config_lib.set_head(config, args.head)
   config.model.dropout_rate = 0.2
   config.model.mlar.update(num_observations=16, groups=8, features=64)
   config.batch_size = 32

@@ -221,13 +221,45 @@ def abstract_with_shardings(abstract_state: Any, shardings: Any) -> Any:
   )
 
 
-def load_variables(path: str) -> dict[str, Any]:
-  """{"params", "model_state"} as host arrays from another run's checkpoint.
+def load_variables(paths: str, skip: str = "") -> dict[str, Any]:
+  """{"params", "model_state"} as host arrays from other runs' checkpoints.
 
   Args:
-    path: a workdir, its `checkpoints` folder (the latest step is used), or a
-      `checkpoints/STEP` folder.
+    paths: comma-separated; each a workdir, its `checkpoints` folder (the
+      latest step is used), or a `checkpoints/STEP` folder. Several
+      checkpoints are combined leaf by leaf (a video and an audio run into a
+      fused model: `backbone/...` from one, `audio_backbone/...` from the
+      other).
+    skip: regex of paths (`config.init_from_skip`) left out when combining
+      several checkpoints (both runs' `head/`).
+
+  Raises:
+    ValueError naming a path held by two of the checkpoints (and not skipped).
   """
+  parts = [p.strip() for p in paths.split(",") if p.strip()]
+  loaded = [_load_variables(p) for p in parts]
+  if len(loaded) == 1:
+    return loaded[0]
+  combined: dict[str, Any] = {}
+  regex = re.compile(skip) if skip else None
+  for collection in ("params", "model_state"):
+    flat, owner = {}, {}
+    for path, tree in zip(parts, loaded):
+      for key, value in traverse_util.flatten_dict(dict(tree[collection] or {}), sep="/").items():
+        if regex is not None and regex.search(key):
+          continue
+        if key in flat:
+          raise ValueError(
+            f"init_from: {collection}/{key} is in both {owner[key]} and {path}; "
+            "skip it in one of them with init_from_skip"
+          )
+        flat[key], owner[key] = value, path
+    combined[collection] = traverse_util.unflatten_dict(flat, sep="/")
+  return combined
+
+
+def _load_variables(path: str) -> dict[str, Any]:
+  """`load_variables` of one checkpoint."""
   root = epath.Path(os.path.abspath(os.fspath(path)))
   if not (root / "state").exists():
     directory = root / "checkpoints" if (root / "checkpoints").exists() else root

@@ -32,6 +32,24 @@ SHARDING_RULES = (
 )
 
 
+# The MLAR head as the paper's text specifies it: one output vector shared by
+# all activities (Table 4's parameter counts), q_a drawn from normal(1.0) (the
+# paper gives no init; this was the project's first reading), and
+# Corr = Attn_C + Mask (eq. 9). `config.model.mlar` defaults depart from it.
+PAPER_MLAR = {"output": "shared", "query_init": 1.0, "mask_mode": "add"}
+
+
+def set_head(config: ml_collections.ConfigDict, name: str) -> None:
+  """Sets `config.model.head` from a config file's `head=NAME` argument: a
+  registered head ("linear", "attention_pool", "mlar"), or "mlar_paper",
+  the MLAR head with `PAPER_MLAR`."""
+  if name == "mlar_paper":
+    config.model.head = "mlar"
+    config.model.mlar.update(PAPER_MLAR)
+  else:
+    config.model.head = name
+
+
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   """Parses `get_config`'s argument, "runlocal,backbone=r3d_18", into a dict.
 
@@ -180,6 +198,11 @@ def base_config() -> ml_collections.ConfigDict:
         # clip's keyframe (a dataset with per-box labels, AVA); the dataset
         # must be of the same kind (pipeline.check_task).
         "task": "classification",
+        # What a classifier reads (models.registry.INPUTS): "video",
+        # "audio" (the audio backbone and the head) or "video+audio" (both
+        # backbones; the fusion of M-MiT section 6.1). Audio needs the
+        # "audio" extra in data.extras.
+        "inputs": "video",
         "backbone": "resnet3d_tiny",
         # Of the "audio" input (models.registry.AUDIO_BACKBONES), sharing
         # dtype and frozen_bn.
@@ -210,9 +233,11 @@ def base_config() -> ml_collections.ConfigDict:
           "use_correlation": True,
           # Variants (heads.MLARHead): output layer shared | per_activity |
           # tied; q_a's init std; how Mask enters Corr: add | normalised |
-          # scaled | signed. The defaults are the paper-literal head.
-          "output": "shared",
-          "query_init": 1.0,
+          # scaled | signed. The defaults are issue 19's study's best head
+          # (README "The MLAR head's variants"); PAPER_MLAR, selected by the
+          # config files' head=mlar_paper, is the paper's text.
+          "output": "per_activity",
+          "query_init": 0.02,
           "mask_mode": "add",
         },
       },
@@ -226,10 +251,12 @@ def base_config() -> ml_collections.ConfigDict:
         "freeze": "",
       },  # regex of parameter paths not updated
       # Initialise params and model state from another run's checkpoint (a
-      # workdir, its checkpoints/ folder, or one checkpoints/STEP folder) when
-      # the workdir has no checkpoint yet. Leaves whose path matches
-      # init_from_skip (a regex, e.g. "^head/" for a new head) keep their
-      # fresh initialisation; every other leaf must match in path and shape.
+      # workdir, its checkpoints/ folder, or one checkpoints/STEP folder;
+      # comma-separated, several runs' leaves combined: a video and an audio
+      # run into a fused model) when the workdir has no checkpoint yet.
+      # Leaves whose path matches init_from_skip (a regex, e.g. "^head/" for
+      # a new head) keep their fresh initialisation; every other leaf must
+      # match in path and shape.
       "init_from": "",
       "init_from_skip": "",
       # Speed-invariant tuning (MLAR section 3.5), run by
@@ -319,12 +346,14 @@ def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> tuple[list
 
 def saved_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a training run saved in `WORKDIR/config.json`, locked, with
-  JSON lists back as tuples (as the config files write sequences)."""
+  JSON lists back as tuples (as the config files write sequences), over
+  `base_config()` so that a workdir of an earlier version still reads."""
   import json  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
 
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  from etils import epath  # pylint: disable=g-import-not-at-top
+
+  path = epath.Path(workdir) / "config.json"
+  if not path.exists():
     raise FileNotFoundError(
       f"{path}: no saved config (a workdir of an older version): pass --config"
     )
@@ -334,8 +363,18 @@ def saved_config(workdir: str) -> ml_collections.ConfigDict:
       return {k: tuples(v) for k, v in value.items()}
     return tuple(tuples(v) for v in value) if isinstance(value, list) else value
 
-  with open(path, encoding="utf-8") as f:
-    config = ml_collections.ConfigDict(tuples(json.load(f)))
+  def merged(defaults: dict, saved: dict) -> dict:
+    out = dict(defaults)
+    for key, value in saved.items():
+      both = isinstance(value, dict) and isinstance(defaults.get(key), dict)
+      out[key] = merged(defaults[key], value) if both else value
+    return out
+
+  saved = tuples(json.loads(path.read_text()))
+  # A key added to the project after the run was saved takes its default,
+  # which is the behaviour the run had (new keys default to the old
+  # behaviour); every saved value wins.
+  config = ml_collections.ConfigDict(merged(base_config().to_dict(), saved))
   config.lock()
   return config
 

@@ -47,6 +47,7 @@ from absl import logging
 from clu import metric_writers
 from etils import epath
 from jax.sharding import Mesh
+from scipy import special
 
 from mlar_jax import checkpointing, metrics, sharding, validation
 from mlar_jax.data import ava, base, pipeline, sampling, transforms
@@ -133,12 +134,12 @@ class Evaluator:
 
   def _eval_step(self, variables: Variables, batch: dict[str, jax.Array]) -> dict[str, Any]:
     """{"scores": {output: [B, A] sigmoid}, "labels", "mask", "index", "view"};
-    never softmax. The batch's other keys (`config.data.extras`) are not
-    read."""
-    data = self.config.data
-    video = transforms.normalize(batch["video"], data.mean, data.std)
+    never softmax. The batch's other keys (`config.data.extras`) than the
+    model's inputs (`pipeline.model_inputs`) are not read."""
     outputs = self.model.apply(
-      {"params": variables["params"], **variables["model_state"]}, video, train=False
+      {"params": variables["params"], **variables["model_state"]},
+      *pipeline.model_inputs(self.config, batch),
+      train=False,
     )
     return {
       "scores": {k: jax.nn.sigmoid(v) for k, v in outputs.items()},
@@ -312,14 +313,36 @@ class Evaluator:
         n: _json_number(a) for n, a in zip(self.class_names, summary["per_class_ap"])
       },
       "per_rate": per_rate,
-      "outputs": {},
     }
-    for name, collector in sorted(collectors.items()):
-      m = metrics.all_metrics(_video_scores(collector, num_videos, how), labels)
-      results["outputs"][name] = {
-        k: _json_number(m[k]) for k in ("macro_map", "micro_map", "top1", "top5")
-      }
+    results["outputs"] = output_metrics(
+      {name: _video_scores(c, num_videos, how) for name, c in collectors.items()}, labels
+    )
     return results
+
+
+def output_metrics(
+  video_scores: dict[str, np.ndarray], labels: np.ndarray
+) -> dict[str, dict[str, float | None]]:
+  """Macro and micro mAP, top-1 and top-5 of every model output.
+
+  Args:
+    video_scores: output name -> aggregated per-video logits [N, A].
+    labels: [N, A] in {0, 1}.
+
+  Returns:
+    name -> metrics; with several outputs (the MLAR head's "logits" and
+    "logits_activity") also "mean_of_sigmoids", the mean of the outputs'
+    probabilities (reported, issue 19; evaluation ranks by
+    config.eval.output).
+  """
+  scores = dict(video_scores)
+  if len(scores) > 1:
+    scores["mean_of_sigmoids"] = np.mean([special.expit(v) for v in video_scores.values()], 0)
+  out = {}
+  for name, s in sorted(scores.items()):
+    m = metrics.all_metrics(s, labels)
+    out[name] = {k: _json_number(m[k]) for k in ("macro_map", "micro_map", "top1", "top5")}
+  return out
 
 
 def _log(results: dict[str, Any]) -> None:

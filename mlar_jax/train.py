@@ -33,7 +33,7 @@ from mlar_jax import (
   sharding,
   validation,
 )
-from mlar_jax.data import base, pipeline, transforms
+from mlar_jax.data import base, pipeline
 from mlar_jax.models import heads
 from mlar_jax.models import registry as models
 
@@ -195,27 +195,13 @@ class StopRequest:
     return self.signum is not None
 
 
-def model_inputs(
-  config: ml_collections.ConfigDict, batch: dict[str, jax.Array], dtype: Any = None
-) -> tuple[jax.Array, ...]:
-  """The model's positional inputs from a batch: (video,) normalised to
-  `dtype` for a classifier; for a detector (`config.model.task`) also the
-  keyframe's person boxes [B, M, 4] and their validity [B, M]
-  (`pipeline.keyframe`: boxes outside the training crop are not valid)."""
-  video = transforms.normalize(batch["video"], config.data.mean, config.data.std, dtype)
-  if config.model.task == "detection":
-    kf = pipeline.keyframe(batch)
-    return video, kf["boxes"], kf["box_valid"]
-  return (video,)
-
-
 def model_input_spec(
   config: ml_collections.ConfigDict, num_classes: int
 ) -> tuple[jax.ShapeDtypeStruct, ...]:
-  """`model_inputs`' shapes for a batch of one (`pipeline.batch_spec`), in
+  """`pipeline.model_inputs`' shapes for a batch of one (`pipeline.batch_spec`), in
   float32: what `init_state` initialises the model with."""
   spec = pipeline.batch_spec(config.data, 1, num_classes)
-  return jax.eval_shape(lambda batch: model_inputs(config, batch), spec)
+  return jax.eval_shape(lambda batch: pipeline.model_inputs(config, batch), spec)
 
 
 def output_loss(
@@ -265,14 +251,15 @@ def make_train_step(
   same masks as an uninterrupted one. A classifier's step reads the batch's
   "video" and "labels"; a detector's (`config.model.task = "detection"`)
   reads "video" and the keyframe's "boxes", "box_valid" and "actor_labels"
-  (`model_inputs`, `output_loss`); other keys are not read.
+  (`pipeline.model_inputs`, `output_loss`); a classifier with audio
+  (`config.model.inputs`) also "audio"; other keys are not read.
   """
   compute_dtype = models.DTYPES[config.model.dtype]
   weights = None if class_weights is None else jnp.asarray(class_weights)
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]):
     rng = jax.random.fold_in(jax.random.key(config.seed), state.step)
-    inputs = model_inputs(config, batch, compute_dtype)
+    inputs = pipeline.model_inputs(config, batch, compute_dtype)
     loss_of_output = output_loss(config, loss_fn, weights, batch)
 
     def loss_of(params):
@@ -455,7 +442,9 @@ def _check_config(config: ml_collections.ConfigDict, workdir: str, resuming: boo
   path = epath.Path(workdir) / "config.json"
   current = json.loads(config.to_json_best_effort())
   if resuming and path.exists():
-    refused, allowed = config_lib.config_changes(json.loads(path.read_text()), current)
+    # Over the defaults: a key added since the run was saved is not a change.
+    saved = config_lib.saved_config(workdir).to_dict()
+    refused, allowed = config_lib.config_changes(saved, current)
     if refused:
       raise ValueError(
         f"{workdir} holds a run of another model or data shape ({'; '.join(refused)}; saved "
@@ -735,7 +724,7 @@ def _init_from(
   shardings: TrainState,
 ) -> TrainState:
   """Params and model state from `config.init_from`, a fresh optimizer."""
-  loaded = checkpointing.load_variables(config.init_from)
+  loaded = checkpointing.load_variables(config.init_from, config.init_from_skip)
   params, skipped = checkpointing.merge_variables(
     state.params, loaded["params"], config.init_from_skip
   )

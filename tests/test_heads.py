@@ -283,3 +283,40 @@ def test_variants_match_the_literal_equations(output, mask_mode):
   np.testing.assert_allclose(np.asarray(got["logits_activity"]), want_act, rtol=1e-4, atol=1e-5)
   if output == "tied":
     assert not any(k.endswith("_kernel") and k.startswith("out_") for k in params)
+
+
+def test_attention_pool_head_matches_a_plain_loop_and_starts_as_mean_pooling():
+  b, t, h, w, c, a = 2, 2, 3, 3, 8, 5
+  feats = jax.random.normal(jax.random.PRNGKey(0), (b, t, h, w, c))
+  head = heads.AttentionPoolHead(a, features=4)
+  variables = head.init(jax.random.PRNGKey(1), {"map": feats}, train=False)
+  params = jax.tree.map(np.asarray, variables["params"])
+  # Move the query off its near-zero init so the attention is not uniform.
+  params["query"] = np.linspace(-2.0, 2.0, 4).astype(np.float32)
+  out, inter = head.apply(
+    {"params": params}, {"map": feats}, train=False, mutable=["intermediates"]
+  )
+  f = np.asarray(feats, np.float64).reshape(b, -1, c)
+  for i in range(b):
+    scores = [f[i, p] @ params["key"]["kernel"] @ params["query"] / 2.0 for p in range(len(f[i]))]
+    attn = _softmax(np.array(scores))
+    pooled = sum(attn[p] * f[i, p] for p in range(len(f[i])))
+    want = pooled @ params["classifier"]["kernel"] + params["classifier"]["bias"]
+    np.testing.assert_allclose(out["logits"][i], want, rtol=1e-4, atol=1e-5)
+  diag = heads.attention_diagnostics(inter["intermediates"])
+  assert 0.0 < float(diag["attn_pool_entropy"]) < 1.0
+  # At init the query is near zero: the head is global average pooling.
+  init_out, init_inter = head.apply(
+    variables, {"map": feats}, train=False, mutable=["intermediates"]
+  )
+  attn0 = np.asarray(init_inter["intermediates"]["attn_pool"][0])
+  np.testing.assert_allclose(attn0, 1.0 / (t * h * w), rtol=0.05)
+
+
+def test_attention_pool_is_a_registered_head():
+  config = config_lib.base_config()
+  config.model.head = "attention_pool"
+  config.model.mlar.features = 16
+  head = registry.HEADS.get("attention_pool")(config.model, 4, None)
+  assert isinstance(head, heads.AttentionPoolHead) and head.features == 16
+  assert registry.head_outputs(config.model) == ("logits",)

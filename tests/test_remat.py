@@ -91,7 +91,9 @@ def test_remat_keeps_the_parameter_tree_and_recomputes_as_named(name):
   assert convs["convs"] == convs["none"], convs
 
 
-@pytest.mark.parametrize("name", ["slowfast_tiny", "nl_tiny", "x3d_tiny"])
+# One family for the numerics (the slowest part of the suite); the test
+# above checks every family is checkpointed per block as named.
+@pytest.mark.parametrize("name", ["nl_tiny"])
 def test_remat_gives_the_same_outputs_statistics_and_gradients(name):
   x = _clip()
   plain = _backbone(name, "none")

@@ -114,8 +114,8 @@ def test_converted_port_weights_give_the_torch_outputs(tmp_path):
   net = registry.build_audio_backbone(cfg, teacher_heads=True)
   out = jax.jit(lambda v, x: net.apply(v, x, train=False))(
     {
-      "params": variables["params"]["backbone"],
-      "batch_stats": variables["model_state"]["batch_stats"]["backbone"],
+      "params": variables["params"]["audio_backbone"],
+      "batch_stats": variables["model_state"]["batch_stats"]["audio_backbone"],
     },
     jnp.asarray(wave),
   )
@@ -141,7 +141,7 @@ def test_converted_port_weights_give_the_torch_outputs(tmp_path):
 def test_the_converter_reports_unmatched_keys_and_drops_the_teacher_heads():
   state = {k: v.numpy() for k, v in _torch_model().state_dict().items()}
   plain = convert.convert_state_dict(state, "soundnet8")  # without the teacher heads
-  assert sorted(plain["params"]["backbone"]) == sorted(
+  assert sorted(plain["params"]["audio_backbone"]) == sorted(
     [f"conv{i}" for i in range(1, 8)] + [f"bn{i}" for i in range(1, 8)]
   )
   broken = dict(state)
@@ -153,10 +153,10 @@ def test_the_converter_reports_unmatched_keys_and_drops_the_teacher_heads():
   message = str(e.value)
   assert "source keys with no place in the model (1):\n  conv9.0.weight: (4, 1024, 4, 1)" in message
   assert (
-    "conv5.0.weight: (256, 128, 5, 1) -> params/backbone/conv5/kernel needs (4, 128, 256)"
+    "conv5.0.weight: (256, 128, 5, 1) -> params/audio_backbone/conv5/kernel needs (4, 128, 256)"
     in message
   )
-  assert "batch_stats/backbone/bn3/var: (64,)" in message
+  assert "batch_stats/audio_backbone/bn3/var: (64,)" in message
   with pytest.raises(ValueError, match="not to 'i3d_r50'"):
     convert.convert_state_dict(state, "i3d_r50")
 
@@ -179,12 +179,12 @@ def test_convert_command_writes_a_checkpoint_of_the_soundnet_backbone(tmp_path):
     env={**os.environ, "JAX_PLATFORMS": "cpu"},
   )
   loaded = checkpointing.load_variables(str(out))
-  backbone = loaded["params"]["backbone"]
+  backbone = loaded["params"]["audio_backbone"]
   assert "conv8_objects" not in backbone  # the teacher heads without --keep_head
   np.testing.assert_array_equal(
     backbone["conv2"]["kernel"], model.conv2[0].weight.detach().numpy()[..., 0].transpose(2, 1, 0)
   )
   np.testing.assert_array_equal(
-    loaded["model_state"]["batch_stats"]["backbone"]["bn7"]["var"],
+    loaded["model_state"]["batch_stats"]["audio_backbone"]["bn7"]["var"],
     model.conv7[1].running_var.numpy(),
   )

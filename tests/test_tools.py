@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 from conftest import load_config
 
+from mlar_jax import validation
 from mlar_jax.models import heads
 from mlar_jax.tools import ablate, model_info
 
@@ -15,7 +16,11 @@ def test_model_info_reports_params_and_gflops():
   # The head alone, built by hand on the reported feature map.
   m = config.model.mlar
   head = heads.MLARHead(
-    14, num_observations=m.num_observations, groups=m.groups, features=m.features
+    14,
+    num_observations=m.num_observations,
+    groups=m.groups,
+    features=m.features,
+    output=m.output,
   )
   shapes = jax.eval_shape(
     lambda: head.init(jax.random.key(0), {"map": jnp.zeros(info["feature_map"])}, train=False)
@@ -51,6 +56,22 @@ def test_study_variants_override_the_base_config():
     }
   ]
   assert "| a | 0.6000 +- 0.1414 | 0.5000, 0.7000 |" in ablate.format_table(rows)
+  # Heads with several outputs get a column per extra output.
+  rows[0]["outputs"] = {
+    "logits": {"mean": 0.6, "std": 0.1414},
+    "logits_activity": {"mean": 0.55, "std": 0.01},
+  }
+  table = ablate.format_table(rows)
+  assert "| logits_activity |" in table.splitlines()[0]
+  assert "| 0.5500 +- 0.0100 |" in table.splitlines()[2]
+  # Every variant of the heads grid validates (no tied output without F_A).
+  for _, overrides in ablate.STUDIES["heads_grid"]:
+    validation.validate(ablate.variant_config(load_config("scenes", "runlocal"), overrides, 0))
+  # A study run in parts keeps the rows of the other parts, in study order.
+  old = [{"variant": "mlar_meanobs_shared", "x": 1}, {"variant": "linear", "x": 1}]
+  new = [{"variant": "linear", "x": 2}]
+  merged = ablate.merge_rows("heads_grid", old, new)
+  assert merged == [{"variant": "linear", "x": 2}, {"variant": "mlar_meanobs_shared", "x": 1}]
 
 
 def test_scenes_figure_draws_a_video(tmp_path):

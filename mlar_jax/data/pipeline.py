@@ -301,6 +301,28 @@ def check_task(source: base.VideoSource, config: ml_collections.ConfigDict) -> N
     )
 
 
+def model_inputs(
+  config: ml_collections.ConfigDict, batch: dict[str, Any], dtype: Any = None
+) -> tuple[Any, ...]:
+  """The model's positional inputs from a batch (`models.registry.build`).
+
+  A classifier reads what `config.model.inputs` names: (video,) normalised
+  to `dtype`, (audio,) the [B, N] waveform, or (video, audio). A detector
+  (`config.model.task`) reads (video, the keyframe's person boxes [B, M, 4],
+  their validity [B, M]) (`keyframe`: boxes outside the training crop are
+  not valid).
+  """
+  video = None
+  if config.model.task == "detection" or "video" in config.model.inputs.split("+"):
+    video = transforms.normalize(batch["video"], config.data.mean, config.data.std, dtype)
+  if config.model.task == "detection":
+    kf = keyframe(batch)
+    return video, kf["boxes"], kf["box_valid"]
+  return tuple(
+    video if name == "video" else batch["audio"] for name in config.model.inputs.split("+")
+  )
+
+
 def keyframe(batch: dict[str, Any]) -> dict[str, Any]:
   """A detection batch's boxes at its keyframe, the clip's middle frame T // 2
   (AVA annotates the keyframe only; `ava.clip_start` centres the clip on it).

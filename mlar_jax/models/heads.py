@@ -45,6 +45,44 @@ class LinearHead(nn.Module):
     return {"logits": logits}
 
 
+class AttentionPoolHead(nn.Module):
+  """Plain attention pooling: one learned attention map over the feature
+  map's positions replaces global average pooling, then dropout and one
+  linear layer (the baseline between the linear head and the MLAR head in
+  issue 19's study; attention pooling as in CLIP's and scenic's
+  attention-pool heads, with a single learned query):
+
+    Attn[p] = softmax_p(q . (W_k F_f[p]) / sqrt(C')),  F = sum_p Attn[p] F_f[p],
+    logits = W F + b.
+
+  Attributes:
+    num_classes: number of activities A.
+    features: the key width C'.
+    dropout_rate: dropout on the pooled feature while training.
+  """
+
+  num_classes: int
+  features: int = 64
+  dropout_rate: float = 0.0
+
+  @nn.compact
+  def __call__(self, features: dict[str, jnp.ndarray], *, train: bool) -> dict[str, jnp.ndarray]:
+    """Args: features: {"map": [B, T, H, W, C], ...}. Returns {"logits": [B, A]}."""
+    f = features["map"].astype(jnp.float32)
+    f = f.reshape(f.shape[0], -1, f.shape[-1])  # [B, P, C]
+    keys = nn.Dense(self.features, use_bias=False, name="key")(f)  # [B, P, C']
+    # Near zero, so the head starts as global average pooling.
+    query = self.param("query", nn.initializers.normal(0.02), (self.features,))
+    attn = jax.nn.softmax(keys @ query / np.sqrt(self.features), axis=-1)  # [B, P]
+    self.sow("intermediates", "attn_pool", attn)
+    pooled = jnp.einsum("bp,bpc->bc", attn, f)
+    pooled = nn.Dropout(self.dropout_rate, deterministic=not train)(pooled)
+    logits = nn.Dense(
+      self.num_classes, kernel_init=nn.initializers.normal(0.01), name="classifier"
+    )(pooled)
+    return {"logits": logits}
+
+
 def correlation_mask(cooccurrence: np.ndarray) -> np.ndarray:
   """`Mask[j, k] = N_jk / N_j` (MLAR eq. 10) from co-occurrence counts [A, A].
 
@@ -279,12 +317,12 @@ def attention_diagnostics(intermediates: dict[str, Any]) -> dict[str, jnp.ndarra
 
   Args:
     intermediates: the "intermediates" collection of an apply (any nesting;
-      the MLAR head's `attn_obs` [B, K, T, H, W] and `attn_activity` [B, A, K]
-      are found by name).
+      the MLAR head's `attn_obs` [B, K, T, H, W] and `attn_activity` [B, A, K],
+      the attention-pooling head's `attn_pool` [B, P], are found by name).
 
   Returns:
     Scalars (means over examples and observations / activities), empty
-    without an MLAR head:
+    without an attention head:
       attn_obs_entropy: entropy of Attn_O over positions / log(positions):
         1 = uniform (the mean pooling), 0 = one position.
       attn_obs_positions: exp(entropy): the positions effectively attended.
@@ -293,12 +331,14 @@ def attention_diagnostics(intermediates: dict[str, Any]) -> dict[str, jnp.ndarra
         activity effectively combines.
       observations_used: exp(entropy of the mean of Attn_A over examples and
         activities): how many of the K observations the head uses at all.
+      attn_pool_entropy, attn_pool_positions: the same as attn_obs_* for
+        the attention-pooling head's one map.
   """
   found: dict[str, jnp.ndarray] = {}
 
   def visit(tree):
     for key, value in tree.items():
-      if key in ("attn_obs", "attn_activity") and isinstance(value, tuple):
+      if key in ("attn_obs", "attn_activity", "attn_pool") and isinstance(value, tuple):
         found[key] = value[0]
       elif isinstance(value, dict) or hasattr(value, "items"):
         visit(value)
@@ -311,6 +351,11 @@ def attention_diagnostics(intermediates: dict[str, Any]) -> dict[str, jnp.ndarra
     h = _entropy(p)
     out["attn_obs_entropy"] = jnp.mean(h) / np.log(max(p.shape[-1], 2))
     out["attn_obs_positions"] = jnp.mean(jnp.exp(h))
+  if "attn_pool" in found:
+    p = found["attn_pool"].astype(jnp.float32)  # [B, P]
+    h = _entropy(p)
+    out["attn_pool_entropy"] = jnp.mean(h) / np.log(max(p.shape[-1], 2))
+    out["attn_pool_positions"] = jnp.mean(jnp.exp(h))
   if "attn_activity" in found:
     p = found["attn_activity"].astype(jnp.float32)  # [B, A, K]
     h = _entropy(p)

@@ -183,6 +183,14 @@ def _linear(cfg, num_classes, class_stats):
   return heads.LinearHead(num_classes, dropout_rate=cfg.dropout_rate)
 
 
+@HEADS.register("attention_pool")
+def _attention_pool(cfg, num_classes, class_stats):
+  del class_stats
+  return heads.AttentionPoolHead(
+    num_classes, features=cfg.mlar.features, dropout_rate=cfg.dropout_rate
+  )
+
+
 @HEADS.register("mlar")
 def _mlar(cfg, num_classes, class_stats):
   """The MLAR head; its correlation mask comes from the training labels."""
@@ -210,6 +218,7 @@ def _mlar(cfg, num_classes, class_stats):
 # rather than after it; tests check each against the built model's outputs.
 HEAD_OUTPUTS = {
   "linear": lambda cfg: ("logits",),
+  "attention_pool": lambda cfg: ("logits",),
   # Without the correlation map the head has one output (heads.MLARHead).
   "mlar": lambda cfg: ("logits", "logits_activity") if cfg.mlar.use_correlation else ("logits",),
 }
@@ -230,7 +239,68 @@ class VideoClassifier(nn.Module):
   head: nn.Module
 
   def __call__(self, video: jnp.ndarray, *, train: bool) -> dict[str, jnp.ndarray]:
-    return self.head(self.backbone(video, train=train), train=train)
+    return self.head(self.features(video, train=train), train=train)
+
+  def features(self, video: jnp.ndarray, *, train: bool) -> dict[str, jnp.ndarray]:
+    """The head's input: the backbone's {"map", "pooled"}."""
+    return self.backbone(video, train=train)
+
+
+class AudioClassifier(nn.Module):
+  """Audio backbone then head: [B, N] waveform -> dict of [B, A] logits. The
+  backbone's map [B, T', C] reaches the head as [B, T', 1, 1, C], so every
+  head (the MLAR head's positions are then the T' audio steps) reads it."""
+
+  audio_backbone: nn.Module
+  head: nn.Module
+
+  def __call__(self, audio: jnp.ndarray, *, train: bool) -> dict[str, jnp.ndarray]:
+    return self.head(self.features(audio, train=train), train=train)
+
+  def features(self, audio: jnp.ndarray, *, train: bool) -> dict[str, jnp.ndarray]:
+    """The head's input: the audio backbone's map as [B, T', 1, 1, C]."""
+    features = self.audio_backbone(audio, train=train)
+    return {**features, "map": features["map"][:, :, None, None, :]}
+
+
+class FusedClassifier(nn.Module):
+  """Video and audio (M-MiT section 6.1): both backbones, the head on the
+  video branch, and one linear layer on the audio branch's pooled feature
+  added to every output of the head.
+
+  With the linear head this is the paper's fusion exactly: one linear layer
+  on the concatenation [pooled video; pooled audio] is W_v v + W_a a + b,
+  the head's layer plus this one. With the MLAR head on the video branch,
+  the audio evidence is added to both of its outputs. Parameter paths
+  (`backbone/`, `audio_backbone/`, `head/`) are those of the video-only and
+  audio-only models, so `config.init_from` can load one checkpoint of each.
+  Freezing the backbones (late fusion of fine-tuned models, as the paper)
+  is `config.optimizer.freeze="^(backbone|audio_backbone)/"` with
+  `config.model.frozen_bn=True`.
+  """
+
+  backbone: nn.Module
+  audio_backbone: nn.Module
+  head: nn.Module
+  num_classes: int
+  dropout_rate: float = 0.0
+
+  @nn.compact
+  def __call__(
+    self, video: jnp.ndarray, audio: jnp.ndarray, *, train: bool
+  ) -> dict[str, jnp.ndarray]:
+    outputs = self.head(self.features(video, audio, train=train), train=train)
+    pooled = self.audio_backbone(audio, train=train)["pooled"].astype(jnp.float32)
+    pooled = nn.Dropout(self.dropout_rate, deterministic=not train)(pooled)
+    audio_logits = nn.Dense(
+      self.num_classes, kernel_init=nn.initializers.normal(0.01), name="audio_classifier"
+    )(pooled)
+    return {name: logits + audio_logits for name, logits in outputs.items()}
+
+  def features(self, video: jnp.ndarray, audio: jnp.ndarray, *, train: bool):
+    """The head's input: the video backbone's {"map", "pooled"}."""
+    del audio
+    return self.backbone(video, train=train)
 
 
 class VideoDetector(nn.Module):
@@ -265,8 +335,10 @@ def build_detector(
 
 def build_model(
   cfg: ml_collections.ConfigDict, num_classes: int, class_stats: Any = None
-) -> VideoClassifier:
-  """The model named by `cfg.backbone` and `cfg.head`.
+) -> nn.Module:
+  """The classifier of `cfg.inputs` (`INPUTS`): a `VideoClassifier` of
+  `cfg.backbone` and `cfg.head`, an `AudioClassifier` of `cfg.audio_backbone`
+  and the head, or a `FusedClassifier` of both backbones.
 
   Args:
     cfg: `config.model`.
@@ -275,15 +347,26 @@ def build_model(
       [A], `cooccurrence` [A, A]) for heads that are built from them; None
       gives those heads placeholder values (shapes, parameter counts).
   """
-  return VideoClassifier(
-    backbone=build_backbone(cfg), head=HEADS.get(cfg.head)(cfg, num_classes, class_stats)
-  )
+  head = HEADS.get(cfg.head)(cfg, num_classes, class_stats)
+  if cfg.inputs == "audio":
+    return AudioClassifier(audio_backbone=build_audio_backbone(cfg), head=head)
+  if cfg.inputs == "video+audio":
+    return FusedClassifier(
+      backbone=build_backbone(cfg),
+      audio_backbone=build_audio_backbone(cfg),
+      head=head,
+      num_classes=num_classes,
+      dropout_rate=cfg.dropout_rate,
+    )
+  return VideoClassifier(backbone=build_backbone(cfg), head=head)
 
 
 # config.model.task -> fn(model_config, num_classes, class_stats) -> model.
 TASKS: registry.Registry = registry.Registry("model.task")
 TASKS.register("classification")(build_model)
 TASKS.register("detection")(build_detector)
+# config.model.inputs: what a classifier reads (build_model).
+INPUTS = ("video", "audio", "video+audio")
 # What a detection batch must carry: the keyframe's person boxes and their labels.
 DETECTION_EXTRAS = ("boxes", "actor_labels")
 
@@ -300,8 +383,17 @@ def _validate_task(config: ml_collections.ConfigDict) -> None:
   and scores each keyframe once (one view: a keyframe's boxes are scored,
   not aggregated over crops)."""
   config_lib.check_choice(config, "model.task", TASKS.names())
+  config_lib.check_choice(config, "model.inputs", INPUTS)
+  if "audio" in config.model.inputs and "audio" not in config.data.extras:
+    config_lib.fail(
+      "data.extras",
+      tuple(config.data.extras),
+      f"model.inputs={config.model.inputs!r} needs the 'audio' extra",
+    )
   if config.model.task != "detection":
     return
+  if config.model.inputs != "video":
+    config_lib.fail("model.inputs", config.model.inputs, "model.task='detection' reads video")
   missing = [name for name in DETECTION_EXTRAS if name not in config.data.extras]
   if missing:
     config_lib.fail(

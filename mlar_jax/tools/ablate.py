@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import sys
 from typing import Any
 
 import ml_collections
@@ -45,8 +46,15 @@ def define_flags() -> None:
   anywhere (absl flags are global)."""
   config_flags.DEFINE_config_file("config", None, "Base experiment config.", lock_config=True)
   flags.DEFINE_string("workdir", None, "Directory of the study.")
-  flags.DEFINE_enum("study", "heads", ["heads", "rates", "losses"], "Which study to run.")
+  flags.DEFINE_enum("study", "heads", sorted(STUDIES), "Which study to run.")
   flags.DEFINE_list("seeds", ["0", "1"], "Training seeds.")
+  flags.DEFINE_list(
+    "variants",
+    None,
+    "Only these variants of the study (default: all). Rows of other variants "
+    "already in WORKDIR/summary.json are kept, so a study can be run in parts "
+    "with different base configs (each row records its command line).",
+  )
   flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -88,6 +96,39 @@ STUDIES: dict[str, list[tuple[str, dict[str, Any]]]] = {
     ),
   ],
 }
+# Issue 19's grid: {activity-specific F_A | mean observation} x {shared |
+# per-activity | tied output} x {q_a init 0.02 | 1.0 (the paper-literal
+# head's)}, plus the linear head and plain attention pooling. Without F_A the
+# queries are unused (one row per output) and the tied output has no query
+# to tie to (not a variant).
+STUDIES["heads_grid"] = [
+  ("linear", {"model.head": "linear"}),
+  ("attention_pool", {"model.head": "attention_pool"}),
+  *(
+    (
+      f"mlar_{'specific' if specific else 'meanobs'}_{output}"
+      + (f"_q{query_init}" if specific else ""),
+      {
+        "model.head": "mlar",
+        "model.mlar.use_activity_specific": specific,
+        "model.mlar.use_correlation": True,
+        "model.mlar.output": output,
+        "model.mlar.query_init": query_init,
+        "model.mlar.mask_mode": "add",
+      },
+    )
+    for specific in (True, False)
+    for output in ("shared", "per_activity", "tied")
+    for query_init in ((0.02, 1.0) if specific else (0.02,))
+    if specific or output != "tied"
+  ),
+]
+# Issue 19's correlation-map variants (models.heads.MASK_MODES), on the head
+# given by the base config.
+STUDIES["mask"] = [
+  (mode, {"model.head": "mlar", "model.mlar.mask_mode": mode})
+  for mode in ("add", "normalised", "scaled", "signed")
+]
 STUDIES["losses"] = [
   (name, {"loss.name": name, "loss.class_weights": "min_over_count"})
   for name in ("bce", "warp", "lsep", "wlsep")
@@ -110,12 +151,28 @@ def variant_config(
 
 
 def run_study(
-  base: ml_collections.ConfigDict, study: str, seeds: list[int], workdir: str
+  base: ml_collections.ConfigDict,
+  study: str,
+  seeds: list[int],
+  workdir: str,
+  variants: list[str] | None = None,
+  command: str = "",
 ) -> list[dict[str, Any]]:
-  """Trains and evaluates every (variant, seed); returns one row per variant."""
+  """Trains and evaluates every (variant, seed); returns one row per variant.
+
+  A row holds the evaluation split's macro mAP per seed of
+  `config.eval.output` with its mean and std, and per model output (the MLAR
+  head's "logits", "logits_activity" and their "mean_of_sigmoids") the same.
+  """
+  known = [name for name, _ in STUDIES[study]]
+  unknown = sorted(set(variants or ()) - set(known))
+  if unknown:
+    raise ValueError(f"--variants: {unknown} are not variants of study {study!r}: {known}")
   rows = []
   for name, overrides in STUDIES[study]:
-    maps = []
+    if variants and name not in variants:
+      continue
+    runs = []
     for seed in seeds:
       run_dir = os.path.join(workdir, name, f"seed_{seed}")
       results_path = os.path.join(
@@ -133,29 +190,63 @@ def run_study(
       else:
         logging.info("Study %s: variant %s, seed %d", study, name, seed)
         results = train.train_and_evaluate(config, run_dir)
-      maps.append(results["macro_map"])
+      runs.append(results)
     rows.append(
       {
         "variant": name,
         "overrides": overrides,
+        "command": command,
+        "split": runs[0]["split"],
+        "steps": runs[0]["step"],
         "seeds": seeds,
-        "macro_map": maps,
-        "mean": float(np.mean(maps)),
-        "std": float(np.std(maps, ddof=1)) if len(maps) > 1 else 0.0,
-        "chance_macro_map": results["chance_macro_map"],
+        **_stats([r["macro_map"] for r in runs]),
+        "outputs": {
+          out: _stats([r["outputs"][out]["macro_map"] for r in runs])
+          for out in runs[0].get("outputs", {})
+        },
+        "chance_macro_map": runs[0]["chance_macro_map"],
       }
     )
   return rows
 
 
+def _stats(maps: list[float]) -> dict[str, Any]:
+  return {
+    "macro_map": maps,
+    "mean": float(np.mean(maps)),
+    "std": float(np.std(maps, ddof=1)) if len(maps) > 1 else 0.0,
+  }
+
+
+def merge_rows(study: str, old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list:
+  """The study's rows in its order: `new` ones, else those of an earlier
+  (partial) run of the study in the same workdir."""
+  by_name = {r["variant"]: r for r in old}
+  by_name.update({r["variant"]: r for r in new})
+  return [by_name[name] for name, _ in STUDIES[study] if name in by_name]
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
-  lines = ["| variant | test macro mAP (mean +- std) | per seed |", "|---|---|---|"]
+  """Markdown: per variant the evaluated output's macro mAP, mean +- std over
+  seeds, and for heads with several outputs each output's mean."""
+  extra = sorted({o for r in rows for o in r.get("outputs", {})} - {"logits"})
+  lines = [
+    f"| variant | {rows[0].get('split', 'test')} macro mAP (mean +- std) | per seed | "
+    + "".join(f"{o} | " for o in extra),
+    "|---|---|---|" + "---|" * len(extra),
+  ]
   for r in rows:
     per_seed = ", ".join(f"{m:.4f}" for m in r["macro_map"])
-    lines.append(f"| {r['variant']} | {r['mean']:.4f} +- {r['std']:.4f} | {per_seed} |")
+    cells = "".join(
+      f"{r['outputs'][o]['mean']:.4f} +- {r['outputs'][o]['std']:.4f} | "
+      if o in r.get("outputs", {})
+      else "- | "
+      for o in extra
+    )
+    lines.append(f"| {r['variant']} | {r['mean']:.4f} +- {r['std']:.4f} | {per_seed} | {cells}")
   lines.append(
     f"\nchance (constant predictor) macro mAP: {rows[0]['chance_macro_map']:.4f}; "
-    f"seeds {rows[0]['seeds']}"
+    f"seeds {sorted({s for r in rows for s in r['seeds']})}; steps {rows[0].get('steps')}"
   )
   return "\n".join(lines)
 
@@ -164,13 +255,24 @@ def main(argv):
   del argv
   cli.setup(FLAGS.config)
   seeds = [int(s) for s in FLAGS.seeds]
+  summary = os.path.join(FLAGS.workdir, "summary.json")
   with cli.fatal_errors(FLAGS.workdir):
-    rows = run_study(FLAGS.config, FLAGS.study, seeds, FLAGS.workdir)
+    rows = run_study(
+      FLAGS.config,
+      FLAGS.study,
+      seeds,
+      FLAGS.workdir,
+      variants=FLAGS.variants,
+      command=" ".join(["python -m mlar_jax.tools.ablate", *sys.argv[1:]]),
+    )
+    if os.path.exists(summary):
+      with open(summary) as f:
+        rows = merge_rows(FLAGS.study, json.load(f), rows)
   table = format_table(rows)
   print(table)
   with open(os.path.join(FLAGS.workdir, "summary.md"), "w") as f:
     f.write(table + "\n")
-  with open(os.path.join(FLAGS.workdir, "summary.json"), "w") as f:
+  with open(summary, "w") as f:
     json.dump(rows, f, indent=2)
 
 

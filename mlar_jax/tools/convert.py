@@ -29,8 +29,8 @@ Sources (`--source`, default: recognised from the key names):
     `conv1.1` its batch norm, ..., `conv7`; `conv8` / `conv8_2` the object
     and scene teacher heads) into the audio backbone soundnet8. The teacher
     heads are dropped, or kept in the backbone (`conv8_objects`,
-    `conv8_scenes`) with `--keep_head`. The output is a backbone checkpoint
-    like the video ones ("backbone/conv1", ...).
+    `conv8_scenes`) with `--keep_head`. The output holds it where the audio
+    and fused models do ("audio_backbone/conv1", ...).
 
 Files: `.pyth` / `.pt` / `.pth` written by `torch.save` (a bare state dict,
 or a dict holding it under "model_state" or "state_dict"; a "module." prefix
@@ -374,7 +374,7 @@ SUPPORTED = {
 }
 # Converted model paths that are a source's classifiers: dropped unless
 # `keep_head` (the video heads go to "head/", SoundNet's stay in its backbone).
-_HEAD_PATHS = re.compile(r"head/|backbone/conv8_")
+_HEAD_PATHS = re.compile(r"head/|(audio_)?backbone/conv8_")
 # Waveform samples the audio backbones are initialised on: 20 s at 22050 Hz,
 # the original's input, long enough for SoundNet's conv8 (about 10 s).
 _AUDIO_INIT_SAMPLES = 20 * 22050
@@ -479,10 +479,15 @@ def convert_state_dict(
   fresh_ok = _FRESH_OK.get(source)
   # Shapes only, unless some leaves may keep their initial values.
   fresh = jax.jit(init)() if fresh_ok else jax.eval_shape(init)
-  fresh = {
-    col: traverse_util.flatten_dict({"backbone": tree}, sep="/") for col, tree in fresh.items()
-  }
-  rename = SOURCES[source](_family(arch), keys)
+  # Where the models hold the backbone (models.registry): an audio one under
+  # "audio_backbone/" (the audio and fused classifiers), so init_from loads it.
+  top = "audio_backbone" if arch in registry.AUDIO_BACKBONES else "backbone"
+  fresh = {col: traverse_util.flatten_dict({top: tree}, sep="/") for col, tree in fresh.items()}
+  source_rename = SOURCES[source](_family(arch), keys)
+
+  def rename(module: str) -> str | None:
+    ours = source_rename(module)
+    return f"{top}/{ours.removeprefix('backbone/')}" if ours and top != "backbone" else ours
 
   out = {"params": {}, "batch_stats": {}}
   unmatched, mismatched = [], []
@@ -545,10 +550,11 @@ def convert_state_dict(
       len(kept_fresh),
       kept_fresh[0],
     )
-  return {
+  variables = {
     "params": traverse_util.unflatten_dict(out["params"], sep="/"),
     "model_state": {"batch_stats": traverse_util.unflatten_dict(out["batch_stats"], sep="/")},
   }
+  return variables
 
 
 def save_variables(variables: dict[str, Any], out: str) -> str:

@@ -8,8 +8,11 @@ from XLA's cost analysis of the compiled forward pass of one view (batch 1,
 on a CPU. XLA counts a multiply-add as 2 FLOPs; `*_gmacs` halves that, the
 convention of the papers' "GFLOPs" columns (fvcore counts MACs).
 
-JSON keys: backbone_params, head_params, gflops_per_view, head_gflops,
-gmacs_per_view, head_gmacs, feature_map (the head's input shape).
+JSON keys: backbone, head, inputs, MODULE_params per top-level module
+(backbone_params, head_params; audio_backbone_params, audio_classifier_params
+with audio inputs), gflops_per_view, head_gflops, gmacs_per_view,
+head_gmacs, feature_map (the head's input shape). A view is the model's
+inputs for one clip (`config.model.inputs`).
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ from __future__ import annotations
 import json
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
@@ -58,23 +60,25 @@ def model_info(config: ml_collections.ConfigDict) -> dict:
   training = train.build_training(config, mesh, base.ClassStats.placeholder(num_classes))
   model, state = training.model, training.abstract_state
   variables = {"params": state.params, **state.model_state}
-  clip = pipeline.batch_spec(config.data, 1, num_classes)["video"]
-  video = jax.ShapeDtypeStruct(clip.shape, jnp.float32)
+  # The model's inputs for one view (video, audio or both: config.model.inputs).
+  inputs = train.model_input_spec(config, num_classes)
   fmap = jax.eval_shape(
-    lambda v, x: model.apply(
-      v, x, train=False, method=lambda m, x, train: m.backbone(x, train=train)
+    lambda v, xs: model.apply(
+      v, *xs, train=False, method=lambda m, *x, train: m.features(*x, train=train)
     ),
     variables,
-    video,
+    inputs,
   )
   head_vars = {col: tree["head"] for col, tree in variables.items() if "head" in tree}
-  total = _gflops(lambda v, x: model.apply(v, x, train=False), variables, video)
+  total = _gflops(lambda v, xs: model.apply(v, *xs, train=False), variables, inputs)
   head = _gflops(lambda v, f: model.head.apply(v, f, train=False), head_vars, fmap)
   return {
     "backbone": config.model.backbone,
     "head": config.model.head,
-    "backbone_params": _count(state.params["backbone"]),
-    "head_params": _count(state.params["head"]),
+    "inputs": config.model.inputs,
+    # One count per top-level module: backbone (video), audio_backbone,
+    # head, audio_classifier (the fused model's audio layer).
+    **{f"{name}_params": _count(tree) for name, tree in state.params.items()},
     "gflops_per_view": total,
     "head_gflops": head,
     "gmacs_per_view": total / 2,
