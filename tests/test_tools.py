@@ -68,10 +68,10 @@ def test_study_variants_override_the_base_config():
   for _, overrides in ablate.STUDIES["heads_grid"]:
     validation.validate(ablate.variant_config(load_config("scenes", "runlocal"), overrides, 0))
   # A study run in parts keeps the rows of the other parts, in study order.
-  old = [{"variant": "mlar_meanobs_shared", "x": 1}, {"variant": "linear", "x": 1}]
+  old = [{"variant": "mlar_meanobs_per_activity", "x": 1}, {"variant": "linear", "x": 1}]
   new = [{"variant": "linear", "x": 2}]
   merged = ablate.merge_rows("heads_grid", old, new)
-  assert merged == [{"variant": "linear", "x": 2}, {"variant": "mlar_meanobs_shared", "x": 1}]
+  assert merged == [{"variant": "linear", "x": 2}, {"variant": "mlar_meanobs_per_activity", "x": 1}]
 
 
 def test_scenes_figure_draws_a_video(tmp_path):

@@ -15,6 +15,8 @@ Studies:
   losses The four multi-label losses of M-MiT (BCE, WARP, LSEP, wLSEP), each
          with the official min(count)/count class weights.
 
+`--show SUMMARY.json [--variants ...]` prints a finished study's table.
+
 Each (variant, seed) trains in WORKDIR/VARIANT/seed_S with the command-line
 config plus the variant's overrides and `seed=S`; a run that already wrote
 eval_results.json is not run again, and an interrupted one resumes from its
@@ -55,7 +57,12 @@ def define_flags() -> None:
     "already in WORKDIR/summary.json are kept, so a study can be run in parts "
     "with different base configs (each row records its command line).",
   )
-  flags.mark_flags_as_required(["config", "workdir"])
+  flags.DEFINE_string(
+    "show",
+    None,
+    "Only print the table of a study's summary.json (its --variants), e.g. "
+    "a committed one under benchmarks/results/; nothing is trained.",
+  )
 
 
 # study -> [(variant name, {dotted config key: value})]
@@ -99,8 +106,8 @@ STUDIES: dict[str, list[tuple[str, dict[str, Any]]]] = {
 # Issue 19's grid: {activity-specific F_A | mean observation} x {shared |
 # per-activity | tied output} x {q_a init 0.02 | 1.0 (the paper-literal
 # head's)}, plus the linear head and plain attention pooling. Without F_A the
-# queries are unused (one row per output) and the tied output has no query
-# to tie to (not a variant).
+# queries are unused and every activity sees the same features, so the head
+# always has per-activity output weights (heads.MLARHead): one row.
 STUDIES["heads_grid"] = [
   ("linear", {"model.head": "linear"}),
   ("attention_pool", {"model.head": "attention_pool"}),
@@ -120,7 +127,7 @@ STUDIES["heads_grid"] = [
     for specific in (True, False)
     for output in ("shared", "per_activity", "tied")
     for query_init in ((0.02, 1.0) if specific else (0.02,))
-    if specific or output != "tied"
+    if specific or output == "per_activity"
   ),
 ]
 # Issue 19's correlation-map variants (models.heads.MASK_MODES), on the head
@@ -253,6 +260,16 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def main(argv):
   del argv
+  if FLAGS.show:
+    with cli.fatal_errors():
+      with open(FLAGS.show) as f:
+        rows = [r for r in json.load(f) if not FLAGS.variants or r["variant"] in FLAGS.variants]
+      if not rows:
+        raise ValueError(f"--show={FLAGS.show}: no rows of variants {FLAGS.variants}")
+    print(format_table(rows))
+    return
+  if FLAGS.config is None or FLAGS.workdir is None:
+    raise app.UsageError("--config and --workdir are required (unless --show)")
   cli.setup(FLAGS.config)
   seeds = [int(s) for s in FLAGS.seeds]
   summary = os.path.join(FLAGS.workdir, "summary.json")
