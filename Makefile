@@ -30,8 +30,10 @@ $(DEV_STAMP): $(STAMP)
 demo: $(STAMP)
 	$(PY) -m mlar_jax.main --config $(DEMO_CONFIG) --workdir $(WORKDIR)
 
+# One worker per core; a test file stays on one worker, so its module-scoped
+# fixtures (compiled steps, trained workdirs) are built once.
 test: $(DEV_STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n auto --dist loadfile tests
 
 # The formatter's and linter's verdict (configuration in pyproject.toml);
 # `make format` applies both.
