@@ -198,7 +198,7 @@ def base_config() -> ml_collections.ConfigDict:
         # clip's keyframe (a dataset with per-box labels, AVA); the dataset
         # must be of the same kind (pipeline.check_task).
         "task": "classification",
-        # What a classifier reads (models.registry.INPUTS): "video",
+        # What a classifier reads (models.registry.CLASSIFIERS): "video",
         # "audio" (the audio backbone and the head) or "video+audio" (both
         # backbones; the fusion of M-MiT section 6.1). Audio needs the
         # "audio" extra in data.extras.

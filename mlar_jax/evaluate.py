@@ -47,7 +47,6 @@ from absl import logging
 from clu import metric_writers
 from etils import epath
 from jax.sharding import Mesh
-from scipy import special
 
 from mlar_jax import checkpointing, metrics, sharding, validation
 from mlar_jax.data import ava, base, pipeline, sampling, transforms
@@ -326,7 +325,8 @@ def output_metrics(
   """Macro and micro mAP, top-1 and top-5 of every model output.
 
   Args:
-    video_scores: output name -> aggregated per-video logits [N, A].
+    video_scores: output name -> aggregated per-video probabilities [N, A]
+      (the eval step's sigmoids; -inf for a video without views).
     labels: [N, A] in {0, 1}.
 
   Returns:
@@ -337,7 +337,7 @@ def output_metrics(
   """
   scores = dict(video_scores)
   if len(scores) > 1:
-    scores["mean_of_sigmoids"] = np.mean([special.expit(v) for v in video_scores.values()], 0)
+    scores["mean_of_sigmoids"] = np.mean(list(video_scores.values()), 0)
   out = {}
   for name, s in sorted(scores.items()):
     m = metrics.all_metrics(s, labels)

@@ -191,10 +191,12 @@ def test_output_metrics_adds_the_mean_of_sigmoids_of_several_outputs():
   labels = (rng.random((40, 6)) < 0.3).astype(np.int32)
   labels[0] = 1  # every class has a positive
   a, b = rng.normal(size=(40, 6)), rng.normal(size=(40, 6)) * 3
-  out = evaluate.output_metrics({"logits": a, "logits_activity": b}, labels)
+  # The eval step's scores are probabilities (sigmoids of the logits).
+  pa, pb = 1 / (1 + np.exp(-a)), 1 / (1 + np.exp(-b))
+  out = evaluate.output_metrics({"logits": pa, "logits_activity": pb}, labels)
   assert set(out) == {"logits", "logits_activity", "mean_of_sigmoids"}
   mean = (1 / (1 + np.exp(-a)) + 1 / (1 + np.exp(-b))) / 2
   want = np.mean([average_precision_score(labels[:, c], mean[:, c]) for c in range(6)])
   np.testing.assert_allclose(out["mean_of_sigmoids"]["macro_map"], want, rtol=1e-9)
   # One output: nothing to combine.
-  assert set(evaluate.output_metrics({"logits": a}, labels)) == {"logits"}
+  assert set(evaluate.output_metrics({"logits": pa}, labels)) == {"logits"}

@@ -336,7 +336,7 @@ def build_detector(
 def build_model(
   cfg: ml_collections.ConfigDict, num_classes: int, class_stats: Any = None
 ) -> nn.Module:
-  """The classifier of `cfg.inputs` (`INPUTS`): a `VideoClassifier` of
+  """The classifier of `cfg.inputs` (`CLASSIFIERS`): a `VideoClassifier` of
   `cfg.backbone` and `cfg.head`, an `AudioClassifier` of `cfg.audio_backbone`
   and the head, or a `FusedClassifier` of both backbones.
 
@@ -348,25 +348,35 @@ def build_model(
       gives those heads placeholder values (shapes, parameter counts).
   """
   head = HEADS.get(cfg.head)(cfg, num_classes, class_stats)
-  if cfg.inputs == "audio":
-    return AudioClassifier(audio_backbone=build_audio_backbone(cfg), head=head)
-  if cfg.inputs == "video+audio":
-    return FusedClassifier(
-      backbone=build_backbone(cfg),
-      audio_backbone=build_audio_backbone(cfg),
-      head=head,
-      num_classes=num_classes,
-      dropout_rate=cfg.dropout_rate,
-    )
-  return VideoClassifier(backbone=build_backbone(cfg), head=head)
+  return CLASSIFIERS.get(cfg.inputs)(cfg, head, num_classes)
+
+
+# config.model.inputs -> fn(model_config, head, num_classes) -> the classifier
+# reading those inputs (build_model).
+CLASSIFIERS: registry.Registry = registry.Registry("model.inputs")
+CLASSIFIERS.register("video")(
+  lambda cfg, head, num_classes: VideoClassifier(backbone=build_backbone(cfg), head=head)
+)
+CLASSIFIERS.register("audio")(
+  lambda cfg, head, num_classes: AudioClassifier(
+    audio_backbone=build_audio_backbone(cfg), head=head
+  )
+)
+CLASSIFIERS.register("video+audio")(
+  lambda cfg, head, num_classes: FusedClassifier(
+    backbone=build_backbone(cfg),
+    audio_backbone=build_audio_backbone(cfg),
+    head=head,
+    num_classes=num_classes,
+    dropout_rate=cfg.dropout_rate,
+  )
+)
 
 
 # config.model.task -> fn(model_config, num_classes, class_stats) -> model.
 TASKS: registry.Registry = registry.Registry("model.task")
 TASKS.register("classification")(build_model)
 TASKS.register("detection")(build_detector)
-# config.model.inputs: what a classifier reads (build_model).
-INPUTS = ("video", "audio", "video+audio")
 # What a detection batch must carry: the keyframe's person boxes and their labels.
 DETECTION_EXTRAS = ("boxes", "actor_labels")
 
@@ -383,7 +393,7 @@ def _validate_task(config: ml_collections.ConfigDict) -> None:
   and scores each keyframe once (one view: a keyframe's boxes are scored,
   not aggregated over crops)."""
   config_lib.check_choice(config, "model.task", TASKS.names())
-  config_lib.check_choice(config, "model.inputs", INPUTS)
+  config_lib.check_choice(config, "model.inputs", CLASSIFIERS.names())
   if "audio" in config.model.inputs and "audio" not in config.data.extras:
     config_lib.fail(
       "data.extras",
