@@ -15,6 +15,7 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 
 import jax  # noqa: E402  (must come after XLA_FLAGS)
+import orbax.checkpoint as ocp  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_platforms", "cpu")
@@ -60,3 +61,11 @@ def run_main(workdir, *overrides: str, config: str = "synthetic.py:runlocal"):
     env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"),
     timeout=300,
   )
+
+
+def checkpoint_state(workdir, step: int):
+  """The "state" item of checkpoint `step` in `workdir/checkpoints`, as saved
+  (orbax's own restore, independent of the project's restore path)."""
+  with ocp.CheckpointManager(pathlib.Path(workdir) / "checkpoints") as m:
+    restored = m.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  return restored["state"]

@@ -5,9 +5,8 @@ init_from combining a video run and an audio run."""
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
-from conftest import load_config
+from conftest import checkpoint_state, load_config
 
 from mlar_jax import checkpointing, train, validation
 from mlar_jax.models import registry
@@ -17,12 +16,6 @@ def _config(inputs: str, **overrides):
   config = load_config("scenes", f"runlocal,inputs={inputs}")
   config.update(overrides)
   return config
-
-
-def _params(workdir, step):
-  with ocp.CheckpointManager(workdir / "checkpoints") as m:
-    restored = m.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  return restored["state"]
 
 
 def test_linear_fusion_is_one_linear_layer_on_the_concatenated_features():
@@ -96,7 +89,11 @@ def test_fused_training_on_8_devices_and_init_from_a_video_and_an_audio_run(tmp_
   config.model.frozen_bn = True
   results = train.train_and_evaluate(config, str(fused_dir))
   assert np.isfinite(results["macro_map"])
-  video, audio, fused = _params(video_dir, 2), _params(audio_dir, 2), _params(fused_dir, 4)
+  video, audio, fused = (
+    checkpoint_state(video_dir, 2),
+    checkpoint_state(audio_dir, 2),
+    checkpoint_state(fused_dir, 4),
+  )
   for part, source in (("backbone", video), ("audio_backbone", audio)):
     for got, want in (
       (fused["params"][part], source["params"][part]),
@@ -106,7 +103,7 @@ def test_fused_training_on_8_devices_and_init_from_a_video_and_an_audio_run(tmp_
   # The new audio layer trained.
   assert not np.allclose(
     fused["params"]["audio_classifier"]["kernel"],
-    _params(fused_dir, 2)["params"]["audio_classifier"]["kernel"],
+    checkpoint_state(fused_dir, 2)["params"]["audio_classifier"]["kernel"],
   )
   # Both runs hold head/: combining them without skipping it names the clash.
   with pytest.raises(ValueError, match=r"params/head/classifier/\w+ is in both"):

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from conftest import ROOT, load_config
+from conftest import ROOT, checkpoint_state, load_config
 
 from mlar_jax import checkpointing, evaluate, sharding, train
 from mlar_jax.data import pipeline
@@ -27,12 +27,6 @@ def _config(**overrides):
   config = load_config("synthetic", "runlocal")  # 6 steps, a checkpoint every 3
   config.update(overrides)
   return config
-
-
-def _state_at(workdir, step):
-  with ocp.CheckpointManager(workdir / "checkpoints") as m:
-    restored = m.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  return restored["state"]
 
 
 def _steps(workdir):
@@ -67,7 +61,7 @@ def test_divergence_stops_at_its_step_and_keeps_the_good_checkpoints(
   healthy, tmp_path, monkeypatch
 ):
   workdir = _copy(healthy, tmp_path)
-  good = _state_at(workdir, 6)
+  good = checkpoint_state(workdir, 6)
   # Every step's output checked on the host with numpy, independently of the
   # trainer's in-step flags.
   first_bad = []
@@ -100,7 +94,7 @@ def test_divergence_stops_at_its_step_and_keeps_the_good_checkpoints(
   assert message.startswith(f"Non-finite {bad[0]} at step {step} "), (message, bad)
   assert "The last checkpoint is step 6" in message and "\n" not in message
   assert _steps(workdir) == [3, 6]
-  jax.tree.map(np.testing.assert_array_equal, good, _state_at(workdir, 6))
+  jax.tree.map(np.testing.assert_array_equal, good, checkpoint_state(workdir, 6))
 
 
 def test_divergence_ends_the_command_with_one_line(healthy, tmp_path):
@@ -184,7 +178,9 @@ def test_corrupt_latest_checkpoint_falls_back_and_resumes_exactly(healthy, tmp_p
   # Resumed from 3, saved 6 again; the damaged folder is kept, renamed.
   assert _steps(workdir) == [3, 6]
   assert len(list((workdir / "checkpoints").glob("6.corrupt-*"))) == 1
-  jax.tree.map(np.testing.assert_array_equal, _state_at(healthy, 6), _state_at(workdir, 6))
+  jax.tree.map(
+    np.testing.assert_array_equal, checkpoint_state(healthy, 6), checkpoint_state(workdir, 6)
+  )
 
 
 def test_eval_mode_falls_back_from_a_corrupt_latest_checkpoint(healthy, tmp_path):

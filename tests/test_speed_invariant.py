@@ -4,9 +4,8 @@ import json
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
-from conftest import load_config
+from conftest import checkpoint_state, load_config
 from flax import traverse_util
 
 from mlar_jax import evaluate, sharding, train
@@ -123,16 +122,11 @@ def test_seven_videos_batch_four_on_eight_devices_count_once(devices, tmp_path):
     np.testing.assert_allclose(scores[i], np.asarray(total), rtol=1e-4, atol=1e-5)
 
 
-def _state_at(run_dir, step):
-  with ocp.CheckpointManager(run_dir / "checkpoints") as m:
-    return m.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-
-
 def test_stage_two_freezes_the_whole_backbone_and_tunes_the_head(tmp_path):
   config = load_config("synthetic", "runlocal,speed_invariant")
   results = speed_invariant.run_two_stage(config, str(tmp_path))
-  first = _state_at(tmp_path / "stage1", config.num_train_steps)
-  second = _state_at(tmp_path / "stage2", config.stage2.num_train_steps)
+  first = checkpoint_state(tmp_path / "stage1", config.num_train_steps)
+  second = checkpoint_state(tmp_path / "stage2", config.stage2.num_train_steps)
   p1 = traverse_util.flatten_dict(first["params"], sep="/")
   p2 = traverse_util.flatten_dict(second["params"], sep="/")
   # Every backbone leaf, batch-norm scales and biases included (section 3.5).

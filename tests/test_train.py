@@ -5,9 +5,8 @@ import shutil
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
-from conftest import load_config
+from conftest import checkpoint_state, load_config
 
 from mlar_jax import evaluate, sharding, train
 from mlar_jax.data import base, pipeline, transforms
@@ -74,12 +73,6 @@ def test_eight_device_step_matches_one_device(batch16, devices, params_sharding)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6), bs1, bs8)
 
 
-def _params_at(workdir, step):
-  with ocp.CheckpointManager(workdir / "checkpoints") as m:
-    restored = m.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  return restored["state"]
-
-
 def test_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_path):
   config = _config(num_train_steps=6)
   config.checkpoint.every_steps = 3
@@ -90,7 +83,7 @@ def test_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_path):
   # Interrupt after step 3: drop the later checkpoint and run the same command.
   shutil.rmtree(interrupted / "checkpoints" / "6")
   train.train_and_evaluate(config, str(interrupted), final_eval=False)
-  a, b = _params_at(straight, 6), _params_at(interrupted, 6)
+  a, b = checkpoint_state(straight, 6), checkpoint_state(interrupted, 6)
   assert int(a["step"]) == int(b["step"]) == 6
   jax.tree.map(np.testing.assert_array_equal, a, b)
   # The data position went into the checkpoint too: 6 batches of 8 consumed.
