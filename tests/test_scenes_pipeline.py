@@ -195,7 +195,7 @@ def test_eval_views_extras_for_each_crop():
   d = _data(eval_short_side=32, crop_size=24)
   source = pipeline.make_source(d, "test")
   plan = sampling.view_plan(((2, 1),), 3)
-  window = pipeline.EvalWindow(
+  views_of = pipeline.VideoViews(
     source=source,
     plan=plan,
     num_frames=d.num_frames,
@@ -207,7 +207,7 @@ def test_eval_views_extras_for_each_crop():
   for index in range(4):
     record = source[index]
     idx = sampling.view_indices(record["num_frames"], d.num_frames, plan[0])
-    views = window.map((index, record, (0, 1, 2)))
+    views = list(views_of.map(record))
     boxes, valid = source.boxes(record, idx)
     masks = np.asarray(
       jax.image.resize(source.masks(record, idx).astype(np.float32), (len(idx), 32, 32), "nearest")
@@ -321,3 +321,19 @@ def test_trains_and_evaluates_with_every_extra(monkeypatch, tmp_path):
   assert keys[0] == {"video", "labels"} | extras
   assert keys[2] == {"video", "labels", "index", "view", "mask"} | extras
   assert results["num_videos"] == 6 and results["num_videos_without_views"] == 0
+
+
+def test_eval_views_resize_whole_frames_or_only_crops_alike():
+  # One centre crop: only the crop is resized (576 of 1024 pixels a frame);
+  # three crops: each frame once, whole (1024 < 3 x 576). Same centre clip.
+  d = _data(eval_short_side=32, crop_size=24)
+  source = pipeline.make_source(d, "test")
+  clips = {}
+  for crops in (1, 3):
+    views_of = pipeline.VideoViews(
+      source, sampling.view_plan(((2, 1),), crops), d.num_frames, 32, 24, pipeline.DecodeErrors(1.0)
+    )
+    clips[crops] = list(views_of.map(source[0]))
+  assert len(clips[1]) == 1 and len(clips[3]) == 3
+  one, centre = clips[1][0]["video"].astype(int), clips[3][1]["video"].astype(int)
+  assert np.abs(one - centre).max() <= 1 and np.abs(one - centre).mean() < 0.2

@@ -202,7 +202,7 @@ def test_pipeline_skips_and_counts_corrupt_videos(charades_root):
       next(it)
 
 
-def test_eval_pipeline_decodes_a_window_once_for_its_crops(charades_root, monkeypatch):
+def test_eval_pipeline_decodes_a_video_once_for_its_views(charades_root, monkeypatch):
   from mlar_jax.data import sampling
 
   config = _config(charades_root, max_error_ratio=0.5)
@@ -211,13 +211,21 @@ def test_eval_pipeline_decodes_a_window_once_for_its_crops(charades_root, monkey
   plan = sampling.view_plan(((4, 2),), 2)
   decodes = []
   load = src.load_frames
-  monkeypatch.setattr(src, "load_frames", lambda r, i: decodes.append(r["id"]) or load(r, i))
+  monkeypatch.setattr(
+    src, "load_frames", lambda r, i, s=None: decodes.append((r["id"], len(i))) or load(r, i, s)
+  )
   errors = pipeline.DecodeErrors(0.5, min_samples=1000)
   batches = list(pipeline.eval_dataset(src, config.data, plan, local_batch_size=3, errors=errors))
   got = sorted((int(i), int(v)) for b in batches for i, v in zip(b["index"], b["view"]))
   assert got == [(i, v) for i in range(4) for v in range(4)]  # each clip once
-  # One decode per (video, window); BAD01 fails when opened, before decoding.
-  assert sorted(decodes) == [vid for vid in ("AAA01", "AAA02", "AAA03", "AAA04") for _ in range(2)]
+  # One decode per video, of the union of its two windows' frames (each
+  # frame once); BAD01 fails when opened, before decoding.
+  assert [vid for vid, _ in sorted(decodes)] == ["AAA01", "AAA02", "AAA03", "AAA04"]
+  for (vid, frames), record in zip(sorted(decodes), [src[i] for i in range(4)]):
+    assert vid == record["id"]
+    n, _ = src.video_info(record)
+    windows = [sampling.view_indices(n, config.data.num_frames, plan[v]) for v in (0, 2)]
+    assert frames == len(np.unique(np.concatenate(windows)))
   assert errors.failed == 4  # BAD01's 4 views
   # The two crops of a window are different clips.
   b = batches[0]

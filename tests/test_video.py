@@ -5,6 +5,7 @@ import os
 import av
 import numpy as np
 import pytest
+from PIL import Image
 from video_fixtures import index_frame, read_index, truncated_copy, write_frame_folder, write_mp4
 
 from mlar_jax.data import transforms, video
@@ -98,3 +99,45 @@ def test_write_video_leaves_no_file_when_it_fails(tmp_path, monkeypatch):
   with pytest.raises(RuntimeError, match="killed"):
     video.write_video(str(tmp_path / "a.mp4"), frames, 24)
   assert os.listdir(tmp_path) == []
+
+
+def test_frames_far_apart_are_reached_by_seeking(mp4, monkeypatch):
+  # With a gap of 1 s (24 frames), [2, 5] and [60, 61] and [97] are three
+  # spans, each decoded after its own seek; the frames are those of one pass.
+  monkeypatch.setattr(video, "SEEK_GAP_SECONDS", 1.0)
+  spans = []
+  real_span = video._decode_span
+  monkeypatch.setattr(
+    video,
+    "_decode_span",
+    lambda c, s, fps, first, last, *a: (
+      spans.append((first, last)) or real_span(c, s, fps, first, last, *a)
+    ),
+  )
+  idx = [61, 2, 97, 5, 60, 2]
+  frames = video.decode_frames(mp4, idx)
+  assert [read_index(f) for f in frames] == idx
+  assert spans == [(2, 5), (60, 61), (97, 97)]
+  with av.open(mp4) as container:
+    every = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+  np.testing.assert_array_equal(frames, np.stack([every[i] for i in idx]))
+
+
+def test_jpeg_frames_are_decoded_at_reduced_scale_when_that_is_enough(tmp_path):
+  # A smooth 240x320 JPEG: asked for short side 100, libjpeg decodes it at
+  # 1/2 (120x160 >= 100); the pixels are those of resizing the full decode.
+  y, x = np.mgrid[0:240, 0:320]
+  image = np.stack([x * 0.7, y, 128 + 60 * np.sin(x / 13 + y / 17)], -1).astype(np.uint8)
+  path = str(tmp_path / "f.jpg")
+  Image.fromarray(image).save(path, quality=95)
+  full = video.decode_image(path)
+  assert full.shape == (240, 320, 3)
+  for short, shape in [(100, (120, 160)), (60, (60, 80)), (40, (30, 40)), (121, (240, 320))]:
+    got = video.decode_image(path, short)
+    want_shape = shape if short != 40 else (60, 80)  # 1/8 would be 30 < 40: 1/4
+    assert got.shape[:2] == want_shape, short
+    if got.shape != full.shape:
+      ref = transforms.resize(full[None], *got.shape[:2])[0].astype(int)
+      assert np.abs(got.astype(int) - ref)[2:-2, 2:-2].mean() < 2.0
+  with pytest.raises(video.VideoDecodeError, match="f.png"):
+    video.decode_image(str(tmp_path / "f.png"))

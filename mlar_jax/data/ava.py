@@ -399,11 +399,13 @@ class AvaKeyframes(base.AnnotatedVideos):
     a = self.num_classes
     return base.ClassStats.from_labels(np.concatenate(labels) if labels else np.zeros((0, a)))
 
-  def load_frames(self, record: base.Record, indices: np.ndarray) -> np.ndarray:
+  def load_frames(
+    self, record: base.Record, indices: np.ndarray, short_side: int | None = None
+  ) -> np.ndarray:
     """Window frames `indices` -> the video's frames from `start`, clamped."""
     n = _frame_count(record["path"])
     absolute = np.clip(record["start"] + np.asarray(indices), 0, n - 1)
-    return video.decode_frames(record["path"], absolute)
+    return video.decode_frames(record["path"], absolute, short_side)
 
   def boxes(self, record: base.Record, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The keyframe's boxes at every frame of the clip (AVA annotates the

@@ -111,8 +111,17 @@ class VideoSource(abc.ABC):
     return record["num_frames"], record["fps"]
 
   @abc.abstractmethod
-  def load_frames(self, record: Record, indices: np.ndarray) -> np.ndarray:
-    """Returns uint8 frames [len(indices), H, W, 3] of the record's video."""
+  def load_frames(
+    self, record: Record, indices: np.ndarray, short_side: int | None = None
+  ) -> np.ndarray:
+    """Returns uint8 frames [len(indices), H, W, 3] of the record's video.
+
+    `short_side` is a hint: the caller resizes the frames to this shorter
+    side next (`transforms.short_side_shape`). A source that can decode
+    straight to a smaller size (video files, JPEG) may return them at it, or
+    between it and the stored size; others ignore it. Callers compute their
+    crops from the shape they get.
+    """
 
   @abc.abstractmethod
   def label_matrix(self) -> np.ndarray:
@@ -297,8 +306,10 @@ class Subset(VideoSource):
   def video_info(self, record: Record) -> tuple[int, float]:
     return self.parent.video_info(record)
 
-  def load_frames(self, record: Record, indices: np.ndarray) -> np.ndarray:
-    return self.parent.load_frames(record, indices)
+  def load_frames(
+    self, record: Record, indices: np.ndarray, short_side: int | None = None
+  ) -> np.ndarray:
+    return self.parent.load_frames(record, indices, short_side)
 
   def label_matrix(self) -> np.ndarray:
     return self.parent.label_matrix()[self.indices]

@@ -39,6 +39,7 @@ the rest.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import fractions
 import math
@@ -560,7 +561,9 @@ class TrainClip(grain.transforms.RandomMap):
       n, fps = self.source.video_info(record)
       start = transforms.random_clip_start(rng, n, self.num_frames, rate)
       idx = transforms.clip_indices(n, self.num_frames, rate, start)
-      frames = self.source.load_frames(record, idx)
+      # The short side is drawn first so that the source can decode at it.
+      short = transforms.draw_short_side(rng, self.min_short_side, self.max_short_side)
+      frames = self.source.load_frames(record, idx, short)
       extras = self.extras.load(self.source, record, idx, n, fps)
     except video.VideoDecodeError as e:
       self.errors.failed_on(e)
@@ -568,12 +571,7 @@ class TrainClip(grain.transforms.RandomMap):
     self.errors.ok()
     self.extras.count(extras, record, self.errors)
     crop = transforms.train_crop(
-      rng,
-      *frames.shape[1:3],
-      min_short_side=self.min_short_side,
-      max_short_side=self.max_short_side,
-      crop_size=self.crop_size,
-      flip=self.flip,
+      rng, *frames.shape[1:3], short_side=short, crop_size=self.crop_size, flip=self.flip
     )
     labels = (
       window_labels(record, idx, fps)
@@ -587,88 +585,107 @@ class TrainClip(grain.transforms.RandomMap):
     }
 
 
-class VideoWindows:
-  """Random-access (video, temporal window) pairs of a view plan.
+class VideoViews(grain.transforms.Map):
+  """A video's record -> its clips in every view of a plan, from one
+  decode of the frames they use.
 
-  The views of one window differ only in their spatial crop, so a window's
-  frames are decoded once for all its crops (3x fewer decodes for the
-  papers' 3-crop plans). Flattening videos x windows lets evaluation batch
-  clips of different videos together and shard them over hosts like any
-  source.
+  The union of the views' frames (every rate and temporal position) is
+  decoded in one pass over the video (`VideoSource.load_frames`; windows
+  further apart than `video.SEEK_GAP_SECONDS` are reached by seeking), and
+  each frame is resized once: to the evaluation size when the views' crops
+  together cover more pixels than the resized frames (the papers' 3 crops),
+  else each view resizes only its crop. Clips are cut when read from the
+  returned `VideoClips`, so a video's 30 clips are never all in memory.
   """
 
-  def __init__(self, source: base.VideoSource, plan: Sequence[sampling.View]):
-    self.source, self.windows = source, sampling.temporal_windows(plan)
+  def __init__(
+    self,
+    source: base.VideoSource,
+    plan: Sequence[sampling.View],
+    num_frames: int,
+    short_side: int,
+    crop_size: int,
+    errors: DecodeErrors,
+    extras: Extras = Extras(),
+  ):
+    self.source, self.plan, self.num_frames = source, tuple(plan), num_frames
+    self.short_side, self.crop_size = short_side, crop_size
+    self.errors, self.extras = errors, extras
+    self.windows = sampling.temporal_windows(self.plan)
 
-  def __len__(self) -> int:
-    return len(self.source) * len(self.windows)
-
-  def __getitem__(self, i: int) -> tuple[int, base.Record, tuple[int, ...]]:
-    video, window = divmod(int(i), len(self.windows))
-    return video, self.source[video], self.windows[window]
+  def map(self, record: base.Record) -> VideoClips:
+    position = record["index"]
+    try:
+      n, fps = self.source.video_info(record)
+      window_indices = [
+        sampling.view_indices(n, self.num_frames, self.plan[ids[0]]) for ids in self.windows
+      ]
+      frames_of = np.unique(np.concatenate(window_indices))
+      frames = self.source.load_frames(record, frames_of, self.short_side)
+      extras = [self.extras.load(self.source, record, idx, n, fps) for idx in window_indices]
+    except video.VideoDecodeError as e:
+      for _ in self.plan:
+        self.errors.failed_on(e)
+      return VideoClips(position, record, np.zeros((0, 1, 1, 3), np.uint8), ())
+    resized = transforms.short_side_shape(*frames.shape[1:3], self.short_side)
+    if (
+      len(frames_of) * resized[0] * resized[1]
+      < len(self.plan) * self.num_frames * self.crop_size**2
+    ):
+      frames = transforms.resize(frames, *resized)
+    views = []
+    for ids, idx, window_extras in zip(self.windows, window_indices, extras):
+      self.extras.count(window_extras, record, self.errors)
+      rows = np.searchsorted(frames_of, idx)
+      for view_id in ids:
+        self.errors.ok()
+        view = self.plan[view_id]
+        crop = transforms.eval_crop(
+          *frames.shape[1:3],
+          short_side=self.short_side,
+          crop_size=self.crop_size,
+          crop_index=view.crop,
+          num_crops=view.num_crops,
+        )
+        views.append((view_id, rows, crop, window_extras))
+    return VideoClips(position, record, frames, tuple(views), self.extras)
 
 
 @dataclasses.dataclass(frozen=True)
-class EvalWindow(grain.transforms.Map):
-  """(video position, record, view ids of one window) -> a clip per view.
+class VideoClips(collections.abc.Sequence):
+  """A video's evaluation clips (`VideoViews`), each cut when indexed: a dict
+  {"video": uint8 [T, S, S, 3], "labels": int32 [C], "index": int32 video
+  position in the split, "view": int32 view id in the plan} and the `extras`
+  of its frames, in its view (module docstring). Empty when the video cannot
+  be decoded (each of its views counts as a skipped clip)."""
 
-  Output: a list with, per view, {"video": uint8 [T, S, S, 3], "labels":
-  int32 [C], "index": int32 video position in the split, "view": int32 view
-  id in the plan} and the `extras` of its frames, in its view (module
-  docstring); empty when the video cannot be decoded (each of its views
-  counts as a skipped clip).
-  """
-
-  source: base.VideoSource
-  plan: tuple[sampling.View, ...]
-  num_frames: int
-  short_side: int
-  crop_size: int
-  errors: DecodeErrors
+  position: int
+  record: base.Record
+  frames: np.ndarray  # uint8 [U, H, W, 3], the views' frames, decoded once
+  views: tuple[tuple[int, np.ndarray, transforms.Crop, dict[str, np.ndarray]], ...]
   extras: Extras = Extras()
 
-  def map(self, element: tuple[int, base.Record, tuple[int, ...]]) -> list[dict[str, Any]]:
-    position, record, view_ids = element
-    try:
-      n, fps = self.source.video_info(record)
-      idx = sampling.view_indices(n, self.num_frames, self.plan[view_ids[0]])
-      frames = self.source.load_frames(record, idx)
-      extras = self.extras.load(self.source, record, idx, n, fps)
-    except video.VideoDecodeError as e:
-      for _ in view_ids:
-        self.errors.failed_on(e)
-      return []
-    self.extras.count(extras, record, self.errors)
-    clips = []
-    for view_id in view_ids:
-      self.errors.ok()
-      view = self.plan[view_id]
-      crop = transforms.eval_crop(
-        *frames.shape[1:3],
-        short_side=self.short_side,
-        crop_size=self.crop_size,
-        crop_index=view.crop,
-        num_crops=view.num_crops,
-      )
-      clips.append(
-        {
-          "video": transforms.crop_frames(frames, crop),
-          "labels": record["labels"].astype(np.int32),
-          "index": np.int32(position),
-          "view": np.int32(view_id),
-          **self.extras.view(extras, crop),
-        }
-      )
-    return clips
+  def __len__(self) -> int:
+    return len(self.views)
+
+  def __getitem__(self, k: int) -> dict[str, Any]:
+    view_id, rows, crop, extras = self.views[k]
+    return {
+      "video": transforms.crop_frames(self.frames[rows], crop),
+      "labels": self.record["labels"].astype(np.int32),
+      "index": np.int32(self.position),
+      "view": np.int32(view_id),
+      **self.extras.view(extras, crop),
+    }
 
 
 class _Views(grain.experimental.FlatMapTransform):
-  """A window's list of clips -> its clips, one element each."""
+  """A video's clips -> its clips, one element each."""
 
   def __init__(self, max_fan_out: int):
     self.max_fan_out = max_fan_out
 
-  def flat_map(self, clips: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  def flat_map(self, clips: VideoClips) -> VideoClips:
     return clips
 
 
@@ -798,8 +815,8 @@ def eval_dataset(
 ) -> grain.IterDataset:
   """One pass over this host's shard of every (video, view) of `source`.
 
-  Hosts split the (video, temporal window) pairs; each window's frames are
-  decoded once and give a clip per spatial crop (`VideoWindows`).
+  Hosts split the videos; each video's frames are decoded once and give a
+  clip per view (`VideoViews`).
 
   Args:
     source: the split to evaluate.
@@ -815,12 +832,11 @@ def eval_dataset(
   """
   check_extras(source, cfg)
   errors = errors or DecodeErrors(cfg.max_error_ratio)
-  windows = VideoWindows(source, plan)
-  ds = grain.MapDataset.source(windows)[process_index::process_count]
+  ds = grain.MapDataset.source(source)[process_index::process_count]
   ds = ds.map(
-    EvalWindow(
+    VideoViews(
       source=source,
-      plan=tuple(plan),
+      plan=plan,
       num_frames=cfg.num_frames,
       short_side=cfg.eval_short_side,
       crop_size=cfg.crop_size,
@@ -828,9 +844,10 @@ def eval_dataset(
       extras=Extras.from_config(cfg),
     )
   )
-  ds = grain.experimental.FlatMapIterDataset(
-    ds.to_iter_dataset(_read_options(cfg)), _Views(max(len(ids) for ids in windows.windows))
-  )
+  # An element is a whole video's frames (up to ~85 MB for the papers' 30
+  # views at 256 pixels): prefetch as many as there are reader threads.
+  read = grain.ReadOptions(num_threads=cfg.num_threads, prefetch_buffer_size=cfg.num_threads)
+  ds = grain.experimental.FlatMapIterDataset(ds.to_iter_dataset(read), _Views(len(plan)))
   ds = ds.batch(local_batch_size, drop_remainder=False)
   return _maybe_multiprocess(ds, cfg)
 
@@ -840,6 +857,5 @@ def eval_num_batches(
 ) -> int:
   """Batches of `eval_dataset` on the host with the most clips: every host
   runs that many evaluation steps (they are collective), padding the rest."""
-  sizes = np.tile([len(ids) for ids in sampling.temporal_windows(plan)], num_videos)
-  most = max(int(sizes[p::process_count].sum()) for p in range(process_count))
+  most = len(plan) * -(-num_videos // process_count)  # videos of host 0
   return -(-most // local_batch_size)

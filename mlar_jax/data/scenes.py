@@ -770,7 +770,10 @@ class SceneVideos(base.PlannedVideos):
       "fps": FPS,
     }
 
-  def load_frames(self, record: base.Record, indices: np.ndarray) -> np.ndarray:
+  def load_frames(
+    self, record: base.Record, indices: np.ndarray, short_side: int | None = None
+  ) -> np.ndarray:
+    del short_side  # rendered at the dataset's resolution
     return _render(self.plan_of(record), np.asarray(indices), self.resolution)
 
   def boxes(self, record: base.Record, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

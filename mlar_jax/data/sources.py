@@ -22,7 +22,6 @@ import os
 from typing import Iterator, Sequence
 
 import numpy as np
-from PIL import Image
 
 from mlar_jax.data import audio, base, video
 
@@ -64,8 +63,10 @@ class FileVideos(base.AnnotatedVideos):
       return record["num_frames"], record["fps"]
     return _probe(record["path"], record["fps"])
 
-  def load_frames(self, record: base.Record, indices: np.ndarray) -> np.ndarray:
-    return video.decode_frames(record["path"], indices)
+  def load_frames(
+    self, record: base.Record, indices: np.ndarray, short_side: int | None = None
+  ) -> np.ndarray:
+    return video.decode_frames(record["path"], indices, short_side)
 
   def has_audio(self, record: base.Record) -> bool:
     # From the container's stream list (cached per file), not the annotations.
@@ -389,16 +390,17 @@ class PreparedVideos(base.AnnotatedVideos):
       "has_audio": bool(ex["has_audio"]),
     }
 
-  def load_frames(self, record: base.Record, indices: np.ndarray) -> np.ndarray:
-    try:
-      return np.stack(
-        [
-          np.asarray(Image.open(io.BytesIO(record["frames"][i])).convert("RGB"))
-          for i in np.asarray(indices)
-        ]
-      )
-    except (OSError, IndexError) as e:
-      raise video.VideoDecodeError(f"prepared:{record['id']}", str(e)) from e
+  def load_frames(
+    self, record: base.Record, indices: np.ndarray, short_side: int | None = None
+  ) -> np.ndarray:
+    name = f"prepared:{record['id']}"
+    frames = record["frames"]
+    indices = np.asarray(indices)
+    if indices.size and not 0 <= indices.min() <= indices.max() < len(frames):
+      raise video.VideoDecodeError(name, f"frame {indices.max()} of {len(frames)} requested")
+    return np.stack(
+      [video.decode_image(io.BytesIO(frames[i]), short_side, name=name) for i in indices]
+    )
 
   def audio(self, record: base.Record, start: int, stop: int) -> np.ndarray:
     # The stored track ends with the frames' time, rounded up; zeros after.

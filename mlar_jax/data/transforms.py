@@ -45,7 +45,11 @@ def center_clip_start(num_video_frames: int, num_frames: int, rate: int) -> int:
 
 
 def resize(
-  frames: np.ndarray, height: int, width: int, window: tuple[int, int, int, int] | None = None
+  frames: np.ndarray,
+  height: int,
+  width: int,
+  window: tuple[int, int, int, int] | None = None,
+  flip: bool = False,
 ) -> np.ndarray:
   """Bilinear resize of uint8 frames [T, H, W, 3] to [T, height, width, 3].
 
@@ -67,12 +71,16 @@ def resize(
   t, h, w, c = frames.shape
   top, left, out_h, out_w = window or (0, 0, height, width)
   if (h, w) == (height, width):
-    return frames[:, top : top + out_h, left : left + out_w]
+    frames = frames[:, top : top + out_h, left : left + out_w]
+    return frames[:, :, ::-1] if flip else frames
   sy, sx = h / height, w / width
   box = (left * sx, top * sy, (left + out_w) * sx, (top + out_h) * sy)
   out = np.empty((t, out_h, out_w, c), np.uint8)
   for i, frame in enumerate(frames):
-    out[i] = np.asarray(Image.fromarray(frame).resize((out_w, out_h), Image.BILINEAR, box=box))
+    image = Image.fromarray(frame).resize((out_w, out_h), Image.BILINEAR, box=box)
+    if flip:
+      image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    out[i] = np.asarray(image)
   return out
 
 
@@ -116,13 +124,21 @@ class Crop:
   flip: bool = False
 
 
+def draw_short_side(rng: np.random.Generator, min_short_side: int, max_short_side: int) -> int:
+  """The jittered short side of a training clip, uniform in [min, max]: the
+  first draw of its geometry, made before its frames are loaded so that a
+  source can decode them at that size (`VideoSource.load_frames`)."""
+  return int(rng.integers(min_short_side, max_short_side + 1))
+
+
 def train_crop(
   rng: np.random.Generator,
   height: int,
   width: int,
   *,
-  min_short_side: int,
-  max_short_side: int,
+  min_short_side: int = 0,
+  max_short_side: int = 0,
+  short_side: int | None = None,
   crop_size: int,
   flip: bool,
 ) -> Crop:
@@ -136,11 +152,14 @@ def train_crop(
     rng: per-example generator (grain seeds it from the example index).
     height, width: the frames' size.
     min_short_side, max_short_side: range of the jittered short side.
+    short_side: the short side if already drawn (`draw_short_side`, with
+      the same range); then it is not drawn again.
     crop_size: output height and width.
     flip: whether to flip horizontally with probability 1/2.
   """
-  short = int(rng.integers(min_short_side, max_short_side + 1))
-  resized_height, resized_width = short_side_shape(height, width, short)
+  if short_side is None:
+    short_side = draw_short_side(rng, min_short_side, max_short_side)
+  resized_height, resized_width = short_side_shape(height, width, short_side)
   top = int(rng.integers(0, resized_height - crop_size + 1))
   left = int(rng.integers(0, resized_width - crop_size + 1))
   flipped = flip and rng.random() < 0.5
@@ -170,10 +189,8 @@ def crop_frames(frames: np.ndarray, crop: Crop) -> np.ndarray:
   Only the crop is resized (the pixels of resizing the whole frame and
   cropping, to +-1; see `resize`).
   """
-  frames = resize(frames, crop.height, crop.width, (crop.top, crop.left, crop.size, crop.size))
-  if crop.flip:
-    frames = frames[:, :, ::-1]
-  return np.ascontiguousarray(frames)
+  window = (crop.top, crop.left, crop.size, crop.size)
+  return np.ascontiguousarray(resize(frames, crop.height, crop.width, window, crop.flip))
 
 
 def crop_boxes(boxes: np.ndarray, valid: np.ndarray, crop: Crop) -> tuple[np.ndarray, np.ndarray]:

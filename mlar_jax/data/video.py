@@ -2,8 +2,10 @@
 folders of JPEG frames (Charades' `ID/ID-000001.jpg`), and the one mp4 writer
 (`write_video`: H.264, optionally AAC sound).
 
-Only the needed span is decoded: the container seeks to the keyframe at or
-before the first requested frame and decodes up to the last one. Frame
+Only the needed spans are decoded: the container seeks to the keyframe at or
+before the first requested frame and decodes up to the last one; requested
+frames more than `SEEK_GAP_SECONDS` apart start a new span with a new seek
+(an evaluation's windows spread over a long video are not decoded through). Frame
 numbers come from presentation timestamps (`round((pts - start) * time_base *
 fps)`), so they are exact for constant-frame-rate video whatever the GOP.
 
@@ -22,7 +24,14 @@ import av
 import numpy as np
 from PIL import Image
 
+from mlar_jax.data import transforms
+
 JPEG_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+# Requested frames further apart than this are reached by seeking rather than
+# by decoding what lies between (a seek lands on a keyframe, typically at most
+# 2-10 s before the frame; decoding runs at hundreds of frames per second).
+SEEK_GAP_SECONDS = 10.0
 
 
 class VideoDecodeError(ValueError):
@@ -60,7 +69,7 @@ def video_info(path: str, frames_fps: float = 24.0) -> VideoInfo:
   """
   if os.path.isdir(path):
     files = _frame_files(path)
-    h, w = _read_image(files[0]).shape[:2]
+    h, w = decode_image(files[0]).shape[:2]
     return VideoInfo(len(files), frames_fps, h, w)
   try:
     with av.open(path) as container:
@@ -84,21 +93,52 @@ def _video_stream(container, path):
   if not container.streams.video:
     raise VideoDecodeError(path, "has no video stream")
   stream = container.streams.video[0]
-  stream.thread_type = "AUTO"
+  # One decoder thread: the pipeline decodes many clips at once (grain
+  # threads and worker processes), so decoder threads add no throughput and
+  # cost CPU: frame threading took 56 ms of CPU per 32-frame clip of a 320x240
+  # H.264 file where one thread took 47 (benchmarks/README.md).
+  stream.thread_type = "NONE"
   return stream
 
 
-def _read_image(path: str) -> np.ndarray:
+def decode_image(file, short_side: int | None = None, name: str | None = None) -> np.ndarray:
+  """uint8 [H, W, 3] RGB pixels of an image file (a path or a file object).
+
+  Args:
+    file: a path, or a binary file object (`io.BytesIO` of JPEG bytes).
+    short_side: the shorter side the caller resizes to next, or None. A
+      JPEG whose shorter side is at least twice it is decoded at 1/2, 1/4 or
+      1/8 scale in the DCT domain (libjpeg's scaled IDCT: the largest such
+      reduction that keeps the shorter side >= `short_side`), which skips
+      most of the decoding work; other images come at their stored size.
+    name: what errors call the image (default: `file` when it is a path).
+
+  Raises:
+    VideoDecodeError: the image cannot be read.
+  """
   try:
-    with Image.open(path) as im:
-      return np.asarray(im.convert("RGB"))
+    with Image.open(file) as im:
+      if short_side:
+        im.draft("RGB", transforms.short_side_shape(im.height, im.width, short_side)[::-1])
+      # convert() copies even an RGB image; asarray of a loaded RGB image does not.
+      return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
   except OSError as e:
-    raise VideoDecodeError(path, f"cannot read image ({e})") from e
+    raise VideoDecodeError(name or str(file), f"cannot read image ({e})") from e
 
 
-def decode_frames(path: str, indices) -> np.ndarray:
+def decode_frames(path: str, indices, short_side: int | None = None) -> np.ndarray:
   """uint8 [len(indices), H, W, 3]: frames `indices` (0-based, any order,
   repeats allowed) of a video file or frame folder.
+
+  Args:
+    path: a video file, or a folder of frames (sorted by name).
+    indices: int [N] frame numbers.
+    short_side: the shorter side the caller resizes the frames to next, or
+      None. JPEG frames come DCT-scaled towards it (`decode_image`). Video
+      frames come at their stored size: H.264 has no reduced-resolution
+      decoding, and shrinking in swscale while converting to RGB measured no
+      cheaper than converting and then resizing only the crop (114-119 ms
+      of CPU per 32-frame clip of a 640x480 file either way).
 
   Raises:
     VideoDecodeError: the file is missing, corrupt or truncated, or an index
@@ -113,29 +153,17 @@ def decode_frames(path: str, indices) -> np.ndarray:
     files = _frame_files(path)
     if indices.max() >= len(files):
       raise VideoDecodeError(path, f"frame {indices.max()} requested, {len(files)} frames")
-    return np.stack([_read_image(files[i]) for i in indices])
+    return np.stack([decode_image(files[i], short_side) for i in indices])
   if not os.path.exists(path):
     raise VideoDecodeError(path, "no such file")
   wanted = set(indices.tolist())
-  first, last = int(indices.min()), int(indices.max())
   got: dict[int, np.ndarray] = {}
   try:
     with av.open(path) as container:
       stream = _video_stream(container, path)
       fps = float(stream.average_rate or stream.guessed_rate)
-      tb = float(stream.time_base)
-      start = stream.start_time or 0
-      if first > 0:
-        # The keyframe at or before `first`; decoding runs forward from it.
-        container.seek(int(start + first / fps / tb), stream=stream, backward=True, any_frame=False)
-      for frame in container.decode(stream):
-        if frame.pts is None:
-          continue
-        i = int(round((frame.pts - start) * tb * fps))
-        if i in wanted:
-          got[i] = frame.to_ndarray(format="rgb24")
-        if i >= last:
-          break
+      for first, last in _spans(sorted(wanted), SEEK_GAP_SECONDS * fps):
+        _decode_span(container, stream, fps, first, last, wanted, got)
   except (av.FFmpegError, OSError, ValueError) as e:
     raise VideoDecodeError(path, f"decoding failed ({e})") from e
   missing = sorted(wanted - got.keys())
@@ -146,6 +174,33 @@ def decode_frames(path: str, indices) -> np.ndarray:
       f"not found (truncated or shorter than expected)",
     )
   return np.stack([got[int(i)] for i in indices])
+
+
+def _spans(frames: list[int], max_gap: float) -> list[tuple[int, int]]:
+  """Sorted frame numbers -> (first, last) of runs without a gap > max_gap."""
+  spans = [[frames[0], frames[0]]]
+  for f in frames[1:]:
+    if f - spans[-1][1] > max_gap:
+      spans.append([f, f])
+    spans[-1][1] = f
+  return [(a, b) for a, b in spans]
+
+
+def _decode_span(container, stream, fps, first, last, wanted, got) -> None:
+  """Decodes frames `first`..`last` into `got` (those in `wanted`, RGB)."""
+  tb = float(stream.time_base)
+  start = stream.start_time or 0
+  if first > 0:
+    # The keyframe at or before `first`; decoding runs forward from it.
+    container.seek(int(start + first / fps / tb), stream=stream, backward=True, any_frame=False)
+  for frame in container.decode(stream):
+    if frame.pts is None:
+      continue
+    i = int(round((frame.pts - start) * tb * fps))
+    if i in wanted and i not in got:
+      got[i] = frame.to_ndarray(format="rgb24")
+    if i >= last:
+      break
 
 
 def write_video(

@@ -3,7 +3,7 @@ config, a workdir and their options (`__main__.py` parses the flags).
 
 Each restores a checkpoint of the workdir (the latest that restores, or a
 given step) into the model the config builds, reads clips of a split the way
-evaluation does (`pipeline.EvalWindow`: the same frames, view and extras),
+evaluation does (`pipeline.VideoViews`: the same frames, view and extras),
 runs the model once per video (`cam.forward_fn`) and writes into
 `WORKDIR/explain/`.
 """
@@ -125,7 +125,7 @@ def clips_of(ex: Explained, position: int, plan: Sequence[sampling.View]) -> lis
   reads them, each with "window_labels" int32 [A] (the activities its
   frames overlap) and "indices" [T] (its frames in the video)."""
   data = ex.config.data
-  window = pipeline.EvalWindow(
+  views = pipeline.VideoViews(
     ex.source,
     tuple(plan),
     data.num_frames,
@@ -137,11 +137,10 @@ def clips_of(ex: Explained, position: int, plan: Sequence[sampling.View]) -> lis
   record = ex.source[position]
   n, fps = ex.source.video_info(record)
   out = []
-  for view_ids in sampling.temporal_windows(plan):
-    idx = sampling.view_indices(n, data.num_frames, plan[view_ids[0]])
+  for clip in views.map(record):
+    idx = sampling.view_indices(n, data.num_frames, plan[int(clip["view"])])
     labels = pipeline.window_labels(record, idx, fps) if "segments" in record else record["labels"]
-    for clip in window.map((position, record, view_ids)):
-      out.append({**clip, "window_labels": np.asarray(labels, np.int32), "indices": idx})
+    out.append({**clip, "window_labels": np.asarray(labels, np.int32), "indices": idx})
   return out
 
 
