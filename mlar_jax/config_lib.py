@@ -241,7 +241,9 @@ def base_config() -> ml_collections.ConfigDict:
           "mask_mode": "add",
         },
       },
-      "loss": {"name": "bce", "class_weights": "none"},
+      # official_code: the M-MiT authors' released loss code instead of the
+      # paper's equations (losses.OFFICIAL_LOSSES; README, "Losses").
+      "loss": {"name": "bce", "class_weights": "none", "official_code": False},
       "optimizer": {
         "name": "sgd",
         "momentum": 0.9,

@@ -223,6 +223,89 @@ def wlsep_dense(logits: Array, labels: Array, class_weights: Array | None = None
 
 
 # ---------------------------------------------------------------------------
+# The M-MiT authors' released loss code (`config.loss.official_code`).
+# ---------------------------------------------------------------------------
+
+# Their code computes one value per batch where the paper's equations (and
+# `LOSSES`) give one per example. Each function here returns [B] values whose
+# mean over the batch is that batch value (the train step takes the mean), so
+# the switch changes nothing else in the step. Where their code divides by
+# zero (a batch without a positive label; WARP for an example without
+# negatives) it gives NaN; these give 0 there.
+OFFICIAL_LOSSES: registry.Registry = registry.Registry("official loss")
+
+
+def _per_positive_mean(per_pos: Array, pos: Array) -> Array:
+  """[B] values whose batch mean is the mean of `per_pos` [B, C] over every
+  positive of the batch (their `.masked_select(labels).mean()`)."""
+  total = jnp.sum(jnp.where(pos, per_pos, 0.0), axis=-1)
+  return total * (pos.shape[0] / jnp.maximum(jnp.sum(pos), 1.0))
+
+
+@OFFICIAL_LOSSES.register("bce")
+def bce_official(logits: Array, labels: Array, class_weights: Array | None = None) -> Array:
+  """Their BCE: per-label BCE summed over classes, the batch mean; with class
+  weights w, positives weighted by 1 - w_i and negatives by w_i; no 1/|Y|.
+  Returns [B]."""
+  x, y, _, _ = _prepare(logits, labels, None)
+  per_label = -(y * jax.nn.log_sigmoid(x) + (1 - y) * jax.nn.log_sigmoid(-x))
+  if class_weights is not None:
+    w = jnp.asarray(class_weights, jnp.float32)
+    per_label = ((1.0 - w) * y + w * (1.0 - y)) * per_label
+  return jnp.sum(per_label, axis=-1)
+
+
+@OFFICIAL_LOSSES.register("warp")
+def warp_official(logits: Array, labels: Array, class_weights: Array | None = None) -> Array:
+  """Their WARP: for each positive i of the batch, the hinge sum over the
+  example's negatives divided by their number, times w_i, times the rank
+  weight W(k + 1) indexed by k = the id of the class ranked at position i of
+  the example's descending order (not i's rank), averaged over the batch's
+  positives. Returns [B]."""
+  x, y, _, _ = _prepare(logits, labels, None)
+  pos, neg = y > 0, y <= 0
+  hinge = jnp.where(neg[:, None, :], jnp.maximum(1.0 + x[:, None, :] - x[:, :, None], 0.0), 0.0)
+  per_pos = jnp.sum(hinge, axis=-1) / jnp.maximum(jnp.sum(neg, axis=-1, keepdims=True), 1.0)
+  if class_weights is not None:
+    per_pos = per_pos * jnp.asarray(class_weights, jnp.float32)
+  ranked_ids = jnp.argsort(-jax.lax.stop_gradient(x), axis=-1, stable=True)
+  per_pos = per_pos * harmonic(ranked_ids + 1)
+  return _per_positive_mean(per_pos, pos)
+
+
+@OFFICIAL_LOSSES.register("lsep")
+def lsep_official(logits: Array, labels: Array, class_weights: Array | None = None) -> Array:
+  """Their LSEP: log(1 + the sum of exp(x_j - x_i) over every (positive i,
+  negative j) pair of the whole batch), one log per batch; no class weights,
+  no 1/|Y|. Returns [B], each the batch value."""
+  del class_weights  # their lsep takes weights and ignores them
+  x, y, _, _ = _prepare(logits, labels, None)
+  m_pos, log_pos = _masked_lse_parts(-x, y > 0)
+  m_neg, log_neg = _masked_lse_parts(x, y <= 0)
+  log_pairs = (m_neg + m_pos) + (log_pos + log_neg)  # [B], -inf without pairs
+  return jnp.broadcast_to(jax.nn.softplus(jax.nn.logsumexp(log_pairs)), log_pairs.shape)
+
+
+@OFFICIAL_LOSSES.register("wlsep")
+def wlsep_official(logits: Array, labels: Array, class_weights: Array | None = None) -> Array:
+  """Their wLSEP: w_i log(1 + sum_{j not in Y} exp(x_j - x_i)) averaged over
+  every positive of the batch (not per example by 1/|Y|). Returns [B]."""
+  x, y, _, _ = _prepare(logits, labels, None)
+  pos, neg = y > 0, y <= 0
+  m, log_s = _masked_lse_parts(x, neg)
+  per_pos = jax.nn.softplus((m[..., None] - x) + log_s[..., None])
+  if class_weights is not None:
+    per_pos = per_pos * jnp.asarray(class_weights, jnp.float32)
+  return _per_positive_mean(per_pos, pos)
+
+
+def loss_fn(cfg: ml_collections.ConfigDict) -> LossFn:
+  """The loss `config.loss` names: the paper's equations (`LOSSES`), or with
+  `official_code` the authors' code's version of it (`OFFICIAL_LOSSES`)."""
+  return (OFFICIAL_LOSSES if cfg.official_code else LOSSES).get(cfg.name)
+
+
+# ---------------------------------------------------------------------------
 # Class weights.
 # ---------------------------------------------------------------------------
 
@@ -265,3 +348,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   """`config.loss`: a registered loss and a class-weight mode."""
   config_lib.check_choice(config, "loss.name", LOSSES.names())
   config_lib.check_choice(config, "loss.class_weights", CLASS_WEIGHT_MODES)
+  if config.loss.official_code:
+    config_lib.check_choice(config, "loss.name", OFFICIAL_LOSSES.names())
+    if config.model.task == "detection":
+      config_lib.fail(
+        "loss.official_code",
+        True,
+        "the authors' code is for video classification; detection losses are per box",
+      )

@@ -387,9 +387,7 @@ def build_training(
   class_weights = None
   if config.loss.class_weights != "none":
     class_weights = losses.class_weights_from_counts(stats.counts, config.loss.class_weights)
-  step_fn = make_train_step(
-    model, tx, schedule, losses.LOSSES.get(config.loss.name), class_weights, config
-  )
+  step_fn = make_train_step(model, tx, schedule, losses.loss_fn(config.loss), class_weights, config)
   init_fn = functools.partial(init_state, model, tx, model_input_spec(config, stats.num_classes))
   return Training(
     model=model,

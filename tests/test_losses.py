@@ -194,3 +194,99 @@ def test_harmonic():
   np.testing.assert_allclose(
     np.asarray(losses.harmonic(jnp.arange(6))), [0, 1, 1.5, 11 / 6, 25 / 12, 137 / 60], rtol=1e-6
   )
+
+
+# The M-MiT authors' released loss code, as plain loops over the batch
+# (`config.loss.official_code`): what each of their functions computes,
+# written from their PyTorch code's operations one by one.
+
+
+def _official_bce_loop(x, y, w):
+  total = 0.0
+  for b in range(x.shape[0]):
+    for c in range(x.shape[1]):
+      p = 1.0 / (1.0 + math.exp(-x[b, c]))
+      elem = -(y[b, c] * math.log(p) + (1 - y[b, c]) * math.log(1 - p))
+      if w is not None:  # ((1 - w) * labels + w * (1 - labels)) * bce
+        elem *= (1 - w[c]) * y[b, c] + w[c] * (1 - y[b, c])
+      total += elem  # .sum(1)
+  return total / x.shape[0]  # .mean()
+
+
+def _official_lsep_loop(x, y, w):
+  del w  # their lsep ignores its weights
+  total = 0.0  # diffs.exp().mul(mask).sum() over the whole batch
+  for b in range(x.shape[0]):
+    for i in range(x.shape[1]):  # mask[b, i, j]: labels[b, j] > labels[b, i]
+      for j in range(x.shape[1]):
+        if y[b, j] > y[b, i]:
+          total += math.exp(x[b, i] - x[b, j])
+  return math.log(total + 1)
+
+
+def _official_wlsep_loop(x, y, w):
+  values = []  # .masked_select(labels).mean(): one value per positive
+  for b in range(x.shape[0]):
+    for j in range(x.shape[1]):
+      if y[b, j]:
+        s = sum(math.exp(x[b, i] - x[b, j]) for i in range(x.shape[1]) if not y[b, i])
+        values.append(math.log(1 + s) * (1 if w is None else w[j]))
+  return sum(values) / len(values)
+
+
+def _official_warp_loop(x, y, w):
+  c = x.shape[1]
+  rank_w, acc = [], 0.0
+  for i in range(c):  # their precomputed rank weights
+    acc += 1.0 / (i + 1)
+    rank_w.append(acc)
+  values = []
+  for b in range(x.shape[0]):
+    order = sorted(range(c), key=lambda k, b=b: -x[b, k])  # scores.sort(descending)[1]
+    negatives = [i for i in range(c) if not y[b, i]]
+    for j in range(c):
+      if y[b, j]:
+        hinge = sum(max(0.0, x[b, i] - x[b, j] + 1) for i in negatives) / len(negatives)
+        if w is not None:
+          hinge *= w[j]
+        values.append(hinge * rank_w[order[j]])  # indexed at j's position
+  return sum(values) / len(values)
+
+
+OFFICIAL_LOOPS = {
+  "bce": _official_bce_loop,
+  "warp": _official_warp_loop,
+  "lsep": _official_lsep_loop,
+  "wlsep": _official_wlsep_loop,
+}
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL_LOOPS))
+@pytest.mark.parametrize("weighted", [False, True])
+def test_official_code_losses_match_loops_of_their_code(name, weighted):
+  rng = np.random.default_rng(3)
+  x = rng.normal(0, 2, (5, 7))
+  y = (rng.random((5, 7)) < 0.35).astype(np.int32)
+  y[:, 0], y[:, 1] = 1, 0  # every example has a positive and a negative
+  w = rng.uniform(0.1, 1.0, 7) if weighted else None
+  got = jnp.mean(losses.OFFICIAL_LOSSES.get(name)(jnp.asarray(x), jnp.asarray(y), w))
+  np.testing.assert_allclose(float(got), OFFICIAL_LOOPS[name](x, y, w), rtol=2e-5)
+  # And they differ from the paper's equations (what the switch is for).
+  paper = float(jnp.mean(losses.LOSSES.get(name)(jnp.asarray(x), jnp.asarray(y), w)))
+  assert abs(paper - float(got)) > 1e-3 * abs(float(got))
+
+
+def test_official_code_switch_and_its_validation():
+  from conftest import load_config
+
+  from mlar_jax import validation
+
+  config = load_config("synthetic", "runlocal")
+  config.loss.update(name="wlsep", official_code=True)
+  assert losses.loss_fn(config.loss) is losses.wlsep_official
+  config.loss.official_code = False
+  assert losses.loss_fn(config.loss) is losses.wlsep
+  config = load_config("ava", "runlocal")
+  config.loss.official_code = True
+  with pytest.raises(ValueError, match="loss.official_code"):
+    validation.validate(config)
