@@ -18,6 +18,8 @@ import jax  # noqa: E402  (must come after XLA_FLAGS)
 import orbax.checkpoint as ocp  # noqa: E402
 import pytest  # noqa: E402
 
+from mlar_jax import cli  # noqa: E402, F401  (the XLA:CPU options every command runs with)
+
 jax.config.update("jax_platforms", "cpu")
 
 

@@ -4,6 +4,7 @@ system now does (issue 18).
 One section per part of the issue.
 """
 
+import os
 import re
 
 import jax
@@ -278,3 +279,22 @@ def test_cli_bad_eval_output_fails_before_training_in_one_line(tmp_path):
   )
   assert "Traceback" not in proc.stderr
   assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+def test_cli_adds_its_cpu_xla_flags_unless_xla_flags_sets_them(monkeypatch):
+  from mlar_jax import cli
+
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+  cli.add_cpu_xla_flags()
+  assert os.environ["XLA_FLAGS"] == (
+    "--xla_force_host_platform_device_count=2 "
+    "--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce"
+  )
+  cli.add_cpu_xla_flags()  # idempotent
+  assert os.environ["XLA_FLAGS"].count("ynn_fusion_type") == 1
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=")  # the user's: off
+  cli.add_cpu_xla_flags()
+  assert os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type="
+  monkeypatch.delenv("XLA_FLAGS")
+  cli.add_cpu_xla_flags()
+  assert os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce"

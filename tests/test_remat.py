@@ -102,7 +102,11 @@ def test_remat_gives_the_same_outputs_statistics_and_gradients(name):
     jax.value_and_grad(_loss_fn(plain, variables, x), has_aux=True)
   )(variables["params"])
   want_eval = jax.jit(lambda v: plain.apply(v, x, train=False))(variables)
-  close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  # Float tolerance: the recomputing program is fused differently (XLA:CPU's
+  # YNNPACK fusions, cli.CPU_XLA_FLAGS, reorder its reductions: up to 6e-5
+  # relative on a gradient); a recomputation that differs (another dropout
+  # mask, statistics of the wrong pass) is off by far more.
+  close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
   for remat in POLICIES:
     model = _backbone(name, remat)
     (_, (out, stats)), grad = jax.jit(
