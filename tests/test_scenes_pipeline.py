@@ -55,8 +55,7 @@ def _clip(d, source, index, seed):
     rng,
     d.scenes.resolution,
     d.scenes.resolution,
-    min_short_side=d.min_short_side,
-    max_short_side=d.max_short_side,
+    short_side=transforms.draw_short_side(rng, d.min_short_side, d.max_short_side),
     crop_size=d.crop_size,
     flip=d.flip,
   )

@@ -136,29 +136,24 @@ def train_crop(
   height: int,
   width: int,
   *,
-  min_short_side: int = 0,
-  max_short_side: int = 0,
-  short_side: int | None = None,
+  short_side: int,
   crop_size: int,
   flip: bool,
 ) -> Crop:
   """Short-side scale jitter, a random square crop and, with `flip`, a
   horizontal flip with probability 1/2, for frames of `height` x `width`.
 
-  The draws (short side, top, left, then the flip only when `flip`) are in
-  the order the training clips, and so the demo's numbers, depend on.
+  The draws (the short side by `draw_short_side` first, then top, left, and
+  the flip only when `flip`) are in the order the training clips, and so the
+  demo's numbers, depend on.
 
   Args:
     rng: per-example generator (grain seeds it from the example index).
     height, width: the frames' size.
-    min_short_side, max_short_side: range of the jittered short side.
-    short_side: the short side if already drawn (`draw_short_side`, with
-      the same range); then it is not drawn again.
+    short_side: the jittered short side (`draw_short_side`).
     crop_size: output height and width.
     flip: whether to flip horizontally with probability 1/2.
   """
-  if short_side is None:
-    short_side = draw_short_side(rng, min_short_side, max_short_side)
   resized_height, resized_width = short_side_shape(height, width, short_side)
   top = int(rng.integers(0, resized_height - crop_size + 1))
   left = int(rng.integers(0, resized_width - crop_size + 1))
