@@ -158,6 +158,21 @@ def data_config() -> ml_collections.ConfigDict:
         "box_threshold": 0.8,
         "fps": 30.0,
       },
+      # Volleyball (mlar_jax/data/volleyball.py): VIDEO_ID/annotations.txt and
+      # VIDEO_ID/FRAME/N.jpg clip folders. task: "actions" (multi-label, the
+      # players' actions) or "group" (single-label group activity: softmax
+      # loss). Split "train" reads the videos of the official splits named
+      # in train_splits, "val" and "test" their own. actions / activities:
+      # files of the vocabularies, one name a line ("": the official ones; a
+      # scenes export writes its own).
+      "volleyball": {
+        "root": "",
+        "task": "actions",
+        "train_splits": ("train", "val"),
+        "fps": 25.0,
+        "actions": "",
+        "activities": "",
+      },
       # Written by `python -m mlar_jax.data.prepare --dataset D --data_dir DIR`.
       "prepared": {"data_dir": "", "dataset": "charades"},
       "synthetic": {
@@ -194,9 +209,11 @@ def base_config() -> ml_collections.ConfigDict:
       "data": data_config(),
       "model": {
         # What the model predicts (models.registry.TASKS): "classification",
-        # [B, A] per clip, or "detection", [B, N, A] per person box at the
-        # clip's keyframe (a dataset with per-box labels, AVA); the dataset
-        # must be of the same kind (pipeline.check_task).
+        # [B, A] per clip; "detection", [B, N, A] per person box at the
+        # clip's keyframe (a dataset with per-box labels, AVA); or "boxes",
+        # [B, A] per clip from its person boxes' ROI features pooled over
+        # the people (Volleyball's "bb"; a classification dataset with the
+        # "boxes" extra). The dataset must be of the kind (pipeline.check_task).
         "task": "classification",
         # What a classifier reads (models.registry.CLASSIFIERS): "video",
         # "audio" (the audio backbone and the head) or "video+audio" (both

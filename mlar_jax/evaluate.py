@@ -284,7 +284,8 @@ class Evaluator:
     summary = metrics.all_metrics(scores, labels)
     # The constant predictor scoring every video with the training frequencies:
     # its AP per class is the class's positive rate.
-    chance = metrics.macro_map(np.broadcast_to(self.train_stats.frequency, labels.shape), labels)
+    constant = np.broadcast_to(self.train_stats.frequency, labels.shape)
+    chance = metrics.macro_map(constant, labels)
     per_rate = {}
     for rates in rate_subsets(plan):
       keep = [i for i, v in enumerate(plan) if v.rate in rates]
@@ -305,8 +306,14 @@ class Evaluator:
       "micro_map": _json_number(summary["micro_map"]),
       "top1": _json_number(summary["top1"]),
       "top5": _json_number(summary["top5"]),
+      # The predicted sets' accuracies at sigmoid >= 0.5 (Volleyball's
+      # multi-label "Acc."; README "Volleyball").
+      "set_accuracy": {k: _json_number(v) for k, v in summary["set_accuracy"].items()},
       "chance_macro_map": _json_number(chance),
       "map_over_chance": _json_number(summary["macro_map"] / chance),
+      # Its top-1: the share of videos with the most frequent training class
+      # (a single-label task's majority-class accuracy).
+      "chance_top1": _json_number(metrics.top_k_accuracy(constant, labels, 1)),
       "num_classes_with_positives": summary["num_classes_with_positives"],
       "per_class_ap": {
         n: _json_number(a) for n, a in zip(self.class_names, summary["per_class_ap"])
@@ -665,7 +672,7 @@ class DetectionEvaluator(Evaluator):
 
 
 # config.model.task -> the evaluator of its models.
-EVALUATORS = {"classification": Evaluator, "detection": DetectionEvaluator}
+EVALUATORS = {"classification": Evaluator, "boxes": Evaluator, "detection": DetectionEvaluator}
 
 
 def make_evaluator(config: ml_collections.ConfigDict, *args, **kwargs) -> Evaluator:

@@ -16,6 +16,9 @@ number, w = class weights (1 when None).
                  (w = 1 is the paper's equation; weights inside the sum are our
                  documented extension, since the paper's LSEP has none).
   wlsep (eq. 4)  (1/|Y|) sum_{i in Y} w_i log(1 + sum_{j not in Y} exp(x_j - x_i))
+  softmax        (1/|Y|) sum_{i in Y} -w_i log softmax(x)_i: cross-entropy for
+                 single-label tasks (Volleyball's group activity, |Y| = 1); not
+                 one of the paper's multi-label losses.
 
 Normalisation is by |Y| as section 4 prescribes. Degenerate examples:
   * The ranking losses (warp, lsep, wlsep) have no pair when an example has no
@@ -90,6 +93,15 @@ def bce(logits: Array, labels: Array, class_weights: Array | None = None) -> Arr
   # -[y log s(x) + (1-y) log(1-s(x))] with log-sigmoid: exact for any |x|.
   per_label = -(y * jax.nn.log_sigmoid(x) + (1 - y) * jax.nn.log_sigmoid(-x))
   return jnp.sum(w * per_label, axis=-1) / jnp.maximum(num_pos, 1.0)
+
+
+@LOSSES.register("softmax")
+def softmax(logits: Array, labels: Array, class_weights: Array | None = None) -> Array:
+  """Class-weighted softmax cross-entropy against the labels spread evenly
+  over the positives (one-hot for a single-label task). Returns [B]; 0 for
+  an example without a positive."""
+  x, y, w, num_pos = _prepare(logits, labels, class_weights)
+  return -jnp.sum(w * y * jax.nn.log_softmax(x, axis=-1), axis=-1) / jnp.maximum(num_pos, 1.0)
 
 
 def box_losses(

@@ -108,6 +108,35 @@ def top_k_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
   return float(hit[has_pos].mean())
 
 
+def set_accuracy(
+  scores: np.ndarray, labels: np.ndarray, threshold: float = 0.5
+) -> dict[str, float]:
+  """Multi-label accuracies of the predicted sets {c : score_c >= threshold}.
+
+  The three standard definitions (Tsoumakas and Katakis 2007), over N
+  videos with label sets Y_n and predicted sets P_n of C classes:
+    jaccard: mean_n |Y_n & P_n| / |Y_n | P_n| (1 when both are empty),
+      "example-based accuracy" (Godbole and Sarawagi 2004);
+    hamming: mean over videos and classes of a correct decision (1 - the
+      Hamming loss);
+    exact_match: mean_n [P_n == Y_n] (subset accuracy).
+
+  Args:
+    scores, labels: [N, C]; scores are probabilities (sigmoids).
+  """
+  scores, pos = _check(scores, labels)
+  if not len(scores):
+    return dict.fromkeys(("jaccard", "hamming", "exact_match"), float("nan"))
+  pred = scores >= threshold
+  union = (pred | pos).sum(axis=-1)
+  both = (pred & pos).sum(axis=-1)
+  return {
+    "jaccard": float(np.mean(np.where(union > 0, both / np.maximum(union, 1), 1.0))),
+    "hamming": float(np.mean(pred == pos)),
+    "exact_match": float(np.mean((pred == pos).all(axis=-1))),
+  }
+
+
 def charades_map(
   gt_ids: Sequence[str], gt_labels: np.ndarray, pred_ids: Sequence[str], pred_scores: np.ndarray
 ) -> tuple[float, np.ndarray]:
@@ -145,6 +174,7 @@ def all_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     "micro_map": micro_map(scores, labels),
     "top1": top_k_accuracy(scores, labels, 1),
     "top5": top_k_accuracy(scores, labels, 5),
+    "set_accuracy": set_accuracy(scores, labels),
     "per_class_ap": ap,
     "num_classes_with_positives": int((~np.isnan(ap)).sum()),
   }

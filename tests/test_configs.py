@@ -64,7 +64,7 @@ def test_tied_outputs_need_the_activity_queries():
   [
     ("model.backbone", "resnet9000", "config.model.backbone='resnet9000': unknown"),
     ("data.crop_size", 64, "config.data.crop_size=64: exceeds data.min_short_side"),
-    ("loss.name", "softmax", "config.loss.name='softmax': unknown"),
+    ("loss.name", "sigmoid_focal", "config.loss.name='sigmoid_focal': unknown"),
     ("batch_size", 0, "config.batch_size=0: must be a positive integer"),
     ("data.rate_probs", (0.5,), "config.data.rate_probs"),
     # Every owner's names, with its list of allowed values.

@@ -123,3 +123,53 @@ def test_box_losses_are_the_loss_of_the_valid_boxes(name):
   bad = logits.at[1, 2].set(jnp.inf)
   grad = jax.grad(lambda x: jnp.sum(losses.box_losses(fn, x, labels, VALID)[0]))(bad)
   assert not np.asarray(grad)[1, 2].any() and np.isfinite(np.asarray(grad)).all()
+
+
+def test_pooled_boxes_head_scores_the_max_over_the_clips_people():
+  """Volleyball's "bb": each ROI bin max-pooled over the valid boxes, then
+  the clip head once; padding boxes change nothing."""
+  head = heads.ROIHead(heads.LinearHead(5, dropout_rate=0.0), output_size=4, pool_boxes=True)
+  feats = _features()
+  variables = head.init(jax.random.key(1), feats, BOXES, VALID, train=False)
+  got = np.asarray(head.apply(variables, feats, BOXES, VALID, train=False)["logits"])
+  _, _, h, w, _ = feats["map"].shape
+  cells = np.asarray(BOXES)[..., [1, 0, 3, 2]] * np.array([w, h, w, h])
+  aligned = np.asarray(
+    roi.roi_align(feats["map"].mean(axis=1), jnp.asarray(cells), VALID, 4, aligned=True)
+  )  # [B, N, 4, 4, C]
+  dense = variables["params"]["inner"]["classifier"]
+  want = []
+  for b in range(2):
+    people = [aligned[b, n] for n in range(3) if VALID[b, n]]
+    bins = np.max(people, axis=0)  # [4, 4, C]
+    want.append(bins.max(axis=(0, 1)) @ np.asarray(dense["kernel"]) + np.asarray(dense["bias"]))
+  assert got.shape == (2, 5)
+  np.testing.assert_allclose(got, np.array(want), rtol=1e-5, atol=1e-5)
+  # A whole-frame box in the padding slot is ignored; made valid, it counts.
+  moved = BOXES.at[1, 2].set(jnp.array([0.0, 0.0, 1.0, 1.0]))
+  same = head.apply(variables, feats, moved, VALID, train=False)["logits"]
+  np.testing.assert_allclose(np.asarray(same), got, rtol=1e-6)
+  counted = head.apply(variables, feats, moved, jnp.ones_like(VALID), train=False)["logits"]
+  assert np.abs(np.asarray(counted)[1] - got[1]).max() > 1e-4
+  # No valid box: the head sees zero features (its bias), not -inf.
+  empty = head.apply(variables, feats, BOXES, jnp.zeros_like(VALID), train=False)["logits"]
+  np.testing.assert_allclose(
+    np.asarray(empty), np.broadcast_to(np.asarray(dense["bias"]), (2, 5)), atol=1e-6
+  )
+
+
+def test_box_classifier_builds_from_config_and_backpropagates():
+  config = load_config("volleyball", "runlocal,boxes,head=mlar")
+  validation.validate(config)
+  model = registry.build(config.model, 7)
+  video = jnp.zeros((2, 4, 32, 32, 3))
+  variables = model.init(jax.random.key(0), video, BOXES, VALID, train=False)
+
+  def loss(params):
+    out = model.apply({**variables, "params": params}, video + 0.1, BOXES, VALID, train=False)
+    return sum(jnp.sum(v**2) for v in out.values())
+
+  out = model.apply(variables, video, BOXES, VALID, train=False)
+  assert all(v.shape == (2, 7) for v in out.values())
+  grads = jax.grad(loss)(variables["params"])
+  assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))

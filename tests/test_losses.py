@@ -290,3 +290,36 @@ def test_official_code_switch_and_its_validation():
   config.loss.official_code = True
   with pytest.raises(ValueError, match="loss.official_code"):
     validation.validate(config)
+
+
+def loop_softmax(x, y, w):
+  """-sum_{i in Y} w_i log(e^{x_i} / sum_j e^{x_j}) / |Y|, the log-sum-exp
+  taken about the maximum."""
+  m = max(x)
+  log_z = m + math.log(sum(math.exp(v - m) for v in x))
+  pos = [i for i in range(len(x)) if y[i]]
+  return sum(w[i] * (log_z - x[i]) for i in pos) / max(len(pos), 1)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_softmax_matches_loop_reference(weighted):
+  x, y, w = _cases()
+  w = w if weighted else np.ones_like(w)
+  got = np.asarray(jax.jit(losses.softmax)(x, y, w if weighted else None))
+  want = np.array(
+    [loop_softmax(list(map(float, a)), list(b), list(map(float, w))) for a, b in zip(x, y)]
+  )
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  assert got[1] == 0.0  # no positive
+  # One-hot labels: optax's softmax cross-entropy.
+  import optax
+
+  onehot = np.eye(x.shape[1], dtype=np.float32)[np.arange(len(x)) % x.shape[1]]
+  np.testing.assert_allclose(
+    np.asarray(losses.softmax(x, onehot)),
+    np.asarray(optax.softmax_cross_entropy(x, onehot)),
+    rtol=1e-5,
+  )
+  # Finite for extreme logits.
+  big = np.array([[1e4, -1e4, 0.0]], np.float32)
+  assert np.isfinite(np.asarray(losses.softmax(big, np.array([[0.0, 1.0, 0.0]])))).all()

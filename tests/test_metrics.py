@@ -200,3 +200,22 @@ def test_output_metrics_adds_the_mean_of_sigmoids_of_several_outputs():
   np.testing.assert_allclose(out["mean_of_sigmoids"]["macro_map"], want, rtol=1e-9)
   # One output: nothing to combine.
   assert set(evaluate.output_metrics({"logits": pa}, labels)) == {"logits"}
+
+
+def test_set_accuracy_matches_sklearn():
+  from sklearn.metrics import accuracy_score, hamming_loss, jaccard_score
+
+  rng = np.random.default_rng(3)
+  labels = (rng.random((40, 9)) < 0.3).astype(int)
+  labels[0] = 0  # no label, and predicted none below: Jaccard 1
+  scores = rng.random((40, 9))
+  scores[0] = 0.1
+  scores[1] = np.where(labels[1], 0.9, 0.2)  # an exact match
+  pred = (scores >= 0.5).astype(int)
+  got = metrics.set_accuracy(scores, labels)
+  assert got["jaccard"] == pytest.approx(
+    jaccard_score(labels, pred, average="samples", zero_division=1)
+  )
+  assert got["hamming"] == pytest.approx(1 - hamming_loss(labels, pred))
+  assert got["exact_match"] == pytest.approx(accuracy_score(labels, pred))
+  assert got["exact_match"] >= 2 / 40

@@ -172,7 +172,8 @@ def test_the_export_command(tmp_path, capsys):
   bad = _command("export", "--format", "mmit", *small)
   assert bad.returncode == 2 and not out.exists()
   assert re.search(
-    r"--format: invalid choice: 'mmit' \(choose from '?ava'?, '?broden'?, '?charades'?\)",
+    r"--format: invalid choice: 'mmit' \(choose from '?ava'?, '?broden'?, '?charades'?, "
+    r"'?volleyball'?\)",
     bad.stderr,
   )
   done = _command("export", "--format", "charades", *small)

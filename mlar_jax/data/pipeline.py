@@ -54,7 +54,17 @@ import numpy as np
 from absl import logging
 
 from mlar_jax import config_lib, registry
-from mlar_jax.data import ava, base, sampling, scenes, sources, synthetic, transforms, video
+from mlar_jax.data import (
+  ava,
+  base,
+  sampling,
+  scenes,
+  sources,
+  synthetic,
+  transforms,
+  video,
+  volleyball,
+)
 
 # name -> fn(data_config, split) -> VideoSource
 SOURCES: registry.Registry = registry.Registry("dataset")
@@ -153,6 +163,23 @@ def _ava(cfg: ml_collections.ConfigDict, split: str) -> base.VideoSource:
     box_threshold=a.box_threshold,
     detections_only=part == "val" and bool(a.val_boxes),
     fps=a.fps,
+  )
+
+
+@SOURCES.register("volleyball")
+def _volleyball(cfg: ml_collections.ConfigDict, split: str) -> base.VideoSource:
+  v = cfg.volleyball
+  parts = v.train_splits if split == "train" else (split,)
+  return volleyball.VolleyballClips(
+    split,
+    root=v.root,
+    videos=[i for p in parts for i in volleyball.OFFICIAL_SPLITS[p]],
+    task=v.task,
+    num_frames=cfg.num_frames,
+    rate=cfg.rates[0],
+    fps=v.fps,
+    actions=volleyball.read_names(os.path.join(v.root, v.actions)) if v.actions else None,
+    activities=volleyball.read_names(os.path.join(v.root, v.activities)) if v.activities else None,
   )
 
 
@@ -292,9 +319,10 @@ def check_extras(source: base.VideoSource, cfg: ml_collections.ConfigDict) -> No
 def check_task(source: base.VideoSource, config: ml_collections.ConfigDict) -> None:
   """Raises ValueError, naming `model.task`, when `source` is not a dataset of
   that task (`base.VideoSource.detection`): a detector needs per-box labels,
-  and a classifier trained on a detection dataset would ignore its boxes."""
+  and a classifier trained on a detection dataset would ignore its boxes. A
+  box classifier ("boxes") reads a classification dataset's clip labels."""
   kind = "detection" if source.detection else "classification"
-  if config.model.task != kind:
+  if {"boxes": "classification"}.get(config.model.task, config.model.task) != kind:
     config_lib.fail(
       "model.task",
       config.model.task,
@@ -309,14 +337,15 @@ def model_inputs(
 
   A classifier reads what `config.model.inputs` names: (video,) normalised
   to `dtype`, (audio,) the [B, N] waveform, or (video, audio). A detector
-  (`config.model.task`) reads (video, the keyframe's person boxes [B, M, 4],
-  their validity [B, M]) (`keyframe`: boxes outside the training crop are
-  not valid).
+  or box classifier (`config.model.task` "detection", "boxes") reads (video,
+  the keyframe's person boxes [B, M, 4], their validity [B, M]) (`keyframe`:
+  boxes outside the training crop are not valid).
   """
   video = None
-  if config.model.task == "detection" or "video" in config.model.inputs.split("+"):
+  on_boxes = config.model.task in ("detection", "boxes")
+  if on_boxes or "video" in config.model.inputs.split("+"):
     video = transforms.normalize(batch["video"], config.data.mean, config.data.std, dtype)
-  if config.model.task == "detection":
+  if on_boxes:
     kf = keyframe(batch)
     return video, kf["boxes"], kf["box_valid"]
   return tuple(
@@ -478,16 +507,33 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     config_lib.fail("data.extras", d.extras, f"must be distinct names from {list(EXTRAS)}")
   if d.audio.require and "audio" not in d.extras:
     config_lib.fail("data.audio.require", True, "needs 'audio' in data.extras")
-  if d.name == "ava":
+  if d.name in ("ava", "volleyball"):
+    dataset = {"ava": "AVA", "volleyball": "Volleyball"}[d.name]
     # A record is the window of one clip at one rate around its keyframe.
     if len(d.rates) != 1:
-      config_lib.fail("data.rates", d.rates, "AVA clips are taken at one rate")
+      config_lib.fail("data.rates", d.rates, f"{dataset} clips are taken at one rate")
     if tuple(map(tuple, config.eval.views)) != ((d.rates[0], 1),):
       config_lib.fail(
         "eval.views",
         config.eval.views,
-        f"AVA evaluates one clip per keyframe: (({d.rates[0]}, 1),)",
+        f"{dataset} evaluates one clip per keyframe: (({d.rates[0]}, 1),)",
       )
+  if d.name == "volleyball":
+    config_lib.check_choice(config, "data.volleyball.task", volleyball.TASKS)
+    v = d.volleyball
+    if not v.train_splits or any(p not in volleyball.OFFICIAL_SPLITS for p in v.train_splits):
+      config_lib.fail(
+        "data.volleyball.train_splits",
+        tuple(v.train_splits),
+        f"must name official splits from {list(volleyball.OFFICIAL_SPLITS)}",
+      )
+    if config.eval.split in v.train_splits:
+      config_lib.fail(
+        "eval.split",
+        config.eval.split,
+        f"is trained on (data.volleyball.train_splits={tuple(v.train_splits)})",
+      )
+  if d.name == "ava":
     if not 0.0 <= d.ava.box_threshold <= 1.0:
       config_lib.fail("data.ava.box_threshold", d.ava.box_threshold, "must be in [0, 1]")
 

@@ -145,7 +145,7 @@ import tqdm
 from PIL import Image
 
 from mlar_jax import config_lib
-from mlar_jax.data import ava, base, broden, transforms, video
+from mlar_jax.data import ava, base, broden, transforms, video, volleyball
 from mlar_jax.data.synthetic import FPS
 
 PERSON = (
@@ -881,6 +881,12 @@ def _write_text(path: str, text: str) -> None:
   os.replace(tmp, path)
 
 
+def _write_jpeg(path: str, image: np.ndarray) -> None:
+  # JPEG quality 95, renamed into place as `_write_text`.
+  Image.fromarray(image).save(f"{path}.tmp", format="JPEG", quality=95)
+  os.replace(f"{path}.tmp", path)
+
+
 def _export_splits(
   fmt: str,
   seed: int,
@@ -1027,9 +1033,7 @@ def _ava_split(videos: SceneVideos, frames_dir: str, keep: bool) -> tuple[list, 
     if not (keep and all(os.path.exists(f) for f in files)):
       os.makedirs(folder, exist_ok=True)
       for f, frame in zip(files, videos.video(i)):
-        tmp = f + ".tmp"
-        Image.fromarray(frame).save(tmp, format="JPEG", quality=95)
-        os.replace(tmp, f)
+        _write_jpeg(f, frame)
       written += 1
     # Keyframes: whole seconds of the video, frame 0 at SEGMENT_START.
     seconds = np.arange(1, (n - 1) // FPS + 1)
@@ -1115,6 +1119,133 @@ def export_ava(
   return {"videos": total, "written": written, "kept": total - written}
 
 
+# A Volleyball export's vocabularies (`config.data.volleyball.actions` and
+# `.activities` of configs/volleyball.py:runlocal): each player's action is
+# its actor-level activity at the target frame, or "idle"; the group activity
+# is the side of the frame ("r", "l") of the actor that started its current
+# activity last, and that activity's kind.
+VOLLEYBALL_ACTIONS = AVA_CLASSES + ("idle",)
+GROUP_KINDS = {
+  "move": ("walk_left", "walk_right", "pace", "meet", "follow"),
+  "hop": ("jump", "land", "crouch", "stand_up"),
+  "turn": ("wave", "spin", "shake", "inflate", "shrink"),
+  "show": ("flash", "vanish", "change_color", "carry", "throw", "push", "hand_over"),
+}
+VOLLEYBALL_ACTIVITIES = tuple(f"{side}_{kind}" for side in ("r", "l") for kind in GROUP_KINDS)
+_KIND_OF = {name: kind for kind, names in GROUP_KINDS.items() for name in names}
+
+
+def _volleyball_clip(videos: SceneVideos, record: base.Record) -> tuple[int, str, list] | None:
+  """(target frame, group activity, [(x, y, w, h, action)] per actor drawn
+  at it, boxes in pixels) of one video, or None when no actor is busy in
+  a frame with HALF_WINDOW frames each side. The target is the busy frame
+  nearest the middle."""
+  n, half, res = record["num_frames"], volleyball.HALF_WINDOW, videos.resolution
+  t = np.arange(half, n - half)
+  box, valid = videos.boxes(record, t)
+  classes = [CLASS_NAMES.index(name) for name in AVA_CLASSES]
+  busy = videos.actor_labels(record, t)[..., classes].any(-1) & valid  # [F, MAX_ACTORS]
+  frames = np.flatnonzero(busy.any(-1))
+  if not len(frames):
+    return None
+  f = frames[np.argmin(np.abs(t[frames] - n // 2))]
+  target = int(t[f])
+  # Each actor's current instance at the target: (start, class).
+  current = {}
+  for c, a, b, start, end in record["instances"]:
+    if start <= target < end and CLASS_NAMES[c] in _KIND_OF:
+      for k in (a, b):
+        if k >= 0 and (k not in current or start > current[k][0]):
+          current[k] = (int(start), int(c))
+  acting = max((k for k in current if valid[f, k]), key=lambda k: (current[k][0], -k))
+  y1, x1, y2, x2 = box[f, acting]
+  group = f"{'l' if (x1 + x2) / 2 < 0.5 else 'r'}_{_KIND_OF[CLASS_NAMES[current[acting][1]]]}"
+  players = []
+  for k in np.flatnonzero(valid[f]):
+    y1, x1, y2, x2 = (int(round(float(v) * res)) for v in box[f, k])
+    action = CLASS_NAMES[current[k][1]] if k in current else "idle"
+    players.append((x1, y1, max(x2 - x1, 1), max(y2 - y1, 1), action))
+  return target, group, players
+
+
+def export_volleyball(
+  out_dir: str,
+  *,
+  seed: int,
+  num_train: int,
+  num_test: int,
+  resolution: int,
+  min_frames: int,
+  max_frames: int,
+  overwrite: bool = False,
+) -> dict[str, int]:
+  """Writes the "train" and "test" splits as a Volleyball folder.
+
+  The public layout (`data/volleyball.py`), read by the `volleyball` source
+  with `root` and the export's vocabularies set (configs/volleyball.py):
+    VIDEO_ID/annotations.txt for all 55 ids: the "train" split's videos go
+      to the official train and val ids in turn, the "test" split's to the
+      test ids; a video's line `FRAME.jpg GROUP x y w h ACTION ...`, one
+      group per actor drawn at the target frame (`_volleyball_clip`; boxes
+      the pixel-edge bounds, integers as the public files');
+    VIDEO_ID/FRAME/N.jpg: the 41 frames around the target (N = FRAME - 20
+      .. FRAME + 20; JPEG quality 95); FRAME = 100 (k + 1) for the k-th clip
+      of a video id.
+    actions.txt, activities.txt: VOLLEYBALL_ACTIONS and _ACTIVITIES, one a
+      line (`config.data.volleyball.actions` and `.activities`);
+    EXPORT_MANIFEST: the settings.
+  A video with no busy actor at least HALF_WINDOW frames from its ends is
+  left out (counted in "skipped"). Frames are written first, annotations
+  last; a rerun with the same settings keeps complete clip folders.
+
+  Args: as `export_charades`; min_frames must leave 41 frames.
+
+  Returns:
+    {"videos", "written", "kept", "skipped"}.
+  """
+  splits, settings = _export_splits(
+    "volleyball", seed, num_train, num_test, resolution, min_frames, max_frames
+  )
+  previous = _open_export(out_dir, settings, overwrite, out_dir)
+  ids = {
+    "train": volleyball.OFFICIAL_SPLITS["train"] + volleyball.OFFICIAL_SPLITS["val"],
+    "test": volleyball.OFFICIAL_SPLITS["test"],
+  }
+  lines: dict[int, list[str]] = {vid: [] for part in ids.values() for vid in part}
+  written = kept = skipped = 0
+  half = volleyball.HALF_WINDOW
+  for split, videos in splits.items():
+    for i in tqdm.tqdm(range(len(videos)), desc=f"scenes {split}", unit="video"):
+      record = videos[i]
+      clip = _volleyball_clip(videos, record)
+      if clip is None:
+        skipped += 1
+        continue
+      target, group, players = clip
+      vid = ids[split][i % len(ids[split])]
+      frame = 100 * (len(lines[vid]) + 1)
+      folder = os.path.join(out_dir, str(vid), str(frame))
+      files = [volleyball.frame_path(folder, frame + o) for o in range(-half, half + 1)]
+      if previous == settings and all(os.path.exists(f) for f in files):
+        kept += 1
+      else:
+        os.makedirs(folder, exist_ok=True)
+        pixels = videos.load_frames(record, np.arange(target - half, target + half + 1))
+        for f, image in zip(files, pixels):
+          _write_jpeg(f, image)
+        written += 1
+      fields = " ".join(f"{x} {y} {w} {h} {action}" for x, y, w, h, action in players)
+      lines[vid].append(f"{frame}.jpg {group} {fields}")
+  for name, vocabulary in (("actions", VOLLEYBALL_ACTIONS), ("activities", VOLLEYBALL_ACTIVITIES)):
+    _write_text(os.path.join(out_dir, f"{name}.txt"), "".join(n + "\n" for n in vocabulary))
+  for vid, rows in lines.items():
+    os.makedirs(os.path.join(out_dir, str(vid)), exist_ok=True)
+    _write_text(
+      os.path.join(out_dir, str(vid), volleyball.ANNOTATIONS), "".join(r + "\n" for r in rows)
+    )
+  return {"videos": written + kept, "written": written, "kept": kept, "skipped": skipped}
+
+
 # Names of the colour ids of `concepts` (the palette, then white).
 COLOR_NAMES = ("red", "green", "blue", "yellow", "magenta", "cyan", "orange", "lime", "white")
 # Broden categories: (NetDissect's name, the `concepts` key, label names).
@@ -1186,13 +1317,18 @@ def export_broden(
 
 # Formats of `export --format`, each a function of (out_dir, **EXPORT_SETTINGS,
 # overwrite).
-EXPORTERS = {"charades": export_charades, "ava": export_ava, "broden": export_broden}
+EXPORTERS = {
+  "charades": export_charades,
+  "ava": export_ava,
+  "broden": export_broden,
+  "volleyball": export_volleyball,
+}
 # The export's settings, whose defaults are `config.data.scenes`'s.
 EXPORT_SETTINGS = ("seed", "num_train", "num_test", "resolution", "min_frames", "max_frames")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  """`python -m mlar_jax.data.scenes export --format charades|ava|broden --out DIR`."""
+  """`python -m mlar_jax.data.scenes export --format charades|ava|broden|volleyball --out DIR`."""
   defaults = config_lib.data_config().scenes
   parser = argparse.ArgumentParser(
     prog="python -m mlar_jax.data.scenes", description="The scenes dataset as files."
@@ -1222,7 +1358,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     sys.exit(f"error: {e}")
   print(
     f"{args.out}: {summary['videos']} scenes videos as {args.format} ({summary['written']} "
-    f"written, {summary['kept']} kept) in {time.perf_counter() - start:.1f} s"
+    f"written, {summary['kept']} kept"
+    + (f", {summary['skipped']} skipped" if summary.get("skipped") else "")
+    + f") in {time.perf_counter() - start:.1f} s"
   )
 
 

@@ -375,17 +375,23 @@ class ROIHead(nn.Module):
   average, ROIAlign, spatial max pool, dropout, linear), the MLAR head over
   the box's ROI feature map [1, out, out, C] (its P = out^2 positions).
 
+  With `pool_boxes` the clip is scored once from its people instead (the
+  Volleyball papers' "bb" input): each ROI bin is max-pooled over the clip's
+  valid boxes, and the inner head runs on that [1, out, out, C] map.
+
   Attributes:
     inner: the clip head applied per box (`LinearHead`, `MLARHead`).
     output_size: ROI-Align bins per side (7 in PySlowFast's AVA configs).
     sampling_ratio: samples per bin and axis; <= 0 adapts to each box.
     aligned: ROI-Align's half-pixel convention.
+    pool_boxes: one output per clip from the boxes' pooled features.
   """
 
   inner: nn.Module
   output_size: int = 7
   sampling_ratio: int = 0
   aligned: bool = True
+  pool_boxes: bool = False
 
   def __call__(
     self,
@@ -405,7 +411,9 @@ class ROIHead(nn.Module):
 
     Returns:
       The inner head's outputs, each [B, N, A] float32; zeros at padding boxes
-      (whose loss and metrics must be masked with `valid` all the same).
+      (whose loss and metrics must be masked with `valid` all the same). With
+      `pool_boxes`, each [B, A] (a clip without a valid box is scored from
+      zero features).
     """
     fmap = features["map"]
     b, _, h, w, c = fmap.shape
@@ -422,6 +430,13 @@ class ROIHead(nn.Module):
       sampling_ratio=self.sampling_ratio,
       aligned=self.aligned,
     )  # [B, N, s, s, C]
+    if self.pool_boxes:
+      keep = valid[:, :, None, None, None]
+      people = jnp.max(jnp.where(keep, rois.astype(jnp.float32), -jnp.inf), axis=1)
+      people = jnp.where(jnp.any(valid, axis=1)[:, None, None, None], people, 0.0)
+      people = people.astype(rois.dtype)[:, None]  # [B, 1, s, s, C]
+      pooled = jnp.max(people.astype(jnp.float32), axis=(1, 2, 3))
+      return self.inner(layers.features(people, pooled), train=train)
     per_box = rois.reshape(b * n, 1, s, s, c)
     pooled = jnp.max(per_box.astype(jnp.float32), axis=(1, 2, 3))
     outputs = self.inner(layers.features(per_box, pooled), train=train)

@@ -304,8 +304,9 @@ class FusedClassifier(nn.Module):
 
 
 class VideoDetector(nn.Module):
-  """Backbone then a per-box head: [B, T, H, W, 3] and person boxes [B, N, 4]
-  (with valid [B, N]) -> dict of [B, N, A] logits."""
+  """Backbone then a head over person boxes: [B, T, H, W, 3] and person boxes
+  [B, N, 4] (with valid [B, N]) -> dict of [B, N, A] logits per box, or of
+  [B, A] per clip when the head pools the boxes (`heads.ROIHead.pool_boxes`)."""
 
   backbone: nn.Module
   head: heads.ROIHead
@@ -323,12 +324,26 @@ def build_detector(
   head (`cfg.head`, linear or MLAR) run per person box over ROI-Aligned
   features (`cfg.roi`). Arguments as `build_model`; the MLAR head's
   correlation mask then comes from per-box label statistics."""
+  return _box_model(cfg, num_classes, class_stats, pool_boxes=False)
+
+
+def build_box_classifier(
+  cfg: ml_collections.ConfigDict, num_classes: int, class_stats: Any = None
+) -> VideoDetector:
+  """The clip classifier of `cfg` over its person boxes (task "boxes",
+  Volleyball's "bb"): the detector's ROI-Align, each bin max-pooled over the
+  clip's boxes, then the head once per clip. Arguments as `build_model`."""
+  return _box_model(cfg, num_classes, class_stats, pool_boxes=True)
+
+
+def _box_model(cfg, num_classes, class_stats, pool_boxes: bool) -> VideoDetector:
   r = cfg.roi
   head = heads.ROIHead(
     inner=HEADS.get(cfg.head)(cfg, num_classes, class_stats),
     output_size=r.output_size,
     sampling_ratio=r.sampling_ratio,
     aligned=r.aligned,
+    pool_boxes=pool_boxes,
   )
   return VideoDetector(backbone=build_backbone(cfg), head=head)
 
@@ -377,8 +392,10 @@ CLASSIFIERS.register("video+audio")(
 TASKS: registry.Registry = registry.Registry("model.task")
 TASKS.register("classification")(build_model)
 TASKS.register("detection")(build_detector)
-# What a detection batch must carry: the keyframe's person boxes and their labels.
-DETECTION_EXTRAS = ("boxes", "actor_labels")
+TASKS.register("boxes")(build_box_classifier)
+# What a batch of each task must carry beyond video and labels: a detector
+# the keyframe's person boxes and their labels, a box classifier the boxes.
+TASK_EXTRAS = {"detection": ("boxes", "actor_labels"), "boxes": ("boxes",)}
 
 
 def build(cfg: ml_collections.ConfigDict, num_classes: int, class_stats: Any = None) -> nn.Module:
@@ -400,18 +417,19 @@ def _validate_task(config: ml_collections.ConfigDict) -> None:
       tuple(config.data.extras),
       f"model.inputs={config.model.inputs!r} needs the 'audio' extra",
     )
-  if config.model.task != "detection":
+  task = config.model.task
+  if task not in TASK_EXTRAS:
     return
   if config.model.inputs != "video":
-    config_lib.fail("model.inputs", config.model.inputs, "model.task='detection' reads video")
-  missing = [name for name in DETECTION_EXTRAS if name not in config.data.extras]
+    config_lib.fail("model.inputs", config.model.inputs, f"model.task={task!r} reads video")
+  missing = [name for name in TASK_EXTRAS[task] if name not in config.data.extras]
   if missing:
     config_lib.fail(
       "data.extras",
       tuple(config.data.extras),
-      f"model.task='detection' needs {list(DETECTION_EXTRAS)} (missing {missing})",
+      f"model.task={task!r} needs {list(TASK_EXTRAS[task])} (missing {missing})",
     )
-  if config.eval.spatial_crops != 1:
+  if task == "detection" and config.eval.spatial_crops != 1:
     config_lib.fail(
       "eval.spatial_crops",
       config.eval.spatial_crops,
