@@ -173,7 +173,7 @@ def test_the_export_command(tmp_path, capsys):
   assert bad.returncode == 2 and not out.exists()
   assert re.search(
     r"--format: invalid choice: 'mmit' \(choose from '?ava'?, '?broden'?, '?charades'?, "
-    r"'?volleyball'?\)",
+    r"'?csv'?, '?volleyball'?\)",
     bad.stderr,
   )
   done = _command("export", "--format", "charades", *small)

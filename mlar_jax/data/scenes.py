@@ -986,15 +986,29 @@ def export_charades(
   names = config_lib.data_config().charades
   videos_dir = os.path.join(out_dir, names.videos)
   previous = _open_export(out_dir, settings, overwrite, videos_dir)
-  written = kept = 0
-  tables = {}
+  summary = _write_mp4s(splits, videos_dir, names.video_ext, keep=previous == settings)
   for split, videos in splits.items():
-    rows = []
+    table = io.StringIO()
+    writer = csv.DictWriter(table, CHARADES_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(_charades_row(videos[i]) for i in range(len(videos)))
+    _write_text(os.path.join(out_dir, names[f"{split}_csv"]), table.getvalue())
+  classes = "".join(f"c{i:03d} {name}\n" for i, name in enumerate(CLASS_NAMES))
+  _write_text(os.path.join(out_dir, names.classes), classes)
+  return summary
+
+
+def _write_mp4s(splits: dict[str, SceneVideos], videos_dir: str, ext: str, keep: bool) -> dict:
+  """Every video of `splits` as `videos_dir/ID{ext}` (`video.write_video`:
+  H.264 crf 10 at FPS, with its SAMPLE_RATE mono AAC track when it has
+  sound), each written under a temporary name and renamed; with `keep`,
+  files already there are kept. Returns {"videos", "written", "kept"}."""
+  written = kept = 0
+  for split, videos in splits.items():
     for i in tqdm.tqdm(range(len(videos)), desc=f"scenes {split}", unit="video"):
       record = videos[i]
-      rows.append(_charades_row(record))
-      path = os.path.join(videos_dir, record["id"] + names.video_ext)
-      if previous == settings and os.path.exists(path):
+      path = os.path.join(videos_dir, record["id"] + ext)
+      if keep and os.path.exists(path):
         kept += 1
         continue
       audio = None
@@ -1002,16 +1016,45 @@ def export_charades(
         audio = videos.audio(record, 0, round(record["num_frames"] / FPS * SAMPLE_RATE))
       video.write_video(path, videos.video(i), FPS, audio=audio, sample_rate=SAMPLE_RATE)
       written += 1
-    table = io.StringIO()
-    writer = csv.DictWriter(table, CHARADES_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    tables[split] = table.getvalue()
-  classes = "".join(f"c{i:03d} {name}\n" for i, name in enumerate(CLASS_NAMES))
-  _write_text(os.path.join(out_dir, names.classes), classes)
-  _write_text(os.path.join(out_dir, names.train_csv), tables["train"])
-  _write_text(os.path.join(out_dir, names.test_csv), tables["test"])
   return {"videos": written + kept, "written": written, "kept": kept}
+
+
+def export_csv(
+  out_dir: str,
+  *,
+  seed: int,
+  num_train: int,
+  num_test: int,
+  resolution: int,
+  min_frames: int,
+  max_frames: int,
+  overwrite: bool = False,
+) -> dict[str, int]:
+  """Writes the "train" and "test" splits in the generic CSV layout
+  (`config.data.csv`; configs/hockey.py:runlocal reads it):
+    classes.txt: CLASS_NAMES, one a line;
+    train.csv, test.csv: a header `id,path,labels`, then a row a video: its
+      id, `ID.mp4` and its video-level class names joined by ";";
+    videos/ID.mp4: as `export_charades`;
+    EXPORT_MANIFEST: the settings.
+  Args and returns: as `export_charades`."""
+  if resolution % 2:
+    raise ValueError(f"resolution must be even for H.264 (yuv420p), got {resolution}")
+  splits, settings = _export_splits(
+    "csv", seed, num_train, num_test, resolution, min_frames, max_frames
+  )
+  videos_dir = os.path.join(out_dir, "videos")
+  previous = _open_export(out_dir, settings, overwrite, videos_dir)
+  summary = _write_mp4s(splits, videos_dir, ".mp4", keep=previous == settings)
+  for split, videos in splits.items():
+    rows = ["id,path,labels"]
+    for i in range(len(videos)):
+      record = videos[i]
+      labels = ";".join(CLASS_NAMES[c] for c in np.flatnonzero(record["labels"]))
+      rows.append(f"{record['id']},{record['id']}.mp4,{labels}")
+    _write_text(os.path.join(out_dir, f"{split}.csv"), "".join(r + "\n" for r in rows))
+  _write_text(os.path.join(out_dir, "classes.txt"), "".join(n + "\n" for n in CLASS_NAMES))
+  return summary
 
 
 # AVA's label map of an export: the actor-level classes (person-level and
@@ -1319,6 +1362,7 @@ def export_broden(
 # overwrite).
 EXPORTERS = {
   "charades": export_charades,
+  "csv": export_csv,
   "ava": export_ava,
   "broden": export_broden,
   "volleyball": export_volleyball,
@@ -1328,7 +1372,7 @@ EXPORT_SETTINGS = ("seed", "num_train", "num_test", "resolution", "min_frames", 
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  """`python -m mlar_jax.data.scenes export --format charades|ava|broden|volleyball --out DIR`."""
+  """`python -m mlar_jax.data.scenes export --format FORMAT --out DIR` (EXPORTERS)."""
   defaults = config_lib.data_config().scenes
   parser = argparse.ArgumentParser(
     prog="python -m mlar_jax.data.scenes", description="The scenes dataset as files."
