@@ -303,3 +303,102 @@ def test_convert_command_writes_a_checkpoint_that_init_from_loads(tmp_path):
     stats["batch_stats"]["backbone"]["stem_bn"]["var"],
     model.state_dict()["blocks.0.norm.running_var"].numpy(),
   )
+
+
+class _LoopRoIAlign(torch.nn.Module):
+  """torchvision's RoIAlign for PyTorchVideo's detection head, computed by
+  the plain loop of test_roi (torchvision is not installed here)."""
+
+  def __init__(self, output_size, spatial_scale, sampling_ratio, aligned=False):
+    super().__init__()
+    self.size, self.scale, self.ratio, self.aligned = (
+      output_size,
+      spatial_scale,
+      sampling_ratio,
+      aligned,
+    )
+
+  def forward(self, x, rois):
+    from test_roi import reference_roi_align  # pylint: disable=g-import-not-at-top
+
+    feats = x.numpy().transpose(0, 2, 3, 1)  # [B, H, W, C]
+    out = []
+    for r in rois.numpy():
+      one = reference_roi_align(
+        feats[int(r[0])], r[None, 1:], *self.size, self.scale, self.ratio, self.aligned
+      )
+      out.append(one[0].transpose(2, 0, 1))
+    return torch.from_numpy(np.stack(out).astype(np.float32))
+
+
+def test_pytorchvideo_ava_detector_converts_to_our_detector():
+  """PyTorchVideo's create_slowfast_with_roi_head, rebuilt from its parts with
+  a loop RoIAlign: its checkpoint converts (task detected from the keys) to
+  our detector's tree, and its ROI head on its backbone's features gives our
+  ROIHead's scores with the converted classifier."""
+  _, ptv = ptv_reference.import_pytorchvideo()
+  from pytorchvideo.models import head as ptv_head  # pylint: disable=g-import-not-at-top
+  from pytorchvideo.models import net as ptv_net  # pylint: disable=g-import-not-at-top
+
+  t, size, classes = 8, 64, 6
+  backbone = ptv.slowfast.create_slowfast(
+    model_depth=50,
+    slowfast_fusion_conv_kernel_size=(7, 1, 1),
+    stage_spatial_strides=((1, 2, 2, 1), (1, 2, 2, 1)),  # res5 stride 1, as AVA
+    head=None,
+    head_pool=torch.nn.AvgPool3d,
+    head_pool_kernel_sizes=((t // 4, 1, 1), (t, 1, 1)),
+    model_num_class=classes,
+    dropout_rate=0.0,
+  )
+  roi_head = ptv_head.create_res_roi_pooling_head(
+    in_features=2048 + 256,
+    out_features=classes,
+    pool=None,
+    output_size=(1, 1, 1),
+    dropout_rate=0.0,
+    activation=torch.nn.Sigmoid,
+    output_with_global_average=False,
+    resolution=(7, 7),
+    spatial_scale=1.0 / 16,
+    sampling_ratio=0,
+    roi=_LoopRoIAlign,
+  )
+  model = ptv_net.DetectionBBoxNetwork(backbone, roi_head)
+  ptv_reference.randomize_(model, seed=2)
+  model.eval()
+  state = {k: v.numpy() for k, v in model.state_dict().items()}
+  assert any(k.startswith("detection_head.proj") for k in state)
+  variables = convert.convert_state_dict(state, "slowfast_r50", keep_head=True)
+
+  cfg = config_lib.base_config().model
+  cfg.update(backbone="slowfast_r50", task="detection", dropout_rate=0.0, res5_spatial_stride=1)
+  cfg.roi.update(output_size=7, sampling_ratio=0, aligned=False)
+  ours = registry.build(cfg, classes)
+  boxes = jnp.array([[[0.1, 0.2, 0.8, 0.6], [0.3, 0.0, 0.9, 0.5]]])  # [y1, x1, y2, x2]
+  valid = jnp.ones((1, 2), bool)
+  shapes = jax.eval_shape(
+    lambda: ours.init(
+      jax.random.key(0), jnp.zeros((1, t, size, size, 3)), boxes, valid, train=False
+    )
+  )
+  flat = lambda tree: {k: v.shape for k, v in jax.tree_util.tree_leaves_with_path(tree)}
+  assert flat(variables["params"]) == flat(shapes["params"])
+  assert flat(variables["model_state"]["batch_stats"]) == flat(shapes["batch_stats"])
+
+  # The head: PyTorchVideo's on its backbone's pooled features, ours on the
+  # same features as a one-frame map.
+  x = np.random.RandomState(0).randn(1, t, size, size, 3).astype(np.float32)
+  idx = video_resnets.slow_indices(t, 4)
+  to_torch = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 4, 1, 2, 3)))
+  pixels = np.asarray(boxes[0])[:, [1, 0, 3, 2]] * size  # (x1, y1, x2, y2) input pixels
+  rois = torch.from_numpy(np.concatenate([np.zeros((2, 1)), pixels], 1).astype(np.float32))
+  with torch.no_grad():
+    feats = backbone([to_torch(x[:, idx]), to_torch(x)])  # [1, C, 1, H/16, W/16]
+    want = model.detection_head(feats, rois).reshape(2, classes).numpy()
+  fmap = jnp.asarray(feats.numpy().transpose(0, 2, 3, 4, 1))
+  head_vars = {"params": variables["params"]["head"]}
+  got = ours.head.apply(
+    head_vars, {"map": fmap, "pooled": fmap.mean(axis=(1, 2, 3))}, boxes, valid, train=False
+  )["logits"]
+  np.testing.assert_allclose(jax.nn.sigmoid(np.asarray(got)[0]), want, rtol=1e-4, atol=1e-5)

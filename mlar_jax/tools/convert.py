@@ -38,12 +38,26 @@ from DataParallel is removed). They are read without PyTorch (the zip
 format's pickle and raw storages); only the pre-1.6 legacy format needs
 torch installed.
 
+AVA detection checkpoints (`--task detection`, recognised for PyTorchVideo):
+PySlowFast's SlowFast R50/R101 AVA models (`head.projection` after its ROI
+head) and PyTorchVideo's `create_slowfast_with_roi_head` /
+`slowfast_r50_detection` (`model.blocks...`, `detection_head.proj`). Their
+ROI heads have no other parameters: a temporal mean per pathway,
+concatenated (ours: the SlowFast map's temporal mean), ROI-Align, a spatial
+max and the linear layer, which is our detector's `heads.ROIHead` with the
+linear head. Set the detector's `config.model.roi` to the checkpoint's:
+PySlowFast's AVA configs use `aligned=True` (DETECTION.ALIGNED), PyTorchVideo's
+head torchvision's default `aligned=False`; both 7 x 7 bins and
+`res5_spatial_stride=1`. Their classifiers score AVA's 80 classes: evaluate
+them with the 80-class label map, or train on the 60 with
+`--config.init_from_skip=head/`.
+
 The output `OUT/state` holds {"params", "model_state"} as a training
 checkpoint does: the backbone, plus the source's classifier as
-"head/classifier" with `--keep_head` (for evaluating the source model
-itself). Every source tensor must land on a model parameter of the same
-shape and every backbone parameter must be covered; otherwise the command
-fails listing the unmatched keys and shapes.
+"head/classifier" (a detector's "head/inner/classifier") with `--keep_head`
+(for evaluating the source model itself). Every source tensor must land on
+a model parameter of the same shape and every backbone parameter must be
+covered; otherwise the command fails listing the unmatched keys and shapes.
 """
 
 from __future__ import annotations
@@ -292,8 +306,6 @@ def _pyslowfast_map(family: str, keys: list[str]) -> Callable[[str], str | None]
   }
 
   def rename(module: str) -> str | None:
-    if module == "head.projection":
-      return "head/classifier"
     prefix = lambda p: f"{paths[p]}_" if family == "slowfast" else ""
     if m := re.fullmatch(r"s1\.pathway(\d)_stem\.(conv|bn)", module):
       stem = f"{prefix(int(m.group(1)))}stem" if family == "slowfast" else "stem"
@@ -386,7 +398,7 @@ def detect_source(keys: list[str]) -> str:
   """The checkpoint convention, from its key names."""
   if any(k.startswith("conv7.0.") for k in keys):
     return "soundnet"
-  if any(k.startswith("blocks.") for k in keys):
+  if any(k.startswith(("blocks.", "model.blocks.")) for k in keys):
     return "pytorchvideo"
   if any(k.startswith("s1.") for k in keys):
     return "pyslowfast"
@@ -439,6 +451,7 @@ def convert_state_dict(
   source: str = "auto",
   keep_head: bool = False,
   seed: int = 0,
+  task: str = "auto",
 ) -> dict[str, Any]:
   """Our variables {"params", "model_state"} from a PyTorch state dict.
 
@@ -450,6 +463,11 @@ def convert_state_dict(
       (SoundNet: its teacher heads, in the backbone).
     seed: initialisation of parameters the source does not have (allowed
       only where `_FRESH_OK` says so).
+    task: "classification", "detection" (an AVA checkpoint: PySlowFast's
+      `head.projection` or PyTorchVideo's `DetectionBBoxNetwork`, whose
+      `model.` backbone and `detection_head.proj` it reads; the classifier
+      goes to our detector's "head/inner/classifier") or "auto" (detection
+      when the keys are a `DetectionBBoxNetwork`'s).
 
   Raises:
     ValueError listing unmatched source keys, uncovered model parameters and
@@ -458,6 +476,21 @@ def convert_state_dict(
   from mlar_jax import config_lib  # pylint: disable=g-import-not-at-top
   from mlar_jax.models import registry  # pylint: disable=g-import-not-at-top
 
+  if task == "auto":
+    task = "detection" if any(k.startswith("detection_head.") for k in state) else "classification"
+  if task not in ("classification", "detection"):
+    raise ValueError(f"task must be classification, detection or auto, got {task!r}")
+  # PyTorchVideo's detection network: the backbone under "model.", the ROI
+  # head's linear layer (after its temporal pool, ROI-Align and spatial max,
+  # which have no parameters) "detection_head.proj".
+  state = {
+    (
+      "head.projection." + k.rpartition(".")[2]
+      if k.startswith("detection_head.proj.")
+      else k.removeprefix("model.")
+    ): v
+    for k, v in state.items()
+  }
   keys = sorted(state)
   source = detect_source(keys) if source == "auto" else source
   if source not in SOURCES:
@@ -486,6 +519,8 @@ def convert_state_dict(
   source_rename = SOURCES[source](_family(arch), keys)
 
   def rename(module: str) -> str | None:
+    if module == "head.projection":  # PySlowFast's name; PyTorchVideo's detection head
+      return "head/classifier"
     ours = source_rename(module)
     return f"{top}/{ours.removeprefix('backbone/')}" if ours and top != "backbone" else ours
 
@@ -502,7 +537,9 @@ def convert_state_dict(
       continue
     if ours == "head/classifier":
       value = np.asarray(state[key], np.float32)
-      out["params"][f"{ours}/{'kernel' if leaf == 'weight' else 'bias'}"] = (
+      # The detector runs the classifier inside heads.ROIHead ("inner").
+      head = "head/inner/classifier" if task == "detection" else ours
+      out["params"][f"{head}/{'kernel' if leaf == 'weight' else 'bias'}"] = (
         value.T if leaf == "weight" else value
       )
       continue
@@ -574,6 +611,13 @@ def define_flags() -> None:
   flags.DEFINE_string("out", None, "Output directory (for --config.init_from).")
   flags.DEFINE_enum("source", "auto", ["auto", *SOURCES], "Checkpoint convention.")
   flags.DEFINE_bool("keep_head", False, "Also convert the source classifier.")
+  flags.DEFINE_enum(
+    "task",
+    "auto",
+    ["auto", "classification", "detection"],
+    "detection: an AVA checkpoint (its classifier goes to the detector's ROI head); "
+    "auto: detection for PyTorchVideo's DetectionBBoxNetwork keys.",
+  )
   flags.mark_flags_as_required(["arch", "checkpoint", "out"])
 
 
@@ -585,7 +629,9 @@ def main(argv):
     if FLAGS.arch not in known:
       raise ValueError(f"--arch={FLAGS.arch!r}: PyTorch checkpoints convert to {known}")
     state = state_dict_of(read_torch_file(FLAGS.checkpoint), FLAGS.checkpoint)
-    variables = convert_state_dict(state, FLAGS.arch, FLAGS.source, FLAGS.keep_head)
+    variables = convert_state_dict(
+      state, FLAGS.arch, FLAGS.source, FLAGS.keep_head, task=FLAGS.task
+    )
     path = save_variables(variables, FLAGS.out)
   n = sum(np.size(x) for x in jax.tree.leaves(variables["params"]))
   print(f"Wrote {path}: {FLAGS.arch}, {n:,} parameters from {FLAGS.checkpoint}")
