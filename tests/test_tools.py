@@ -67,6 +67,16 @@ def test_study_variants_override_the_base_config():
   # Every variant of the heads grid validates (no tied output without F_A).
   for _, overrides in ablate.STUDIES["heads_grid"]:
     validation.validate(ablate.variant_config(load_config("scenes", "runlocal"), overrides, 0))
+  # Every variant of the modalities study validates on the scenes, and its
+  # table has M-MiT's ranking columns.
+  for _, overrides in ablate.STUDIES["modalities"]:
+    validation.validate(ablate.variant_config(load_config("scenes", "runlocal"), overrides, 0))
+  rows[0].update(
+    study="modalities",
+    metrics={k: {"mean": 0.25, "std": 0.0} for k in ablate.RANKING_METRICS},
+  )
+  header = ablate.format_table(rows, ablate._columns(rows)).splitlines()[0]
+  assert "| micro_map | top1 | top5 | logits_activity |" in header
   # A study run in parts keeps the rows of the other parts, in study order.
   old = [{"variant": "mlar_meanobs_per_activity", "x": 1}, {"variant": "linear", "x": 1}]
   new = [{"variant": "linear", "x": 2}]

@@ -14,6 +14,9 @@ Studies:
          (WORKDIR/stage1/seed_S) is shared by the three variants.
   losses The four multi-label losses of M-MiT (BCE, WARP, LSEP, wLSEP), each
          with the official min(count)/count class weights.
+  modalities  M-MiT's Table 1 on the scenes (configs/scenes.py): video,
+         audio (SoundNet-8) and fusion inputs, each with the four losses;
+         the table adds micro mAP, top-1 and top-5.
 
 `--show SUMMARY.json [--variants ...]` prints a finished study's table.
 
@@ -140,7 +143,29 @@ STUDIES["losses"] = [
   (name, {"loss.name": name, "loss.class_weights": "min_over_count"})
   for name in ("bce", "warp", "lsep", "wlsep")
 ]
+# M-MiT Table 1 on the scenes: each input (configs/scenes.py:inputs=...'s
+# settings: the audio extra, a clip's own 1.33 s of sound) with each loss
+# (the official min(count)/count class weights), every model evaluated on
+# the same test videos (silent ones give the audio models silence).
+_INPUTS = {
+  "video": {"model.inputs": "video", "data.extras": ()},
+  "audio": {"model.inputs": "audio", "data.extras": ("audio",), "data.audio.num_samples": 29400},
+  "fusion": {
+    "model.inputs": "video+audio",
+    "data.extras": ("audio",),
+    "data.audio.num_samples": 29400,
+  },
+}
+STUDIES["modalities"] = [
+  (f"{inputs}/{loss}", {**keys, **dict(STUDIES["losses"])[loss]})
+  for inputs, keys in _INPUTS.items()
+  for loss in ("bce", "warp", "lsep", "wlsep")
+]
 TWO_STAGE = {"rates"}
+# Results beside macro mAP that a row keeps per seed (M-MiT's Table 1
+# columns), shown in the tables of TABLE_METRICS.
+RANKING_METRICS = ("micro_map", "top1", "top5")
+TABLE_METRICS = {"modalities"}
 
 
 def variant_config(
@@ -200,6 +225,7 @@ def run_study(
       runs.append(results)
     rows.append(
       {
+        "study": study,
         "variant": name,
         "overrides": overrides,
         "command": command,
@@ -211,6 +237,7 @@ def run_study(
           out: _stats([r["outputs"][out]["macro_map"] for r in runs])
           for out in runs[0].get("outputs", {})
         },
+        "metrics": {k: _stats([r[k] for r in runs]) for k in RANKING_METRICS if k in runs[0]},
         "chance_macro_map": runs[0]["chance_macro_map"],
       }
     )
@@ -233,22 +260,25 @@ def merge_rows(study: str, old: list[dict[str, Any]], new: list[dict[str, Any]])
   return [by_name[name] for name, _ in STUDIES[study] if name in by_name]
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
+def format_table(rows: list[dict[str, Any]], metrics: tuple[str, ...] = ()) -> str:
   """Markdown: per variant the evaluated output's macro mAP, mean +- std over
-  seeds, and for heads with several outputs each output's mean."""
+  seeds, `metrics` of `RANKING_METRICS` (mean +- std), and for heads with
+  several outputs each output's mean."""
   extra = sorted({o for r in rows for o in r.get("outputs", {})} - {"logits"})
+  cols = [*metrics, *extra]
   lines = [
     f"| variant | {rows[0].get('split', 'test')} macro mAP (mean +- std) | per seed | "
-    + "".join(f"{o} | " for o in extra),
-    "|---|---|---|" + "---|" * len(extra),
+    + "".join(f"{o} | " for o in cols),
+    "|---|---|---|" + "---|" * len(cols),
   ]
   for r in rows:
     per_seed = ", ".join(f"{m:.4f}" for m in r["macro_map"])
+    stats = {
+      **{k: v for k, v in r.get("metrics", {}).items() if k in metrics},
+      **r.get("outputs", {}),
+    }
     cells = "".join(
-      f"{r['outputs'][o]['mean']:.4f} +- {r['outputs'][o]['std']:.4f} | "
-      if o in r.get("outputs", {})
-      else "- | "
-      for o in extra
+      f"{stats[o]['mean']:.4f} +- {stats[o]['std']:.4f} | " if o in stats else "- | " for o in cols
     )
     lines.append(f"| {r['variant']} | {r['mean']:.4f} +- {r['std']:.4f} | {per_seed} | {cells}")
   lines.append(
@@ -256,6 +286,11 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     f"seeds {sorted({s for r in rows for s in r['seeds']})}; steps {rows[0].get('steps')}"
   )
   return "\n".join(lines)
+
+
+def _columns(rows: list[dict[str, Any]]) -> tuple[str, ...]:
+  # The ranking metrics for the studies whose paper tables have them.
+  return RANKING_METRICS if any(r.get("study") in TABLE_METRICS for r in rows) else ()
 
 
 def main(argv):
@@ -266,7 +301,7 @@ def main(argv):
         rows = [r for r in json.load(f) if not FLAGS.variants or r["variant"] in FLAGS.variants]
       if not rows:
         raise ValueError(f"--show={FLAGS.show}: no rows of variants {FLAGS.variants}")
-    print(format_table(rows))
+    print(format_table(rows, _columns(rows)))
     return
   if FLAGS.config is None or FLAGS.workdir is None:
     raise app.UsageError("--config and --workdir are required (unless --show)")
@@ -285,7 +320,7 @@ def main(argv):
     if os.path.exists(summary):
       with open(summary) as f:
         rows = merge_rows(FLAGS.study, json.load(f), rows)
-  table = format_table(rows)
+  table = format_table(rows, _columns(rows))
   print(table)
   with open(os.path.join(FLAGS.workdir, "summary.md"), "w") as f:
     f.write(table + "\n")
