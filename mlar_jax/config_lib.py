@@ -192,6 +192,9 @@ def data_config() -> ml_collections.ConfigDict:
         "resolution": 48,
         "min_frames": 96,
         "max_frames": 160,
+        # One label per video, its dominant activity (MiT's annotation of
+        # what M-MiT labels fully; the transfer study's single-label source).
+        "single_label": False,
       },
     }
   )

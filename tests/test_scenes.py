@@ -281,3 +281,28 @@ def test_audio_sounds_with_its_activities(train, plans):
         assert loud < 0.02, name
         checked += 1
   assert heard > 30 and checked > 100
+
+
+def test_single_label_annotates_each_video_with_its_dominant_activity():
+  full = scenes.SceneVideos(
+    "train", seed=0, num_videos=12, resolution=16, min_frames=64, max_frames=80
+  )
+  single = scenes.SceneVideos(
+    "train", seed=0, num_videos=12, resolution=16, min_frames=64, max_frames=80, single_label=True
+  )
+  labels = single.label_matrix()
+  assert (labels.sum(1) == 1).all()
+  assert (labels <= full.label_matrix()).all()
+  for i in range(12):
+    a, b = full[i], single[i]
+    # The dominant class by a plain loop: total frames per class, ties to the lower id.
+    total = {}
+    for c, _, _, start, end in a["instances"]:
+      total[int(c)] = total.get(int(c), 0) + int(end - start)
+    best = min(total, key=lambda c: (-total[c], c))
+    assert np.flatnonzero(b["labels"]).tolist() == [best]
+    np.testing.assert_array_equal(b["labels"], labels[i])
+    assert set(b["segments"][:, 0].astype(int)) == {best}
+    # The same video: frames and extras do not change.
+    np.testing.assert_array_equal(single.load_frames(b, [0, 9]), full.load_frames(a, [0, 9]))
+    np.testing.assert_array_equal(single.actor_labels(b, [5]), full.actor_labels(a, [5]))

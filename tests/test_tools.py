@@ -1,7 +1,10 @@
 """model_info and the study runner's config handling."""
 
+import json
+
 import jax
 import jax.numpy as jnp
+import pytest
 from conftest import load_config
 
 from mlar_jax import validation
@@ -93,3 +96,28 @@ def test_scenes_figure_draws_a_video(tmp_path):
   scenes_figure.main(["--out", str(out), "--frames", "3", "--resolution", "32"])
   width, height = Image.open(out).size
   assert width > 300 and height > 300
+
+
+def test_transfer_study_pretrains_then_fine_tunes_with_a_new_head(tmp_path):
+  target = load_config("synthetic", "runlocal")
+  pretrain = load_config("scenes", "runlocal")
+  rows = ablate.run_study(
+    target,
+    "transfer",
+    [0],
+    str(tmp_path),
+    variants=["scratch", "single_label"],
+    pretrain=pretrain,
+  )
+  assert [r["variant"] for r in rows] == ["scratch", "single_label"]
+  for r in rows:
+    assert set(r["metrics"]) == set(ablate.RANKING_METRICS) and 0 <= r["mean"] <= 1
+  source = tmp_path / "pretrain" / "single_label" / "seed_0"
+  assert (source / "checkpoints").is_dir()
+  assert not (tmp_path / "pretrain" / "scratch").exists()
+  tuned = json.loads((tmp_path / "single_label" / "seed_0" / "config.json").read_text())
+  assert tuned["init_from"] == str(source) and tuned["init_from_skip"] == "head/"
+  pretrained = json.loads((source / "config.json").read_text())
+  assert pretrained["data"]["scenes"]["single_label"] is True
+  with pytest.raises(ValueError, match="needs --pretrain"):
+    ablate.run_study(target, "transfer", [0], str(tmp_path))

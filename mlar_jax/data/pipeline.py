@@ -99,6 +99,7 @@ def _scenes(cfg: ml_collections.ConfigDict, split: str) -> base.VideoSource:
     min_frames=s.min_frames,
     max_frames=s.max_frames,
     sample_rate=cfg.audio.sample_rate,
+    single_label=s.single_label,
   )
 
 

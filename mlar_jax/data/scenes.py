@@ -716,6 +716,10 @@ class SceneVideos(base.PlannedVideos):
     min_frames, max_frames: the range of video lengths.
     sample_rate: Hz of the sound track (`config.data.audio.sample_rate`);
       the tones are the same at any rate, the noise is drawn per rate.
+    single_label: annotate each video with one activity only, its dominant
+      one (the longest in total, ties to the lower class id), as Moments in
+      Time annotates what Multi-Moments in Time labels fully: the labels and
+      segments keep that class alone (the video and its extras are the same).
   """
 
   extras = ("boxes", "actor_labels", "masks", "audio")
@@ -731,6 +735,7 @@ class SceneVideos(base.PlannedVideos):
     min_frames: int = 96,
     max_frames: int = 160,
     sample_rate: int = SAMPLE_RATE,
+    single_label: bool = False,
   ):
     if not 64 <= min_frames <= max_frames:
       raise ValueError(f"need 64 <= min_frames <= max_frames, got {min_frames}, {max_frames}")
@@ -739,6 +744,7 @@ class SceneVideos(base.PlannedVideos):
     self.min_frames = min_frames
     self.max_frames = max_frames
     self.sample_rate = sample_rate
+    self.single_label = single_label
 
   def __repr__(self) -> str:
     return (
@@ -754,17 +760,38 @@ class SceneVideos(base.PlannedVideos):
   def _draw(self, index: int) -> Plan:
     return _plan(self.seed, self.split, index, self.min_frames, self.max_frames)
 
+  def _labelled(self, plan: Plan) -> np.ndarray:
+    """The instances the video is annotated with: all, or with
+    `single_label` those of its dominant class."""
+    inst = plan.instances
+    if not self.single_label or not len(inst):
+      return inst
+    length = np.bincount(inst[:, 0], weights=inst[:, 4] - inst[:, 3], minlength=len(CLASS_NAMES))
+    return inst[inst[:, 0] == np.argmax(length)]
+
+  def label_matrix(self) -> np.ndarray:
+    if not self.single_label:
+      return super().label_matrix()
+    if self._labels is None:
+      labels = np.zeros((self.num_videos, len(CLASS_NAMES)), np.int32)
+      for i in range(self.num_videos):
+        labels[i, self._labelled(self.plan(i))[:, 0]] = 1
+      self._labels = labels
+    return self._labels
+
   def __getitem__(self, index: int) -> base.Record:
     plan = self.plan(index)
-    inst = plan.instances
+    inst = self._labelled(plan)
+    labels = np.zeros(len(CLASS_NAMES), np.int32)
+    labels[inst[:, 0]] = 1
     segments = np.concatenate([inst[:, :1], inst[:, 3:] / FPS], axis=1)
     return {
       "id": self._video_id(index),
       "index": int(index),
       "plan": plan,
-      "labels": plan.labels,
+      "labels": labels,
       "segments": segments.astype(np.float32),
-      "instances": inst,
+      "instances": plan.instances,
       "has_audio": plan.has_audio,
       "num_frames": plan.num_frames,
       "fps": FPS,
