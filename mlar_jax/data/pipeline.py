@@ -323,7 +323,8 @@ def check_task(source: base.VideoSource, config: ml_collections.ConfigDict) -> N
   and a classifier trained on a detection dataset would ignore its boxes. A
   box classifier ("boxes") reads a classification dataset's clip labels."""
   kind = "detection" if source.detection else "classification"
-  if {"boxes": "classification"}.get(config.model.task, config.model.task) != kind:
+  wants = "detection" if config.model.task == "detection" else "classification"
+  if wants != kind:
     config_lib.fail(
       "model.task",
       config.model.task,
