@@ -502,7 +502,10 @@ def _train_and_evaluate(
   train_step = training.jit_step()
   num_params = sum(x.size for x in jax.tree.leaves(training.abstract_state.params))
   logging.info(
-    "Model %s + %s head: %d parameters", config.model.backbone, config.model.head, num_params
+    "Model %s + %s head: %d parameters",
+    models.backbone_names(config.model),
+    config.model.head,
+    num_params,
   )
 
   # --------------------------------------------------------------------------

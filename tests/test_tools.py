@@ -34,6 +34,12 @@ def test_model_info_reports_params_and_gflops():
   linear = model_info.model_info(load_config("synthetic"))
   assert linear["backbone_params"] == info["backbone_params"]
   assert linear["head_params"] == 64 * 14 + 14
+  assert info["backbone"] == "resnet3d_tiny"
+  # An audio-only model is named by its audio backbone, a fused one by both.
+  for inputs, name in (("audio", "soundnet8"), ("video+audio", "resnet3d_tiny+soundnet8")):
+    assert (
+      model_info.model_info(load_config("scenes", f"runlocal,inputs={inputs}"))["backbone"] == name
+    )
 
 
 def test_study_variants_override_the_base_config():

@@ -388,6 +388,14 @@ CLASSIFIERS.register("video+audio")(
 )
 
 
+def backbone_names(cfg: ml_collections.ConfigDict) -> str:
+  """The backbones a model of `cfg` (`config.model`) has, as logs name them:
+  "slowfast_r50", "soundnet8" (audio only), "resnet3d_tiny+soundnet8"."""
+  names = {"video": cfg.backbone, "audio": cfg.audio_backbone}
+  inputs = cfg.inputs.split("+") if cfg.task == "classification" else ["video"]
+  return "+".join(names[i] for i in inputs)
+
+
 # config.model.task -> fn(model_config, num_classes, class_stats) -> model.
 TASKS: registry.Registry = registry.Registry("model.task")
 TASKS.register("classification")(build_model)

@@ -26,6 +26,7 @@ from ml_collections import config_flags
 
 from mlar_jax import cli, sharding, train
 from mlar_jax.data import base, pipeline
+from mlar_jax.models import registry as models
 
 FLAGS = flags.FLAGS
 
@@ -73,7 +74,7 @@ def model_info(config: ml_collections.ConfigDict) -> dict:
   total = _gflops(lambda v, xs: model.apply(v, *xs, train=False), variables, inputs)
   head = _gflops(lambda v, f: model.head.apply(v, f, train=False), head_vars, fmap)
   return {
-    "backbone": config.model.backbone,
+    "backbone": models.backbone_names(config.model),
     "head": config.model.head,
     "inputs": config.model.inputs,
     # One count per top-level module: backbone (video), audio_backbone,
