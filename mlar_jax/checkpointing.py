@@ -156,6 +156,48 @@ def restore_newest(
   ) from first_error
 
 
+def saved_steps(
+  workdir: str, cfg: ml_collections.ConfigDict, step: int = -1
+) -> tuple[epath.Path, list[int]]:
+  """The `checkpoints/` folder of `workdir` and its steps, for reading a
+  saved model (`--mode eval`, explain). Creates nothing.
+
+  Raises:
+    FileNotFoundError: `step` (-1: any) is not among them.
+  """
+  directory = epath.Path(os.path.abspath(os.fspath(workdir))) / "checkpoints"
+  steps = []
+  if directory.exists():
+    with make_manager(workdir, cfg) as manager:
+      steps = manager.all_steps()
+  if (step < 0 and not steps) or (step >= 0 and step not in steps):
+    raise FileNotFoundError(
+      f"No checkpoint {'(latest)' if step < 0 else step} in {directory}; steps there: "
+      f"{sorted(steps)}"
+    )
+  return directory, list(steps)
+
+
+def load_saved(directory: epath.Path, steps: list[int], step: int = -1) -> tuple[int, Any]:
+  """The model variables of checkpoint `step` of `saved_steps`, as host
+  arrays: -1 the newest that restores (as training resumes: a damaged one is
+  reported in one line and the previous tried), else that one.
+
+  Raises:
+    CheckpointError: it (or, for -1, every one) cannot be restored.
+  """
+  load = lambda s: load_variables(os.fspath(directory / str(s)))
+  if step < 0:
+    step, variables, _ = restore_newest(steps, load, directory)
+    return step, variables
+  try:
+    return step, load(step)
+  except Exception as e:  # noqa: BLE001  (orbax and TensorStore raise many kinds)
+    raise CheckpointError(
+      f"Checkpoint {step} in {directory} cannot be restored ({error_line(e)})"
+    ) from e
+
+
 def move_aside(manager: ocp.CheckpointManager, step: int) -> epath.Path:
   """Renames checkpoint `step` to `STEP.corrupt-TIME` (kept for inspection,
   invisible to orbax) and makes `manager` forget it.

@@ -425,34 +425,13 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   sharding.validate_for_mesh(config, mesh)
   # The checkpoint first: a wrong workdir or step fails before any data is
   # read, and a missing checkpoints/ folder is not created.
-  directory = epath.Path(os.path.abspath(os.fspath(workdir))) / "checkpoints"
-  steps = []
-  if directory.exists():
-    with checkpointing.make_manager(workdir, config.checkpoint) as manager:
-      steps = manager.all_steps()
-  step = max(steps, default=None) if config.eval.step < 0 else config.eval.step
-  if step not in steps:
-    raise FileNotFoundError(
-      f"No checkpoint {'(latest)' if config.eval.step < 0 else config.eval.step} "
-      f"in {directory}; steps there: {sorted(steps)}"
-    )
+  directory, steps = checkpointing.saved_steps(workdir, config.checkpoint, config.eval.step)
   train_source = pipeline.make_source(config.data, "train")
   pipeline.check_task(train_source, config)
   stats = train_source.class_stats()
   model = models.build(config.model, stats.num_classes, stats)
-  if config.eval.step < 0:
-    # The latest, as training resumes: a damaged one is reported in one line
-    # and the newest that loads is evaluated (results name its step).
-    step, loaded, _ = checkpointing.restore_newest(
-      steps, lambda s: checkpointing.load_variables(os.fspath(directory / str(s))), directory
-    )
-  else:
-    try:
-      loaded = checkpointing.load_variables(os.fspath(directory / str(step)))
-    except Exception as e:  # noqa: BLE001  (orbax and TensorStore raise many kinds)
-      raise checkpointing.CheckpointError(
-        f"Checkpoint {step} in {directory} cannot be restored ({checkpointing.error_line(e)})"
-      ) from e
+  # Results name the step evaluated (the newest that loads, for -1).
+  step, loaded = checkpointing.load_saved(directory, steps, config.eval.step)
   shardings = sharding.state_shardings(loaded, mesh, config.sharding)
   variables = jax.device_put(loaded, shardings)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)

@@ -19,7 +19,6 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from etils import epath
 
 from mlar_jax import checkpointing
 from mlar_jax.data import base, broden, pipeline, sampling, transforms
@@ -42,21 +41,8 @@ def restore(
     FileNotFoundError: no such checkpoint.
     checkpointing.CheckpointError: none restores.
   """
-  directory = epath.Path(os.path.abspath(os.fspath(workdir))) / "checkpoints"
-  steps = []
-  if directory.exists():
-    with checkpointing.make_manager(workdir, config.checkpoint) as manager:
-      steps = manager.all_steps()
-  if step < 0 and steps:
-    load = lambda s: checkpointing.load_variables(os.fspath(directory / str(s)))
-    step, variables, _ = checkpointing.restore_newest(steps, load, directory)
-    return step, variables
-  if step not in steps:
-    raise FileNotFoundError(
-      f"No checkpoint {'(latest)' if step < 0 else step} in {directory}; steps there: "
-      f"{sorted(steps)}"
-    )
-  return step, checkpointing.load_variables(os.fspath(directory / str(step)))
+  directory, steps = checkpointing.saved_steps(workdir, config.checkpoint, step)
+  return checkpointing.load_saved(directory, steps, step)
 
 
 @dataclasses.dataclass
