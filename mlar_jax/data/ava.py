@@ -289,7 +289,7 @@ def clip_start(center: int, num_frames: int, rate: int) -> int:
   return center - num_frames * rate // 2
 
 
-class AvaKeyframes(base.AnnotatedVideos):
+class AvaKeyframes(base.KeyframeClips):
   """AVA keyframes as clips: each record is the T x rate window of frames
   centred on one keyframe, with its person boxes and their labels.
 
@@ -312,7 +312,6 @@ class AvaKeyframes(base.AnnotatedVideos):
   keyframes left without a box, or excluded, are skipped.
   """
 
-  extras = ("boxes", "actor_labels")
   detection = True
 
   def __init__(
@@ -376,20 +375,10 @@ class AvaKeyframes(base.AnnotatedVideos):
           "box_labels": box_labels,
         }
       )
-    for i, r in enumerate(records):
-      r["index"] = i
-    label_matrix = (
-      np.stack([r["labels"] for r in records]) if records else np.zeros((0, len(labels)), np.int32)
-    )
-    super().__init__(split, list(labels.values()), label_matrix, [r["id"] for r in records])
+    super().__init__(split, list(labels.values()), records)
     self.action_ids = tuple(labels)  # class column -> official action id
     # The official files this split is evaluated against (frame mAP).
     self.annotations, self.labelmap, self.exclusions = annotations, labelmap, exclusions
-    self._records = records
-    self.max_actors = max((len(r["boxes"]) for r in records), default=0)
-
-  def __getitem__(self, index: int) -> base.Record:
-    return self._records[index]
 
   def class_stats(self) -> base.ClassStats:
     """Statistics of the person boxes' labels (a detector's examples are its
@@ -406,16 +395,6 @@ class AvaKeyframes(base.AnnotatedVideos):
     n = _frame_count(record["path"])
     absolute = np.clip(record["start"] + np.asarray(indices), 0, n - 1)
     return video.decode_frames(record["path"], absolute, short_side)
-
-  def boxes(self, record: base.Record, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The keyframe's boxes at every frame of the clip (AVA annotates the
-    keyframe only): [F, P, 4] (y1, x1, y2, x2) and valid [F, P]."""
-    f, p = len(indices), len(record["boxes"])
-    return np.broadcast_to(record["boxes"], (f, p, 4)), np.ones((f, p), bool)
-
-  def actor_labels(self, record: base.Record, indices: np.ndarray) -> np.ndarray:
-    """[F, P, A] each box's labels, the same at every frame."""
-    return np.broadcast_to(record["box_labels"], (len(indices), *record["box_labels"].shape))
 
 
 @functools.lru_cache(maxsize=1024)

@@ -276,6 +276,49 @@ class AnnotatedVideos(VideoSource):
     return list(self._ids)
 
 
+class RecordVideos(AnnotatedVideos):
+  """A split whose records were all built up front (parsed annotation
+  files): each gets its position as "index", and the label matrix and ids
+  come from the records."""
+
+  def __init__(self, split: str, class_names: Sequence[str], records: list[Record]):
+    for i, r in enumerate(records):
+      r["index"] = i
+    labels = (
+      np.stack([r["labels"] for r in records])
+      if records
+      else np.zeros((0, len(class_names)), np.int32)
+    )
+    super().__init__(split, class_names, labels, [r["id"] for r in records])
+    self._records = records
+
+  def __getitem__(self, index: int) -> Record:
+    return self._records[index]
+
+
+class KeyframeClips(RecordVideos):
+  """Clips annotated at one frame only (AVA's keyframes, Volleyball's target
+  frames): each record holds that frame's person "boxes" [P, 4] (y1, x1,
+  y2, x2 in [0, 1]) and their "box_labels" [P, L], given at every frame of
+  the clip as the "boxes" and "actor_labels" extras (so crops and flips move
+  them with the pixels)."""
+
+  extras = ("boxes", "actor_labels")
+
+  def __init__(self, split: str, class_names: Sequence[str], records: list[Record]):
+    super().__init__(split, class_names, records)
+    self.max_actors = max((len(r["boxes"]) for r in records), default=0)
+
+  def boxes(self, record: Record, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The annotated frame's boxes at every frame: [F, P, 4] and valid [F, P]."""
+    f, p = len(indices), len(record["boxes"])
+    return np.broadcast_to(record["boxes"], (f, p, 4)), np.ones((f, p), bool)
+
+  def actor_labels(self, record: Record, indices: np.ndarray) -> np.ndarray:
+    """[F, P, L] each box's labels, the same at every frame."""
+    return np.broadcast_to(record["box_labels"], (len(indices), *record["box_labels"].shape))
+
+
 class Subset(VideoSource):
   """The videos `indices` of `parent`, in that order, as a split of their own:
   records, labels, ids and every extra are the parent's, positions 0..n-1.

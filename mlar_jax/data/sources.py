@@ -31,7 +31,7 @@ SAMPLE_RATE = 22050
 PCM_SCALE = 32767.0
 
 
-class FileVideos(base.AnnotatedVideos):
+class FileVideos(base.RecordVideos):
   """A split whose records were parsed from annotation files; it provides
   the "audio" extra at `sample_rate` (Hz)."""
 
@@ -45,18 +45,7 @@ class FileVideos(base.AnnotatedVideos):
     sample_rate: int = SAMPLE_RATE,
   ):
     self.sample_rate = sample_rate
-    for i, r in enumerate(records):
-      r["index"] = i
-    labels = (
-      np.stack([r["labels"] for r in records])
-      if records
-      else np.zeros((0, len(class_names)), np.int32)
-    )
-    super().__init__(split, class_names, labels, [r["id"] for r in records])
-    self._records = records
-
-  def __getitem__(self, index: int) -> base.Record:
-    return self._records[index]
+    super().__init__(split, class_names, records)
 
   def video_info(self, record: base.Record) -> tuple[int, float]:
     if record["num_frames"] > 0:

@@ -189,7 +189,7 @@ def frame_path(folder: str, frame: int) -> str:
   return os.path.join(folder, f"{int(frame)}.jpg")
 
 
-class VolleyballClips(base.AnnotatedVideos):
+class VolleyballClips(base.KeyframeClips):
   """One split of the Volleyball dataset: a record per annotated clip.
 
   Records: id ("VIDEO/FRAME"), index, path (the clip folder), frame (the
@@ -197,10 +197,9 @@ class VolleyballClips(base.AnnotatedVideos):
   over `actions`; task "group": the one-hot group activity over
   `activities`), segments (empty), num_frames (the clip's span T * rate),
   fps, start (the span's first frame relative to the target), boxes [P, 4]
-  (y1, x1, y2, x2) in [0, 1] of the frame and box_labels [P, len(actions)].
+  (y1, x1, y2, x2) in [0, 1] of the frame and box_labels [P, len(actions)]:
+  the target frame's, at every frame of the clip (`base.KeyframeClips`).
   """
-
-  extras = ("boxes", "actor_labels")
 
   def __init__(
     self,
@@ -256,18 +255,8 @@ class VolleyballClips(base.AnnotatedVideos):
             "box_labels": box_labels,
           }
         )
-    for i, r in enumerate(records):
-      r["index"] = i
-    label_matrix = (
-      np.stack([r["labels"] for r in records]) if records else np.zeros((0, len(names)), np.int32)
-    )
-    super().__init__(split, names, label_matrix, [r["id"] for r in records])
+    super().__init__(split, names, records)
     self.task = task
-    self._records = records
-    self.max_actors = max((len(r["boxes"]) for r in records), default=0)
-
-  def __getitem__(self, index: int) -> base.Record:
-    return self._records[index]
 
   def load_frames(
     self, record: base.Record, indices: np.ndarray, short_side: int | None = None
@@ -281,16 +270,6 @@ class VolleyballClips(base.AnnotatedVideos):
         for o in offsets
       ]
     )
-
-  def boxes(self, record: base.Record, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The target frame's player boxes at every frame of the clip: [F, P, 4]
-    (y1, x1, y2, x2) and valid [F, P]."""
-    f, p = len(indices), len(record["boxes"])
-    return np.broadcast_to(record["boxes"], (f, p, 4)), np.ones((f, p), bool)
-
-  def actor_labels(self, record: base.Record, indices: np.ndarray) -> np.ndarray:
-    """[F, P, len(actions)] each player's action, the same at every frame."""
-    return np.broadcast_to(record["box_labels"], (len(indices), *record["box_labels"].shape))
 
 
 def _frame_size(path: str) -> tuple[int, int]:
