@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 from mlar_jax import config_lib, registry
 
@@ -101,7 +102,7 @@ def softmax(logits: Array, labels: Array, class_weights: Array | None = None) ->
   over the positives (one-hot for a single-label task). Returns [B]; 0 for
   an example without a positive."""
   x, y, w, num_pos = _prepare(logits, labels, class_weights)
-  return -jnp.sum(w * y * jax.nn.log_softmax(x, axis=-1), axis=-1) / jnp.maximum(num_pos, 1.0)
+  return optax.softmax_cross_entropy(x, w * y / jnp.maximum(num_pos, 1.0)[..., None])
 
 
 def box_losses(
