@@ -127,3 +127,24 @@ def test_transfer_study_pretrains_then_fine_tunes_with_a_new_head(tmp_path):
   assert pretrained["data"]["scenes"]["single_label"] is True
   with pytest.raises(ValueError, match="needs --pretrain"):
     ablate.run_study(target, "transfer", [0], str(tmp_path))
+
+
+def test_a_stopped_run_stops_the_study_and_a_stopped_stage_1_stops_stage_2(monkeypatch, tmp_path):
+  from mlar_jax import train
+  from mlar_jax.tools import speed_invariant
+
+  calls = []
+
+  def stopped(config, workdir, final_eval=True):
+    calls.append(workdir)
+    return train.Stopped(15, 7, "Stopped by SIGTERM at step 7")
+
+  monkeypatch.setattr(train, "train_and_evaluate", stopped)
+  base = load_config("synthetic", "runlocal")
+  with pytest.raises(ablate.StudyStopped, match="Stopped by SIGTERM"):
+    ablate.run_study(base, "losses", [0, 1], str(tmp_path))
+  assert len(calls) == 1  # the next seed and variants are not started
+  calls.clear()
+  config = load_config("synthetic", "runlocal,speed_invariant")
+  assert isinstance(speed_invariant.run_two_stage(config, str(tmp_path / "si")), train.Stopped)
+  assert calls == [str(tmp_path / "si" / "stage1")]

@@ -245,8 +245,10 @@ def run_study(
           source = os.path.join(workdir, "pretrain", name, f"seed_{seed}")
           if not os.path.exists(results_path):
             logging.info("Study %s: pretraining %s, seed %d", study, name, seed)
-            train.train_and_evaluate(
-              variant_config(pretrain, overrides, seed), source, final_eval=False
+            _finished(
+              train.train_and_evaluate(
+                variant_config(pretrain, overrides, seed), source, final_eval=False
+              )
             )
           config = variant_config(base, {"init_from": source, "init_from_skip": "head/"}, seed)
       if os.path.exists(results_path):
@@ -260,7 +262,7 @@ def run_study(
       else:
         logging.info("Study %s: variant %s, seed %d", study, name, seed)
         results = train.train_and_evaluate(config, run_dir)
-      runs.append(results)
+      runs.append(_finished(results))
     rows.append(
       {
         "study": study,
@@ -280,6 +282,21 @@ def run_study(
       }
     )
   return rows
+
+
+class StudyStopped(Exception):
+  """A signal stopped one of the study's runs after it saved (`train.Stopped`):
+  the study stops there too, and the same command resumes it."""
+
+  def __init__(self, stopped: train.Stopped):
+    super().__init__(stopped.message)
+    self.stopped = stopped
+
+
+def _finished(results: Any) -> Any:
+  if isinstance(results, train.Stopped):
+    raise StudyStopped(results)
+  return results
 
 
 def _stats(maps: list[float]) -> dict[str, Any]:
@@ -347,15 +364,21 @@ def main(argv):
   seeds = [int(s) for s in FLAGS.seeds]
   summary = os.path.join(FLAGS.workdir, "summary.json")
   with cli.fatal_errors(FLAGS.workdir):
-    rows = run_study(
-      FLAGS.config,
-      FLAGS.study,
-      seeds,
-      FLAGS.workdir,
-      variants=FLAGS.variants,
-      command=" ".join(["python -m mlar_jax.tools.ablate", *sys.argv[1:]]),
-      pretrain=FLAGS.pretrain,
-    )
+    try:
+      rows = run_study(
+        FLAGS.config,
+        FLAGS.study,
+        seeds,
+        FLAGS.workdir,
+        variants=FLAGS.variants,
+        command=" ".join(["python -m mlar_jax.tools.ablate", *sys.argv[1:]]),
+        pretrain=FLAGS.pretrain,
+      )
+    except StudyStopped as e:
+      # Preempted or interrupted after saving: the shell's code for death by
+      # that signal; the finished runs are kept and the same command resumes.
+      print(e.stopped.message, file=sys.stderr)
+      sys.exit(128 + e.stopped.signum)
     if os.path.exists(summary):
       with open(summary) as f:
         rows = merge_rows(FLAGS.study, json.load(f), rows)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 from typing import Any
 
 import ml_collections
@@ -49,7 +50,9 @@ def stage2_config(config: ml_collections.ConfigDict, stage1_dir: str) -> ml_coll
 def run_two_stage(
   config: ml_collections.ConfigDict, workdir: str, stage1_dir: str | None = None
 ) -> dict[str, Any]:
-  """Runs (or resumes) stage 1, then stage 2; returns stage 2's evaluation.
+  """Runs (or resumes) stage 1, then stage 2; returns stage 2's evaluation,
+  or the `train.Stopped` of a stage a signal stopped (stage 2 does not start
+  from a stage 1 that did not finish).
 
   Args:
     config: the stage-1 config with its `stage2` settings.
@@ -58,7 +61,9 @@ def run_two_stage(
       stage 1 between several stage-2 variants.
   """
   stage1_dir = stage1_dir or os.path.join(workdir, "stage1")
-  train.train_and_evaluate(config, stage1_dir, final_eval=False)
+  first = train.train_and_evaluate(config, stage1_dir, final_eval=False)
+  if isinstance(first, train.Stopped):
+    return first
   second = stage2_config(config, stage1_dir)
   validation.validate(second)
   return train.train_and_evaluate(second, os.path.join(workdir, "stage2"))
@@ -77,6 +82,9 @@ def main(argv):
   cli.setup(FLAGS.config)
   with cli.fatal_errors(FLAGS.workdir):
     results = run_two_stage(FLAGS.config, FLAGS.workdir)
+  if isinstance(results, train.Stopped):
+    print(results.message, file=sys.stderr)
+    sys.exit(128 + results.signum)
   print(
     f"stage 2 {results['split']} macro mAP {results['macro_map']:.4f} "
     f"({results['views']} views); by rates: "
