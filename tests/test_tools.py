@@ -8,6 +8,7 @@ import pytest
 from conftest import load_config
 
 from mlar_jax import validation
+from mlar_jax.data import sampling
 from mlar_jax.models import heads
 from mlar_jax.tools import ablate, model_info
 
@@ -76,6 +77,16 @@ def test_study_variants_override_the_base_config():
   # Every variant of the heads grid validates (no tied output without F_A).
   for _, overrides in ablate.STUDIES["heads_grid"]:
     validation.validate(ablate.variant_config(load_config("scenes", "runlocal"), overrides, 0))
+  # Every rates variant tests on 10 temporal views times the config's crops
+  # (3 on the synthetic videos, 1 on the square scenes frames): the same
+  # FLOPs per video whatever its rates.
+  for name, crops in (("synthetic", 3), ("scenes", 1)):
+    for _, overrides in ablate.STUDIES["rates"]:
+      config = ablate.variant_config(load_config(name, "speed_invariant"), overrides, 0)
+      validation.validate(config)
+      plan = sampling.view_plan(config.eval.views, config.eval.spatial_crops)
+      assert len(plan) == 10 * crops, (name, overrides)
+      assert {v.rate for v in plan} == set(config.stage2.rates)
   # Every variant of the modalities study validates on the scenes, and its
   # table has M-MiT's ranking columns.
   for _, overrides in ablate.STUDIES["modalities"]:
