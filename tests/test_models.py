@@ -43,6 +43,36 @@ def test_folded_conv_equals_native(kernel, strides, t, groups, padding):
   np.testing.assert_allclose(np.asarray(want), np.asarray(ref), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+  "length,kernel,stride,pad",
+  [(40, 8, 2, 4), (4, 4, 2, 2), (3, 4, 2, 2), (17, 5, 1, 0), (9, 8, 2, 0)],
+)
+def test_folded_conv1d_equals_flax_conv(length, kernel, stride, pad):
+  # SoundNet's short layers included (length 3 and 4 with k4 p2, conv6-7).
+  x = jax.random.normal(jax.random.key(0), (2, length, 5))
+  convs = {
+    impl: layers.Conv1D(7, kernel, stride, (pad, pad), impl=impl) for impl in ("native", "folded")
+  }
+  flax_conv = nn.Conv(7, (kernel,), (stride,), padding=[(pad, pad)])
+  params = flax_conv.init(jax.random.key(1), x)
+  # The same parameter tree and initial values as flax.linen.Conv.
+  assert jax.tree.map(jnp.shape, convs["folded"].init(jax.random.key(1), x)) == jax.tree.map(
+    jnp.shape, params
+  )
+  np.testing.assert_array_equal(
+    convs["folded"].init(jax.random.key(1), x)["params"]["kernel"], params["params"]["kernel"]
+  )
+  params = jax.tree.map(lambda p: p + 0.1, params)  # non-zero bias too
+  want = flax_conv.apply(params, x)
+  grad_want = jax.grad(lambda p: (flax_conv.apply(p, x) ** 2).sum())(params)
+  for impl, conv in convs.items():
+    np.testing.assert_allclose(conv.apply(params, x), want, rtol=1e-5, atol=1e-5, err_msg=impl)
+    grad = jax.grad(lambda p, conv=conv: (conv.apply(p, x) ** 2).sum())(params)
+    jax.tree.map(
+      lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4), grad, grad_want
+    )
+
+
 @pytest.mark.parametrize("backbone", registry.BACKBONES.names())
 def test_every_backbone_builds_and_maps_video_to_logits(backbone):
   cfg = config_lib.base_config().model

@@ -42,6 +42,64 @@ PADDINGS = {"SAME": _same_pads, "torch": _torch_pads}
 CONV_IMPLS = ("auto", "native", "folded")
 
 
+# Conv1D "auto" on CPU: a layer with fewer output positions than this runs
+# folded. XLA:CPU's convolution is pathological on SoundNet's short deep
+# layers (conv7, 2 positions of 4 x 512 -> 1024: 338 ms forward against
+# 1.0 ms as a matmul, batch 32) and faster on its long shallow ones (conv1,
+# 14700 positions: 10.7 against 120 ms); measured in benchmarks/README.md.
+FOLD_BELOW = 64
+
+
+class Conv1D(nn.Module):
+  """A 1D convolution, [B, L, Cin] -> [B, L', Cout], with explicit padding.
+
+  Parameters are `flax.linen.Conv`'s ("kernel" [k, Cin, Cout] from
+  lecun_normal, "bias" [Cout] from zeros), so checkpoints and initial values
+  do not depend on the implementation.
+
+  Implementations (`config.model.conv_impl`, as `Conv3D`):
+    * "native": `lax.conv_general_dilated`.
+    * "folded": the k taps stacked on the channel axis, one matmul
+      [B, L', k * Cin] x [k * Cin, Cout]. Same result.
+    * "auto": on CPU "folded" for layers with fewer than `FOLD_BELOW`
+      output positions, else "native".
+  """
+
+  features: int
+  kernel_size: int
+  stride: int = 1
+  padding: tuple[int, int] = (0, 0)
+  use_bias: bool = True
+  dtype: Any = jnp.float32
+  impl: str = "auto"
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    k, s, (lo, hi) = self.kernel_size, self.stride, self.padding
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, x.shape[-1], self.features))
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    out_len = (x.shape[1] + lo + hi - k) // s + 1
+    impl = self.impl
+    if impl == "auto":
+      cpu = jax.default_backend() == "cpu"
+      impl = "folded" if cpu and out_len < FOLD_BELOW else "native"
+    if impl == "native":
+      y = lax.conv_general_dilated(
+        x, kernel, (s,), [(lo, hi)], dimension_numbers=("NWC", "WIO", "NWC")
+      )
+    elif impl == "folded":
+      x = jnp.pad(x, ((0, 0), (lo, hi), (0, 0)))
+      last = (out_len - 1) * s + 1
+      # taps[b, t, j, c] = x[b, t * s + j, c]
+      taps = jnp.stack([x[:, j : j + last : s] for j in range(k)], axis=2)
+      y = jnp.einsum("btjc,jco->bto", taps, kernel)
+    else:
+      raise ValueError(f"Conv1D impl must be one of {CONV_IMPLS}, got {impl!r}")
+    if self.use_bias:
+      y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(self.dtype)
+    return y
+
+
 class Conv3D(nn.Module):
   """A 3D convolution, [B, T, H, W, Cin] -> [B, T', H', W', Cout].
 

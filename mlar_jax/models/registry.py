@@ -167,13 +167,13 @@ def build_backbone(cfg: ml_collections.ConfigDict) -> nn.Module:
 
 
 def build_audio_backbone(cfg: ml_collections.ConfigDict, teacher_heads: bool = False) -> nn.Module:
-  """The audio backbone named by `cfg.audio_backbone` with the dtype and
-  frozen_bn of `cfg` (`config.model`). Maps [B, N] to {"map": [B, T', C],
+  """The audio backbone named by `cfg.audio_backbone` with the dtype,
+  frozen_bn and conv_impl of `cfg` (`config.model`). Maps [B, N] to {"map": [B, T', C],
   "pooled": [B, D]} (plus SoundNet's teacher logits with `teacher_heads`,
   for importing and checking its released weights)."""
   extra = {"teacher_heads": True} if teacher_heads else {}
   return AUDIO_BACKBONES.get(cfg.audio_backbone)(
-    dtype=DTYPES[cfg.dtype], frozen_bn=cfg.frozen_bn, **extra
+    dtype=DTYPES[cfg.dtype], frozen_bn=cfg.frozen_bn, conv_impl=cfg.conv_impl, **extra
   )
 
 

@@ -32,6 +32,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mlar_jax.models import layers as layers_lib
+
 # (features, kernel, padding, max-pool after ReLU or 0) of conv1..conv7; every
 # convolution has stride 2.
 LAYERS = (
@@ -71,6 +73,8 @@ class SoundNet(nn.Module):
       weights' input range from [-1, 1] audio).
     dtype: compute dtype (parameters stay float32).
     frozen_bn: batch norm always uses its running statistics.
+    conv_impl: `layers.Conv1D`'s implementation ("auto", "native",
+      "folded"; `config.model.conv_impl`).
   """
 
   layers: tuple[tuple[int, int, int, int], ...] = LAYERS
@@ -78,6 +82,7 @@ class SoundNet(nn.Module):
   input_scale: float = 256.0
   dtype: Any = jnp.float32
   frozen_bn: bool = False
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, audio: jnp.ndarray, *, train: bool) -> dict[str, jnp.ndarray]:
@@ -91,12 +96,13 @@ class SoundNet(nn.Module):
     """
     x = (audio * self.input_scale)[..., None].astype(self.dtype)
     for i, (features, kernel, pad, pool) in enumerate(self.layers, 1):
-      x = nn.Conv(
+      x = layers_lib.Conv1D(
         features,
-        (kernel,),
-        strides=(2,),
-        padding=((pad, pad),),
+        kernel,
+        stride=2,
+        padding=(pad, pad),
         dtype=self.dtype,
+        impl=self.conv_impl,
         name=f"conv{i}",
       )(x)
       x = nn.BatchNorm(
@@ -113,12 +119,12 @@ class SoundNet(nn.Module):
     out = {"map": fmap, "pooled": jnp.mean(fmap.astype(jnp.float32), axis=1)}
     if self.teacher_heads:
       for name, classes in TEACHER_HEADS.items():
-        out[name] = nn.Conv(
+        out[name] = layers_lib.Conv1D(
           classes,
-          (HEAD_KERNEL,),
-          strides=(2,),
-          padding="VALID",
+          HEAD_KERNEL,
+          stride=2,
           dtype=self.dtype,
+          impl=self.conv_impl,
           name=f"conv8_{name}",
         )(fmap)
     return out
