@@ -253,9 +253,11 @@ def base_config() -> ml_collections.ConfigDict:
           "use_correlation": True,
           # Variants (heads.MLARHead): output layer shared | per_activity |
           # tied; q_a's init std; how Mask enters Corr: add | normalised |
-          # scaled | signed. The defaults are issue 19's study's best head
-          # (README "The MLAR head's variants"); PAPER_MLAR, selected by the
-          # config files' head=mlar_paper, is the paper's text.
+          # scaled | signed. The defaults are the best activity-specific head
+          # of issue 19's study; the mean-observation head
+          # (use_activity_specific=False) scored higher there but has no
+          # activity maps (README "The MLAR head's variants"). PAPER_MLAR,
+          # selected by the config files' head=mlar_paper, is the paper's text.
           "output": "per_activity",
           "query_init": 0.02,
           "mask_mode": "add",
