@@ -74,9 +74,16 @@ def test_study_variants_override_the_base_config():
   table = ablate.format_table(rows)
   assert "| logits_activity |" in table.splitlines()[0]
   assert "| 0.5500 +- 0.0100 |" in table.splitlines()[2]
-  # Every variant of the heads grid validates (no tied output without F_A).
+  # Every variant of the heads grid validates (no tied output without F_A);
+  # the learning-rate search sets its rate whatever the config file's head.
   for _, overrides in ablate.STUDIES["heads_grid"]:
     validation.validate(ablate.variant_config(load_config("scenes", "runlocal"), overrides, 0))
+  for name, overrides in ablate.STUDIES["heads_lr"]:
+    config = ablate.variant_config(load_config("scenes", "runlocal,head=mlar"), overrides, 0)
+    validation.validate(config)
+    head, rate = name.split("/lr")
+    assert config.schedule.base_lr == float(rate)
+    assert config.model.head == dict(ablate.STUDIES["heads_grid"])[head]["model.head"]
   # Every rates variant tests on 10 temporal views times the config's crops
   # (3 on the synthetic videos, 1 on the square scenes frames): the same
   # FLOPs per video whatever its rates.

@@ -145,6 +145,21 @@ STUDIES["heads_grid"] = [
     if specific or output == "per_activity"
   ),
 ]
+# The learning-rate search behind issue 19's heads on the scenes: the two
+# baselines and the two best MLAR rows of heads_grid, each on a x2 grid of
+# base_lr (run a subset with --variants; choose on the val split).
+HEADS_LR_VARIANTS = (
+  "linear",
+  "attention_pool",
+  "mlar_specific_per_activity_q0.02",
+  "mlar_meanobs_per_activity",
+)
+STUDIES["heads_lr"] = [
+  (f"{name}/lr{lr}", {**overrides, "schedule.base_lr": lr})
+  for name, overrides in STUDIES["heads_grid"]
+  if name in HEADS_LR_VARIANTS
+  for lr in (0.025, 0.05, 0.1, 0.2, 0.4)
+]
 # Issue 19's correlation-map variants (models.heads.MASK_MODES), on the head
 # given by the base config.
 STUDIES["mask"] = [
