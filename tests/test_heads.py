@@ -285,6 +285,43 @@ def test_variants_match_the_literal_equations(output, mask_mode):
     assert not any(k.endswith("_kernel") and k.startswith("out_") for k in params)
 
 
+def test_without_activity_specific_features_the_correlation_map_is_a_per_class_scale():
+  """Every row of F_A is the mean observation, and Attn_C's rows sum to 1, so
+  (Attn_C + Mask) F_A = (1 + Mask's row sum) x the mean observation: the
+  correlation output is the activity output's classifier form scaled per
+  class, and Attn_C gets no gradient (README "The MLAR head's variants")."""
+  a = 5
+  labels = np.random.default_rng(1).random((40, a)) < 0.4
+  mask = heads.correlation_mask(labels.T.astype(int) @ labels.astype(int))
+  head = heads.MLARHead(
+    a,
+    num_observations=3,
+    groups=4,
+    features=8,
+    use_activity_specific=False,
+    dropout_rate=0.0,
+    mask_init=nn.initializers.constant(mask),
+  )
+  x = {"map": jax.random.normal(jax.random.key(0), (2, 2, 3, 3, 16))}
+  variables = head.init(jax.random.key(1), x, train=False)
+  params = variables["params"]
+  # The activity output with the correlation output's weights and no bias:
+  # w_corr[j] . mean observation.
+  swapped = {
+    **params,
+    "out_activity_kernel": params["out_corr_kernel"],
+    "out_activity_bias": jnp.zeros(a),
+  }
+  plain = head.apply({**variables, "params": swapped}, x, train=False)["logits_activity"]
+  got = head.apply(variables, x, train=False)["logits"]
+  want = (1 + mask.sum(axis=1)) * plain + params["out_corr_bias"]
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-7)
+  grads = jax.grad(
+    lambda p: head.apply({**variables, "params": p}, x, train=False)["logits"].sum()
+  )(params)
+  assert all(float(jnp.abs(g).max()) < 1e-6 for g in jax.tree.leaves(grads["corr_beta"]))
+
+
 def test_attention_pool_head_matches_a_plain_loop_and_starts_as_mean_pooling():
   b, t, h, w, c, a = 2, 2, 3, 3, 8, 5
   feats = jax.random.normal(jax.random.PRNGKey(0), (b, t, h, w, c))
