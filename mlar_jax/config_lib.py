@@ -255,8 +255,9 @@ def base_config() -> ml_collections.ConfigDict:
           # tied; q_a's init std; how Mask enters Corr: add | normalised |
           # scaled | signed. The defaults are the best activity-specific head
           # of issue 19's study; the mean-observation head
-          # (use_activity_specific=False) scored higher there but has no
-          # activity maps (README "The MLAR head's variants"). PAPER_MLAR,
+          # (use_activity_specific=False) scored slightly higher there, but
+          # its correlation output reduces to a fixed per-class scale and it
+          # has no activity maps (README "The MLAR head's variants"). PAPER_MLAR,
           # selected by the config files' head=mlar_paper, is the paper's text.
           "output": "per_activity",
           "query_init": 0.02,
