@@ -249,13 +249,9 @@ def test_attention_diagnostics_against_plain_loops():
   assert heads.attention_diagnostics({}) == {}
 
 
-@pytest.mark.parametrize(
-  "output,mask_mode",
-  [("per_activity", "add"), ("tied", "add"), ("shared", "normalised"), ("shared", "scaled"),
-   ("per_activity", "signed")],
-)  # fmt: skip
-def test_variants_match_the_literal_equations(output, mask_mode):
-  a, c = 5, 16
+def _small_head(a, **kwargs):
+  """An A-class MLAR head (K=3, n=4, C'=8) whose Mask comes from random
+  labels; returns (head, mask)."""
   labels = np.random.default_rng(1).random((40, a)) < 0.4
   mask = heads.correlation_mask(labels.T.astype(int) @ labels.astype(int))
   head = heads.MLARHead(
@@ -264,10 +260,19 @@ def test_variants_match_the_literal_equations(output, mask_mode):
     groups=4,
     features=8,
     mask_init=nn.initializers.constant(mask),
-    output=output,
-    mask_mode=mask_mode,
-    query_init=0.02,
+    **kwargs,
   )
+  return head, mask
+
+
+@pytest.mark.parametrize(
+  "output,mask_mode",
+  [("per_activity", "add"), ("tied", "add"), ("shared", "normalised"), ("shared", "scaled"),
+   ("per_activity", "signed")],
+)  # fmt: skip
+def test_variants_match_the_literal_equations(output, mask_mode):
+  a, c = 5, 16
+  head, mask = _small_head(a, output=output, mask_mode=mask_mode, query_init=0.02)
   x = jax.random.normal(jax.random.key(0), (2, 2, 3, 3, c))
   variables = head.init(jax.random.key(1), {"map": x}, train=False)
   params = jax.tree.map(np.asarray, variables["params"])
@@ -291,17 +296,7 @@ def test_without_activity_specific_features_the_correlation_map_is_a_per_class_s
   correlation output is the activity output's classifier form scaled per
   class, and Attn_C gets no gradient (README "The MLAR head's variants")."""
   a = 5
-  labels = np.random.default_rng(1).random((40, a)) < 0.4
-  mask = heads.correlation_mask(labels.T.astype(int) @ labels.astype(int))
-  head = heads.MLARHead(
-    a,
-    num_observations=3,
-    groups=4,
-    features=8,
-    use_activity_specific=False,
-    dropout_rate=0.0,
-    mask_init=nn.initializers.constant(mask),
-  )
+  head, mask = _small_head(a, use_activity_specific=False, dropout_rate=0.0)
   x = {"map": jax.random.normal(jax.random.key(0), (2, 2, 3, 3, 16))}
   variables = head.init(jax.random.key(1), x, train=False)
   params = variables["params"]
